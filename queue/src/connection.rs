@@ -1,0 +1,95 @@
+//! The database connection a running job uses for its own queries.
+
+use std::fmt;
+
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+use diesel::PgConnection;
+
+use crate::errors::PerformError;
+
+/// The connection pool type the runner uses (r2d2 over diesel's `PgConnection`).
+pub type PgPool = Pool<ConnectionManager<PgConnection>>;
+
+/// Which connection [`JobConnection::get`] hands a job; set by [`Job::CONNECTION`](crate::Job::CONNECTION).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionMode {
+    /// The default: a connection of the job's own, from the runner's pool,
+    /// outside any transaction. Each write commits when it is made (or when
+    /// the job's own `conn.transaction(..)` commits) and stays even if the job
+    /// later fails, so a retried job must be idempotent. Nothing the job does
+    /// can block, or be blocked by, the transaction that holds its lock.
+    ///
+    /// The connection is only taken from the pool when the job first calls
+    /// [`JobConnection::get`], and returned when the job ends.
+    Pooled,
+    /// The transaction that holds the job's row lock, inside a savepoint.
+    /// The job's writes commit in the same commit that deletes the job, and
+    /// are rolled back if the job fails or panics: exactly-once for a job
+    /// whose only effects are in this database.
+    ///
+    /// The writes stay invisible to others, and their row locks held, until
+    /// the job ends: use it for short, database-only jobs. A long job that
+    /// writes rows the application also writes can block requests or
+    /// deadlock against them; give such jobs [`ConnectionMode::Pooled`].
+    JobTransaction,
+}
+
+/// The database connection of a running job. See [`ConnectionMode`] for
+/// which connection [`get`](JobConnection::get) returns.
+pub struct JobConnection<'a> {
+    source: Source<'a>,
+}
+
+enum Source<'a> {
+    Transaction(&'a mut PgConnection),
+    Pool {
+        pool: &'a PgPool,
+        taken: Option<PooledConnection<ConnectionManager<PgConnection>>>,
+    },
+}
+
+impl<'a> JobConnection<'a> {
+    pub(crate) fn in_transaction(conn: &'a mut PgConnection) -> Self {
+        JobConnection {
+            source: Source::Transaction(conn),
+        }
+    }
+
+    pub(crate) fn from_pool(pool: &'a PgPool) -> Self {
+        JobConnection {
+            source: Source::Pool { pool, taken: None },
+        }
+    }
+
+    /// The connection for the job's queries, taking one from the pool on first use.
+    ///
+    /// Fails (as a retryable error) only when the pool has no connection to give.
+    pub fn get(&mut self) -> Result<&mut PgConnection, PerformError> {
+        match &mut self.source {
+            Source::Transaction(conn) => Ok(conn),
+            Source::Pool { pool, taken } => {
+                if taken.is_none() {
+                    *taken = Some(pool.get()?);
+                }
+                Ok(taken.as_mut().expect("just filled"))
+            }
+        }
+    }
+
+    /// Which connection this is.
+    pub fn mode(&self) -> ConnectionMode {
+        match self.source {
+            Source::Transaction(_) => ConnectionMode::JobTransaction,
+            Source::Pool { .. } => ConnectionMode::Pooled,
+        }
+    }
+}
+
+impl fmt::Debug for JobConnection<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobConnection")
+            .field("mode", &self.mode())
+            .finish_non_exhaustive()
+    }
+}

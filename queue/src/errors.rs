@@ -1,0 +1,226 @@
+//! The error types of the public API.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use crate::job::JobId;
+
+/// A boxed error as the runtime stores it: any error that is `Send + Sync`.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Why a job's run did not succeed. Returned by job bodies.
+///
+/// Any `std::error::Error + Send + Sync + 'static` converts into it with `?`,
+/// as a *retryable* failure: the job is tried again after a backoff. Wrap an
+/// error with [`PerformError::permanent`] when trying again cannot help
+/// (invalid input, a version that must never change): the job is then marked
+/// dead at once and kept for an operator.
+///
+/// The text stored in the job's row (`last_error`) is the error's `Display`
+/// followed by each `source()` in turn, separated by `: `.
+///
+/// ```
+/// use queue::PerformError;
+///
+/// fn parse_port(s: &str) -> Result<u16, PerformError> {
+///     // Retrying will not make this parse: fail permanently.
+///     s.parse::<u16>().map_err(PerformError::permanent)
+/// }
+/// assert!(parse_port("http").unwrap_err().is_permanent());
+/// ```
+pub struct PerformError {
+    error: BoxError,
+    permanent: bool,
+}
+
+impl PerformError {
+    /// A retryable failure from any error (or from a `String` / `&str`).
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        PerformError {
+            error: error.into(),
+            permanent: false,
+        }
+    }
+
+    /// A retryable failure with a message.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        Self::new(message.to_string())
+    }
+
+    /// A failure that retrying cannot fix: the job is marked dead at once.
+    pub fn permanent(error: impl Into<BoxError>) -> Self {
+        PerformError {
+            error: error.into(),
+            permanent: true,
+        }
+    }
+
+    /// Whether this failure marks the job dead without further attempts.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    /// The underlying error.
+    pub fn error(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        &*self.error
+    }
+
+    /// The text recorded in the job's row: the error and its sources.
+    pub fn report(&self) -> String {
+        let mut text = self.error.to_string();
+        let mut source = self.error.source();
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            // Many errors repeat their source in their own message.
+            if !text.ends_with(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        text
+    }
+}
+
+impl<E> From<E> for PerformError
+where
+    E: StdError + Send + Sync + 'static,
+{
+    fn from(error: E) -> Self {
+        PerformError::new(error)
+    }
+}
+
+impl fmt::Display for PerformError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.permanent {
+            f.write_str("permanent: ")?;
+        }
+        f.write_str(&self.report())
+    }
+}
+
+impl fmt::Debug for PerformError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerformError")
+            .field("error", &self.error)
+            .field("permanent", &self.permanent)
+            .finish()
+    }
+}
+
+/// Enqueueing a job failed; nothing was inserted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnqueueError {
+    /// The job value could not be serialized to JSON.
+    #[error("cannot serialize job `{job_type}` to JSON: {source}")]
+    Serialize {
+        /// The job's type name.
+        job_type: &'static str,
+        /// The serializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The enqueue options are not valid.
+    #[error("invalid enqueue options: {0}")]
+    InvalidOptions(String),
+    /// The database refused the insert (this aborts the caller's transaction).
+    #[error("cannot insert job: {0}")]
+    Database(#[from] diesel::result::Error),
+}
+
+/// Applying the queue's schema migrations failed; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrationError {
+    /// A query failed (no connection, insufficient privileges...).
+    #[error("database error while migrating the queue schema: {0}")]
+    Database(#[from] diesel::result::Error),
+    /// A migration failed to run.
+    #[error("queue schema migration failed: {0}")]
+    Migration(#[source] BoxError),
+}
+
+/// The runner refused to start, or a synchronous run could not proceed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunnerError {
+    /// Two registered job types use the same stored type name.
+    #[error(
+        "two job types are registered under the name `{job_type}`: `{first}` and `{second}`; \
+         give one of them another name (the name is what queued rows store)"
+    )]
+    DuplicateJobType {
+        /// The stored type name both claim.
+        job_type: String,
+        /// The Rust type of one of them.
+        first: &'static str,
+        /// The Rust type of the other.
+        second: &'static str,
+    },
+    /// A registered job has an empty type or queue name.
+    #[error("job type `{rust_type}` is registered with an empty {what}; names must be non-empty")]
+    EmptyName {
+        /// The Rust type of the job.
+        rust_type: &'static str,
+        /// `"type name"` or `"queue name"`.
+        what: &'static str,
+    },
+    /// A job that runs on one of this runner's queues expects another context type.
+    #[error(
+        "job `{job_type}` (`{rust_type}`) runs on queue `{queue}` and needs context `{expected}`, \
+         but this runner's context is `{actual}`; serve queue `{queue}` from a runner built \
+         with a `{expected}`"
+    )]
+    ContextMismatch {
+        /// The job's stored type name.
+        job_type: &'static str,
+        /// The job's Rust type.
+        rust_type: &'static str,
+        /// The queue the job runs on.
+        queue: String,
+        /// The context type the job needs.
+        expected: &'static str,
+        /// The context type of this runner.
+        actual: &'static str,
+    },
+    /// The runner configuration is not usable.
+    #[error("invalid runner configuration: {0}")]
+    Config(String),
+    /// The connection pool is smaller than the runner needs.
+    #[error(
+        "the connection pool holds at most {pool_size} connections but {workers} workers need \
+         {needed} (one to hold each worker's job locks, one for each job's own queries); \
+         raise the pool's max_size or build the runner with `Runner::builder(..).database_url(..)`"
+    )]
+    PoolTooSmall {
+        /// The pool's `max_size`.
+        pool_size: u32,
+        /// Total workers over all queues.
+        workers: usize,
+        /// Connections needed.
+        needed: u32,
+    },
+    /// No connection could be had from the pool.
+    #[error("cannot get a database connection: {0}")]
+    Pool(#[from] r2d2::Error),
+    /// A query of the runner failed.
+    #[error("database error in the runner: {0}")]
+    Database(#[from] diesel::result::Error),
+}
+
+/// An operator action on a stored job failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// No job has this id (it may have completed, or been discarded).
+    #[error("no job with id {0}")]
+    NotFound(JobId),
+    /// The job is being run by a worker right now; try again when it finishes.
+    #[error("job {0} is running right now; retry or discard it once it has finished")]
+    Running(JobId),
+    /// The query failed.
+    #[error("database error: {0}")]
+    Database(#[from] diesel::result::Error),
+}

@@ -1,0 +1,66 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # Where to find things
+//!
+//! - Defining jobs: [`Job`], [`register_job!`], [`RetryPolicy`], [`PerformError`].
+//! - Enqueueing: [`Job::enqueue`], [`EnqueueOptions`], [`JobBatch`].
+//! - Running: [`Runner`], [`RunnerBuilder`], [`RunningRunner`], [`JobConnection`].
+//! - Schema: [`migrate`].
+//! - Operations: [`failing_jobs`], [`dead_jobs`], [`find_job`], [`retry_job`], [`discard_job`].
+
+mod admin;
+mod connection;
+mod errors;
+mod job;
+mod migrate;
+mod registry;
+mod retry;
+mod runner;
+mod schema;
+mod shutdown;
+mod storage;
+mod worker;
+
+pub use crate::admin::{dead_jobs, discard_job, failing_jobs, find_job, retry_job};
+pub use crate::connection::{ConnectionMode, JobConnection, PgPool};
+pub use crate::errors::{
+    AdminError, BoxError, EnqueueError, MigrationError, PerformError, RunnerError,
+};
+pub use crate::job::{EnqueueOptions, Job, JobBatch, JobId, DEFAULT_QUEUE};
+pub use crate::migrate::{migrate, MigrationReport};
+pub use crate::retry::RetryPolicy;
+pub use crate::runner::{
+    FailedRun, RunSummary, Runner, RunnerBuilder, RunningRunner, ShutdownReport,
+};
+pub use crate::storage::JobRecord;
+
+/// Registers a hand-written [`Job`] implementation so runners find it by
+/// its [`Job::JOB_TYPE`]. `#[background_job]` does this itself.
+///
+/// ```
+/// # use queue::{Job, JobConnection, PerformError};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Cleanup;
+/// # impl Job for Cleanup {
+/// #     const JOB_TYPE: &'static str = "cleanup";
+/// #     type Context = ();
+/// #     fn run(self, _: &(), _: &mut JobConnection<'_>) -> Result<(), PerformError> { Ok(()) }
+/// # }
+/// queue::register_job!(Cleanup);
+/// ```
+#[macro_export]
+macro_rules! register_job {
+    ($job:ty) => {
+        $crate::__private::inventory::submit! {
+            $crate::__private::JobDescriptor::of::<$job>()
+        }
+    };
+}
+
+/// Not public API. Used by generated code.
+#[doc(hidden)]
+pub mod __private {
+    /// Not public API. Used by generated code.
+    pub use crate::registry::JobDescriptor;
+    /// Not public API. Used by generated code.
+    pub use inventory;
+}

@@ -1,0 +1,379 @@
+//! Configuring, starting and stopping the workers of each queue.
+
+use std::any::Any;
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use diesel::r2d2::{ConnectionManager, Pool};
+use tracing::info;
+
+use crate::connection::PgPool;
+use crate::errors::RunnerError;
+use crate::job::JobId;
+use crate::registry::Registry;
+use crate::shutdown::StopSignal;
+use crate::worker::{self, Outcome, Shared};
+
+/// Builds a [`Runner`]: its context, its queues and their worker counts,
+/// and its database.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// # struct AppContext;
+/// let runner = queue::Runner::builder(AppContext)
+///     .database_url("postgres://postgres@127.0.0.1/app")
+///     .queue("default", 4)
+///     .queue("index", 1) // never two index jobs at once
+///     .poll_interval(Duration::from_secs(1))
+///     .build()?;
+/// let running = runner.start();
+/// // ... until SIGTERM:
+/// running.shutdown(Duration::from_secs(30));
+/// # Ok::<(), queue::RunnerError>(())
+/// ```
+pub struct RunnerBuilder<C> {
+    context: C,
+    queues: Vec<(String, usize)>,
+    database_url: Option<String>,
+    pool: Option<PgPool>,
+    poll_interval: Duration,
+    batch_size: u16,
+}
+
+impl<C> fmt::Debug for RunnerBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunnerBuilder")
+            .field("context", &std::any::type_name::<C>())
+            .field("queues", &self.queues)
+            .field("poll_interval", &self.poll_interval)
+            .field("batch_size", &self.batch_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Any + Send + Sync> RunnerBuilder<C> {
+    /// Serves `queue` with `workers` threads. A queue with one worker never
+    /// runs two of its jobs at once in this runner.
+    pub fn queue(mut self, queue: impl Into<String>, workers: usize) -> Self {
+        self.queues.push((queue.into(), workers));
+        self
+    }
+
+    /// Connects to this database with a pool the runner sizes itself: two
+    /// connections per worker (one holds the worker's job locks, one serves
+    /// the running job's own queries).
+    pub fn database_url(mut self, url: impl Into<String>) -> Self {
+        self.database_url = Some(url.into());
+        self
+    }
+
+    /// Uses this pool instead. It must hold at least two connections per
+    /// worker, or [`build`](Self::build) refuses it.
+    pub fn pool(mut self, pool: PgPool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// How long an idle worker waits before looking for jobs again
+    /// (default 1 second).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// How many jobs a worker claims in one transaction (default 1). The
+    /// jobs of a batch run one after the other and complete in one commit.
+    pub fn batch_size(mut self, jobs: u16) -> Self {
+        self.batch_size = jobs;
+        self
+    }
+
+    /// Checks the configuration and the registered jobs, and connects.
+    ///
+    /// Refuses to build when two registered job types share a name, when a
+    /// job registered on one of the queues needs another context type, when
+    /// a queue is named twice, empty or has no worker, or when the pool is
+    /// too small.
+    pub fn build(self) -> Result<Runner<C>, RunnerError> {
+        if self.queues.is_empty() {
+            return Err(RunnerError::Config(
+                "no queue to serve; add one with `.queue(name, workers)`".into(),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (queue, workers) in &self.queues {
+            if queue.is_empty() {
+                return Err(RunnerError::Config("a queue name is empty".into()));
+            }
+            if *workers == 0 {
+                return Err(RunnerError::Config(format!(
+                    "queue `{queue}` has 0 workers; give it at least 1"
+                )));
+            }
+            if !seen.insert(queue.as_str()) {
+                return Err(RunnerError::Config(format!(
+                    "queue `{queue}` is configured twice; configure each queue once"
+                )));
+            }
+        }
+        if self.batch_size == 0 {
+            return Err(RunnerError::Config("batch size 0; use at least 1".into()));
+        }
+
+        let registry = Registry::collect()?;
+        for (queue, _) in &self.queues {
+            for descriptor in registry.on_queue(queue) {
+                if !descriptor.runs_with::<C>() {
+                    return Err(RunnerError::ContextMismatch {
+                        job_type: descriptor.job_type,
+                        rust_type: descriptor.rust_type(),
+                        queue: queue.clone(),
+                        expected: descriptor.context_name(),
+                        actual: std::any::type_name::<C>(),
+                    });
+                }
+            }
+        }
+
+        let workers: usize = self.queues.iter().map(|(_, n)| n).sum();
+        let needed = u32::try_from(workers * 2).unwrap_or(u32::MAX);
+        let pool = match (self.pool, self.database_url) {
+            (Some(pool), _) => pool,
+            (None, Some(url)) => Pool::builder()
+                .max_size(needed)
+                .min_idle(Some(0))
+                .test_on_check_out(false)
+                .build(ConnectionManager::new(url))?,
+            (None, None) => {
+                return Err(RunnerError::Config(
+                    "no database; give one with `.database_url(..)` or `.pool(..)`".into(),
+                ))
+            }
+        };
+        if pool.max_size() < needed {
+            return Err(RunnerError::PoolTooSmall {
+                pool_size: pool.max_size(),
+                workers,
+                needed,
+            });
+        }
+        // Fail now, not in every worker, when the database is unreachable.
+        drop(pool.get()?);
+
+        Ok(Runner {
+            shared: Arc::new(Shared {
+                registry,
+                context: self.context,
+                pool,
+                poll_interval: self.poll_interval,
+                batch_size: i64::from(self.batch_size),
+                stop: StopSignal::default(),
+            }),
+            queues: self.queues,
+        })
+    }
+}
+
+/// Runs the jobs of its queues: in worker threads ([`Runner::start`]) or,
+/// in tests, synchronously ([`Runner::run_pending`]).
+///
+/// Each worker claims a job with `SELECT ... FOR UPDATE SKIP LOCKED` and
+/// keeps that row lock in an open transaction while the job runs. Success
+/// deletes the row in that transaction; a failure records the attempt and
+/// schedules a retry; a worker that dies releases the lock at once, and the
+/// job runs again elsewhere. Jobs must therefore be idempotent.
+pub struct Runner<C> {
+    shared: Arc<Shared<C>>,
+    queues: Vec<(String, usize)>,
+}
+
+impl<C> fmt::Debug for Runner<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runner")
+            .field("context", &std::any::type_name::<C>())
+            .field("queues", &self.queues)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Any + Send + Sync> Runner<C> {
+    /// Starts configuring a runner whose jobs share `context`.
+    pub fn builder(context: C) -> RunnerBuilder<C> {
+        RunnerBuilder {
+            context,
+            queues: Vec::new(),
+            database_url: None,
+            pool: None,
+            poll_interval: Duration::from_secs(1),
+            batch_size: 1,
+        }
+    }
+
+    /// The pool the runner uses (also handy for the application's own queries in tests).
+    pub fn pool(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
+    /// The context the runner's jobs share.
+    pub fn context(&self) -> &C {
+        &self.shared.context
+    }
+
+    /// Runs, on the calling thread, every job of the runner's queues that is
+    /// ready now, and returns when none is left. Jobs enqueued by the jobs
+    /// themselves run too; a job that fails is not run again by the same
+    /// call, even if its retry is already due.
+    ///
+    /// Meant for tests: enqueue, `run_pending`, then assert.
+    pub fn run_pending(&self) -> Result<RunSummary, RunnerError> {
+        let mut conn = self.shared.pool.get()?;
+        let mut summary = RunSummary::default();
+        let mut tried = Vec::new();
+        loop {
+            let mut claimed = 0;
+            for (queue, _) in &self.queues {
+                let mut ran = Vec::new();
+                claimed += worker::run_batch(
+                    &self.shared,
+                    &mut conn,
+                    queue,
+                    1,
+                    &tried,
+                    |id, job_type, outcome| {
+                        ran.push(id.0);
+                        summary.record(id, job_type, outcome);
+                    },
+                )?;
+                tried.extend(ran);
+            }
+            if claimed == 0 {
+                return Ok(summary);
+            }
+        }
+    }
+
+    /// Starts the worker threads and returns at once.
+    pub fn start(self) -> RunningRunner {
+        let mut workers = Vec::new();
+        for (queue, count) in &self.queues {
+            for index in 0..*count {
+                let shared = Arc::clone(&self.shared);
+                let queue = queue.clone();
+                let handle = thread::Builder::new()
+                    .name(format!("queue-{queue}-{index}"))
+                    .spawn(move || worker::work(shared, queue))
+                    .expect("the OS refused to start a worker thread");
+                workers.push(handle);
+            }
+        }
+        info!(queues = ?self.queues, "runner started");
+        let stopper: Arc<dyn Stop> = self.shared;
+        RunningRunner { stopper, workers }
+    }
+}
+
+/// Lets [`RunningRunner`] stop workers without naming the context type.
+trait Stop: Send + Sync {
+    fn stop(&self);
+}
+
+impl<C: Send + Sync> Stop for Shared<C> {
+    fn stop(&self) {
+        self.stop.stop();
+    }
+}
+
+/// The handle of a started runner. Dropping it asks the workers to stop
+/// without waiting for them; call [`shutdown`](Self::shutdown) to wait.
+pub struct RunningRunner {
+    stopper: Arc<dyn Stop>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl fmt::Debug for RunningRunner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunningRunner")
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningRunner {
+    /// Graceful shutdown: workers stop claiming, finish the job they are
+    /// running, and release the rest of their batch. Waits at most `timeout`.
+    ///
+    /// Workers still running a job after `timeout` are left to finish in
+    /// the background; if the process exits first, their row locks are
+    /// released by the database and the jobs run again elsewhere.
+    pub fn shutdown(mut self, timeout: Duration) -> ShutdownReport {
+        self.stopper.stop();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let running = self.workers.iter().filter(|w| !w.is_finished()).count();
+            if running == 0 || Instant::now() >= deadline {
+                let report = ShutdownReport {
+                    workers_still_running: running,
+                };
+                info!(still_running = running, "runner stopped");
+                for worker in self.workers.drain(..).filter(|w| w.is_finished()) {
+                    // A worker thread never panics (jobs' panics are caught).
+                    let _ = worker.join();
+                }
+                return report;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for RunningRunner {
+    fn drop(&mut self) {
+        self.stopper.stop();
+    }
+}
+
+/// What [`RunningRunner::shutdown`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Workers still running a job when the timeout ran out (0 for a clean stop).
+    pub workers_still_running: usize,
+}
+
+/// What [`Runner::run_pending`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Jobs that ran to success, in order.
+    pub succeeded: Vec<JobId>,
+    /// Jobs that failed, in order.
+    pub failed: Vec<FailedRun>,
+}
+
+impl RunSummary {
+    fn record(&mut self, id: JobId, job_type: &str, outcome: &Outcome) {
+        match outcome {
+            Outcome::Succeeded => self.succeeded.push(id),
+            Outcome::Failed { error, dead } => self.failed.push(FailedRun {
+                id,
+                job_type: job_type.to_owned(),
+                error: error.clone(),
+                dead: *dead,
+            }),
+        }
+    }
+}
+
+/// One failed run seen by [`Runner::run_pending`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRun {
+    /// The job's id.
+    pub id: JobId,
+    /// Its stored type name.
+    pub job_type: String,
+    /// The error text recorded on the row.
+    pub error: String,
+    /// Whether the failure made the job dead.
+    pub dead: bool,
+}

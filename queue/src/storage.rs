@@ -1,0 +1,336 @@
+//! Every query the queue runs. Nothing outside this module writes SQL.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::data_types::PgInterval;
+use diesel::dsl::{now, sql};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Int8, Interval, Jsonb, Nullable, SmallInt, Text, Timestamptz};
+
+use crate::job::JobId;
+use crate::schema::queue_jobs;
+
+diesel::define_sql_function! {
+    /// The wall clock now, not the start of the transaction: a job may have
+    /// run for minutes inside the transaction that claimed it.
+    fn clock_timestamp() -> Timestamptz;
+}
+
+diesel::define_sql_function! {
+    /// `COALESCE` for a nullable timestamp with a fallback.
+    #[sql_name = "coalesce"]
+    fn coalesce_timestamp(value: Nullable<Timestamptz>, fallback: Timestamptz) -> Timestamptz;
+}
+
+/// When a new job may first run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Schedule {
+    /// Not before this instant.
+    At(DateTime<Utc>),
+    /// Not before this long after the inserting transaction began.
+    After(Duration),
+}
+
+/// A job ready to insert.
+#[derive(Debug)]
+pub(crate) struct NewJob {
+    pub(crate) job_type: &'static str,
+    pub(crate) queue: String,
+    pub(crate) priority: i16,
+    pub(crate) payload: serde_json::Value,
+    pub(crate) schedule: Option<Schedule>,
+}
+
+fn interval(duration: Duration) -> PgInterval {
+    // Checked by the callers' validation; saturate rather than wrap otherwise.
+    PgInterval::from_microseconds(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Inserts one job and returns its id.
+pub(crate) fn insert_job(conn: &mut PgConnection, job: &NewJob) -> QueryResult<JobId> {
+    use crate::schema::queue_jobs::dsl as j;
+    let columns = (
+        j::job_type.eq(job.job_type),
+        j::queue.eq(&job.queue),
+        j::priority.eq(job.priority),
+        j::payload.eq(&job.payload),
+    );
+    let insert = diesel::insert_into(j::queue_jobs);
+    let id = match job.schedule {
+        None => insert.values(columns).returning(j::id).get_result(conn)?,
+        Some(Schedule::At(at)) => insert
+            .values((columns, j::run_at.eq(at)))
+            .returning(j::id)
+            .get_result(conn)?,
+        Some(Schedule::After(delay)) => insert
+            .values((columns, j::run_at.eq(now.into_sql::<Timestamptz>() + interval(delay))))
+            .returning(j::id)
+            .get_result(conn)?,
+    };
+    Ok(JobId(id))
+}
+
+/// Inserts many jobs with one statement (a fixed number of array binds,
+/// whatever the batch size). Returns the ids in input order.
+pub(crate) fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> QueryResult<Vec<JobId>> {
+    #[derive(QueryableByName)]
+    struct Inserted {
+        #[diesel(sql_type = Int8)]
+        id: i64,
+    }
+    let mut run_at = Vec::with_capacity(jobs.len());
+    let mut delay_us = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let (at, delay) = match job.schedule {
+            None => (None, None),
+            Some(Schedule::At(at)) => (Some(at), None),
+            Some(Schedule::After(delay)) => (None, Some(interval(delay).microseconds)),
+        };
+        run_at.push(at);
+        delay_us.push(delay);
+    }
+    let mut ids: Vec<i64> = diesel::sql_query(
+        "INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at) \
+         SELECT t.job_type, t.queue, t.priority, t.payload, \
+                COALESCE(t.run_at, now() + COALESCE(t.delay_us, 0) * interval '1 microsecond') \
+         FROM unnest($1::text[], $2::text[], $3::int2[], $4::jsonb[], $5::timestamptz[], $6::int8[]) \
+              WITH ORDINALITY AS t(job_type, queue, priority, payload, run_at, delay_us, ord) \
+         ORDER BY t.ord \
+         RETURNING id",
+    )
+    .bind::<Array<Text>, _>(jobs.iter().map(|j| j.job_type).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(jobs.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
+    .bind::<Array<SmallInt>, _>(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
+    .bind::<Array<Jsonb>, _>(jobs.iter().map(|j| &j.payload).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Timestamptz>>, _>(run_at)
+    .bind::<Array<Nullable<BigInt>>, _>(delay_us)
+    .load::<Inserted>(conn)?
+    .into_iter()
+    .map(|row| row.id)
+    .collect();
+    // Rows are inserted in ORDER BY order, so their serial ids ascend with it.
+    ids.sort_unstable();
+    Ok(ids.into_iter().map(JobId).collect())
+}
+
+/// A job claimed by a worker: its row is locked until the claiming
+/// transaction ends.
+#[derive(Debug, Queryable)]
+pub(crate) struct ClaimedJob {
+    pub(crate) id: i64,
+    pub(crate) job_type: String,
+    pub(crate) payload: serde_json::Value,
+    pub(crate) attempts: i32,
+}
+
+/// Locks and returns up to `limit` ready jobs of `queue` in priority order,
+/// skipping jobs other workers hold, and the ids in `exclude`.
+pub(crate) fn claim_jobs(
+    conn: &mut PgConnection,
+    queue: &str,
+    limit: i64,
+    exclude: &[i64],
+) -> QueryResult<Vec<ClaimedJob>> {
+    use crate::schema::queue_jobs::dsl as j;
+    j::queue_jobs
+        .select((j::id, j::job_type, j::payload, j::attempts))
+        .filter(j::queue.eq(queue))
+        .filter(j::dead_at.is_null())
+        .filter(j::run_at.le(now))
+        .filter(j::id.ne_all(exclude))
+        .order((j::priority.desc(), j::id.asc()))
+        .limit(limit)
+        .for_update()
+        .skip_locked()
+        .load(conn)
+}
+
+/// Deletes completed jobs.
+pub(crate) fn delete_jobs(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
+    use crate::schema::queue_jobs::dsl as j;
+    diesel::delete(j::queue_jobs.filter(j::id.eq_any(ids))).execute(conn)
+}
+
+/// Records a failed attempt and schedules the next one after `retry_in`.
+pub(crate) fn record_failure(
+    conn: &mut PgConnection,
+    id: i64,
+    error: &str,
+    retry_in: Duration,
+) -> QueryResult<()> {
+    use crate::schema::queue_jobs::dsl as j;
+    diesel::update(j::queue_jobs.find(id))
+        .set((
+            j::attempts.eq(j::attempts + 1),
+            j::last_error.eq(error),
+            j::last_failed_at.eq(clock_timestamp().nullable()),
+            j::first_failed_at.eq(coalesce_timestamp(j::first_failed_at, clock_timestamp()).nullable()),
+            j::run_at.eq(sql::<Timestamptz>("clock_timestamp() + ").bind::<Interval, _>(interval(retry_in))),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Records a failed attempt and marks the job dead: never claimed again
+/// until an operator retries it.
+pub(crate) fn record_death(conn: &mut PgConnection, id: i64, error: &str) -> QueryResult<()> {
+    use crate::schema::queue_jobs::dsl as j;
+    diesel::update(j::queue_jobs.find(id))
+        .set((
+            j::attempts.eq(j::attempts + 1),
+            j::last_error.eq(error),
+            j::last_failed_at.eq(clock_timestamp().nullable()),
+            j::first_failed_at.eq(coalesce_timestamp(j::first_failed_at, clock_timestamp()).nullable()),
+            j::dead_at.eq(clock_timestamp().nullable()),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// A stored job as operators see it.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = queue_jobs)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub struct JobRecord {
+    /// The job's id.
+    pub id: i64,
+    /// The stored type name.
+    pub job_type: String,
+    /// The queue it runs on.
+    pub queue: String,
+    /// Its priority (higher first).
+    pub priority: i16,
+    /// The job's serialized value.
+    pub payload: serde_json::Value,
+    /// When it was enqueued.
+    pub created_at: DateTime<Utc>,
+    /// When it may run next (for a failing job: its next attempt).
+    pub run_at: DateTime<Utc>,
+    /// Failed attempts so far.
+    pub attempts: i32,
+    /// When the first recorded failure happened.
+    pub first_failed_at: Option<DateTime<Utc>>,
+    /// When the latest failure happened.
+    pub last_failed_at: Option<DateTime<Utc>>,
+    /// The latest failure's error text.
+    pub last_error: Option<String>,
+    /// When the job was marked dead, if it is.
+    pub dead_at: Option<DateTime<Utc>>,
+}
+
+/// Jobs with at least one failed attempt that are still retried, oldest failure first.
+pub(crate) fn failing_jobs(conn: &mut PgConnection, limit: i64) -> QueryResult<Vec<JobRecord>> {
+    use crate::schema::queue_jobs::dsl as j;
+    j::queue_jobs
+        .select(JobRecord::as_select())
+        .filter(j::attempts.gt(0))
+        .filter(j::dead_at.is_null())
+        .order((j::first_failed_at.asc(), j::id.asc()))
+        .limit(limit)
+        .load(conn)
+}
+
+/// Dead jobs, most recently dead first.
+pub(crate) fn dead_jobs(conn: &mut PgConnection, limit: i64) -> QueryResult<Vec<JobRecord>> {
+    use crate::schema::queue_jobs::dsl as j;
+    j::queue_jobs
+        .select(JobRecord::as_select())
+        .filter(j::dead_at.is_not_null())
+        .order((j::dead_at.desc(), j::id.desc()))
+        .limit(limit)
+        .load(conn)
+}
+
+/// One job by id.
+pub(crate) fn find_job(conn: &mut PgConnection, id: i64) -> QueryResult<Option<JobRecord>> {
+    use crate::schema::queue_jobs::dsl as j;
+    j::queue_jobs
+        .find(id)
+        .select(JobRecord::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Locks one job if no worker holds it. `Ok(None)`: missing or locked.
+pub(crate) fn lock_idle_job(conn: &mut PgConnection, id: i64) -> QueryResult<Option<i64>> {
+    use crate::schema::queue_jobs::dsl as j;
+    j::queue_jobs
+        .find(id)
+        .select(j::id)
+        .for_update()
+        .skip_locked()
+        .first(conn)
+        .optional()
+}
+
+/// Whether a job with this id exists (locked or not).
+pub(crate) fn job_exists(conn: &mut PgConnection, id: i64) -> QueryResult<bool> {
+    use crate::schema::queue_jobs::dsl as j;
+    diesel::select(diesel::dsl::exists(j::queue_jobs.find(id))).get_result(conn)
+}
+
+/// Makes a failing or dead job ready to run now, with a fresh attempt count.
+/// The last error is kept for history.
+pub(crate) fn reset_for_retry(conn: &mut PgConnection, id: i64) -> QueryResult<usize> {
+    use crate::schema::queue_jobs::dsl as j;
+    diesel::update(j::queue_jobs.find(id))
+        .set((
+            j::dead_at.eq(None::<DateTime<Utc>>),
+            j::attempts.eq(0),
+            j::first_failed_at.eq(None::<DateTime<Utc>>),
+            j::run_at.eq(now),
+        ))
+        .execute(conn)
+}
+
+/// Deletes one job.
+pub(crate) fn delete_job(conn: &mut PgConnection, id: i64) -> QueryResult<usize> {
+    use crate::schema::queue_jobs::dsl as j;
+    diesel::delete(j::queue_jobs.find(id)).execute(conn)
+}
+
+/// Serializes concurrent `migrate` calls until the transaction ends.
+pub(crate) fn lock_for_migration(conn: &mut PgConnection) -> QueryResult<()> {
+    // An arbitrary key of our own: "queue" in ASCII.
+    diesel::sql_query("SELECT pg_advisory_xact_lock(113117101117101)").execute(conn)?;
+    diesel::sql_query(
+        "CREATE TABLE IF NOT EXISTS queue_schema_migrations (\
+             version VARCHAR(50) PRIMARY KEY, \
+             run_on TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .execute(conn)?;
+    Ok(())
+}
+
+/// The applied queue schema versions.
+pub(crate) fn applied_migrations(conn: &mut PgConnection) -> QueryResult<Vec<String>> {
+    #[derive(QueryableByName)]
+    struct Version {
+        #[diesel(sql_type = Text)]
+        version: String,
+    }
+    Ok(
+        diesel::sql_query("SELECT version FROM queue_schema_migrations ORDER BY version")
+            .load::<Version>(conn)?
+            .into_iter()
+            .map(|v| v.version)
+            .collect(),
+    )
+}
+
+/// Records an applied queue schema version.
+pub(crate) fn record_migration(conn: &mut PgConnection, version: &str) -> QueryResult<()> {
+    diesel::sql_query("INSERT INTO queue_schema_migrations (version) VALUES ($1)")
+        .bind::<Text, _>(version)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Forgets a reverted queue schema version.
+pub(crate) fn forget_migration(conn: &mut PgConnection, version: &str) -> QueryResult<()> {
+    diesel::sql_query("DELETE FROM queue_schema_migrations WHERE version = $1")
+        .bind::<Text, _>(version)
+        .execute(conn)?;
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! Support for the integration tests: a fresh database per test, and the
+//! jobs shared between the tests and the `test-worker` binary.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool};
+
+pub mod crash_jobs;
+
+/// The server the tests use: `DATABASE_URL`, or the local PostgreSQL.
+pub fn server_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// `url` with its database name replaced by `database`.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_end..]
+        .find('/')
+        .map_or(base.len(), |i| authority_end + i);
+    let mut out = format!("{}/{}", &base[..path_start], database);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// A database of its own for one test, migrated, dropped when the value is.
+#[derive(Debug)]
+pub struct TestDb {
+    name: String,
+    url: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    /// Creates and migrates a new database on the test server.
+    pub fn new() -> TestDb {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!(
+            "queue_test_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            nanos
+        );
+        let admin_url = server_url();
+        let mut admin = PgConnection::establish(&admin_url)
+            .unwrap_or_else(|e| panic!("cannot connect to {admin_url}: {e}"));
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .expect("create test database");
+        let db = TestDb {
+            url: with_database(&admin_url, &name),
+            name,
+            admin_url,
+        };
+        queue::migrate(&mut db.conn()).expect("migrate test database");
+        db
+    }
+
+    /// The test database's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A new connection to the test database.
+    pub fn conn(&self) -> PgConnection {
+        PgConnection::establish(&self.url).expect("connect to test database")
+    }
+
+    /// A pool on the test database.
+    pub fn pool(&self, size: u32) -> queue::PgPool {
+        Pool::builder()
+            .max_size(size)
+            .min_idle(Some(0))
+            .build(ConnectionManager::new(&self.url))
+            .expect("pool")
+    }
+
+    /// Runs SQL (test set-up) on a fresh connection.
+    pub fn execute(&self, sql: &str) {
+        diesel::sql_query(sql)
+            .execute(&mut self.conn())
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Number of rows in `queue_jobs` matching a SQL condition.
+    pub fn count_jobs(&self, condition: &str) -> i64 {
+        count(&mut self.conn(), &format!("SELECT count(*) AS n FROM queue_jobs WHERE {condition}"))
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+                .execute(&mut admin);
+        }
+    }
+}
+
+/// The value of a `SELECT count(*) AS n ...` query.
+pub fn count(conn: &mut PgConnection, sql: &str) -> i64 {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(sql)
+        .get_result::<Count>(conn)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .n
+}
+
+/// Polls `condition` every 10 ms until it holds; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Logs of the runner go to the test's captured output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
