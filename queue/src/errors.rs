@@ -202,6 +202,9 @@ pub enum RunnerError {
         /// Connections needed.
         needed: u32,
     },
+    /// The database could not be reached.
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[from] diesel::ConnectionError),
     /// No connection could be had from the pool.
     #[error("cannot get a database connection: {0}")]
     Pool(#[from] r2d2::Error),

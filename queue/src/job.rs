@@ -17,8 +17,9 @@ use crate::storage::{self, NewJob, Schedule};
 pub const DEFAULT_QUEUE: &str = "default";
 
 /// The id of a stored job (the `id` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct JobId(pub i64);
 

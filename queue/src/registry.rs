@@ -118,9 +118,9 @@ impl RunFailure {
                  runner's binary (serving queue `{queue}`); deploy a worker that registers it, \
                  or discard the job"
             ),
-            RunFailure::Payload { rust_type, error } => format!(
-                "the stored payload does not deserialize into `{rust_type}`: {error}"
-            ),
+            RunFailure::Payload { rust_type, error } => {
+                format!("the stored payload does not deserialize into `{rust_type}`: {error}")
+            }
             RunFailure::ContextMismatch { expected, actual } => format!(
                 "job type `{job_type}` needs context `{expected}` but the runner serving queue \
                  `{queue}` has context `{actual}`"
@@ -159,7 +159,10 @@ impl Registry {
     pub(crate) fn collect() -> Result<Self, RunnerError> {
         let mut by_type: HashMap<&'static str, &'static JobDescriptor> = HashMap::new();
         for descriptor in inventory::iter::<JobDescriptor> {
-            for (name, what) in [(descriptor.job_type, "type name"), (descriptor.queue, "queue name")] {
+            for (name, what) in [
+                (descriptor.job_type, "type name"),
+                (descriptor.queue, "queue name"),
+            ] {
                 if name.is_empty() {
                     return Err(RunnerError::EmptyName {
                         rust_type: descriptor.rust_type(),
@@ -190,6 +193,9 @@ impl Registry {
         &'a self,
         queue: &'a str,
     ) -> impl Iterator<Item = &'static JobDescriptor> + 'a {
-        self.by_type.values().copied().filter(move |d| d.queue == queue)
+        self.by_type
+            .values()
+            .copied()
+            .filter(move |d| d.queue == queue)
     }
 }

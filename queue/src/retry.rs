@@ -26,7 +26,9 @@ use std::time::Duration;
 /// const POLICY: RetryPolicy = RetryPolicy::DEFAULT
 ///     .max_attempts(5)
 ///     .initial_backoff(Duration::from_secs(1));
-/// assert_eq!(POLICY.backoff(1, 0), Duration::from_secs(1));
+/// // After the third failure: 4 s, plus up to 10 % jitter.
+/// let wait = POLICY.backoff(3, 42);
+/// assert!(wait >= Duration::from_secs(4) && wait <= Duration::from_millis(4400));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -106,11 +108,21 @@ mod tests {
     #[test]
     fn backoff_doubles_and_is_capped_with_at_most_ten_percent_jitter() {
         let policy = RetryPolicy::DEFAULT;
-        for (attempt, base) in [(1, 10), (2, 20), (3, 40), (9, 2560), (10, 3600), (500, 3600)] {
+        for (attempt, base) in [
+            (1, 10),
+            (2, 20),
+            (3, 40),
+            (9, 2560),
+            (10, 3600),
+            (500, 3600),
+        ] {
             for seed in 0..50 {
                 let wait = policy.backoff(attempt, seed);
                 let base = Duration::from_secs(base);
-                assert!(wait >= base && wait <= base.mul_f64(1.1), "{attempt}: {wait:?}");
+                assert!(
+                    wait >= base && wait <= base.mul_f64(1.1),
+                    "{attempt}: {wait:?}"
+                );
             }
         }
     }

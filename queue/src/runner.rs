@@ -8,6 +8,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use diesel::r2d2::{ConnectionManager, Pool};
+use diesel::{Connection, PgConnection};
 use tracing::info;
 
 use crate::connection::PgPool;
@@ -142,11 +143,16 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         let needed = u32::try_from(workers * 2).unwrap_or(u32::MAX);
         let pool = match (self.pool, self.database_url) {
             (Some(pool), _) => pool,
-            (None, Some(url)) => Pool::builder()
-                .max_size(needed)
-                .min_idle(Some(0))
-                .test_on_check_out(false)
-                .build(ConnectionManager::new(url))?,
+            (None, Some(url)) => {
+                // Connect once directly: an unreachable database is reported
+                // with its real cause at once, not after the pool's timeout.
+                PgConnection::establish(&url)?;
+                Pool::builder()
+                    .max_size(needed)
+                    .min_idle(Some(0))
+                    .test_on_check_out(false)
+                    .build(ConnectionManager::new(url))?
+            }
             (None, None) => {
                 return Err(RunnerError::Config(
                     "no database; give one with `.database_url(..)` or `.pool(..)`".into(),

@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use diesel::data_types::PgInterval;
 use diesel::dsl::{now, sql};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Int8, Interval, Jsonb, Nullable, SmallInt, Text, Timestamptz};
+use diesel::sql_types::{
+    Array, BigInt, Int8, Interval, Jsonb, Nullable, SmallInt, Text, Timestamptz,
+};
 
 use crate::job::JobId;
 use crate::schema::queue_jobs;
@@ -64,7 +66,10 @@ pub(crate) fn insert_job(conn: &mut PgConnection, job: &NewJob) -> QueryResult<J
             .returning(j::id)
             .get_result(conn)?,
         Some(Schedule::After(delay)) => insert
-            .values((columns, j::run_at.eq(now.into_sql::<Timestamptz>() + interval(delay))))
+            .values((
+                columns,
+                j::run_at.eq(now.into_sql::<Timestamptz>() + interval(delay)),
+            ))
             .returning(j::id)
             .get_result(conn)?,
     };
@@ -165,8 +170,11 @@ pub(crate) fn record_failure(
             j::attempts.eq(j::attempts + 1),
             j::last_error.eq(error),
             j::last_failed_at.eq(clock_timestamp().nullable()),
-            j::first_failed_at.eq(coalesce_timestamp(j::first_failed_at, clock_timestamp()).nullable()),
-            j::run_at.eq(sql::<Timestamptz>("clock_timestamp() + ").bind::<Interval, _>(interval(retry_in))),
+            j::first_failed_at
+                .eq(coalesce_timestamp(j::first_failed_at, clock_timestamp()).nullable()),
+            j::run_at
+                .eq(sql::<Timestamptz>("clock_timestamp() + ")
+                    .bind::<Interval, _>(interval(retry_in))),
         ))
         .execute(conn)?;
     Ok(())
@@ -181,7 +189,8 @@ pub(crate) fn record_death(conn: &mut PgConnection, id: i64, error: &str) -> Que
             j::attempts.eq(j::attempts + 1),
             j::last_error.eq(error),
             j::last_failed_at.eq(clock_timestamp().nullable()),
-            j::first_failed_at.eq(coalesce_timestamp(j::first_failed_at, clock_timestamp()).nullable()),
+            j::first_failed_at
+                .eq(coalesce_timestamp(j::first_failed_at, clock_timestamp()).nullable()),
             j::dead_at.eq(clock_timestamp().nullable()),
         ))
         .execute(conn)?;

@@ -32,7 +32,10 @@ pub(crate) struct Shared<C> {
 pub(crate) enum Outcome {
     Succeeded,
     /// Failed; it will be retried unless `dead`.
-    Failed { error: String, dead: bool },
+    Failed {
+        error: String,
+        dead: bool,
+    },
 }
 
 /// Claims up to `limit` ready jobs of `queue` (not in `exclude`) in one
@@ -69,7 +72,10 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
             let descriptor = shared.registry.get(&job.job_type);
             let outcome = match execute(shared, conn, descriptor, job) {
                 Ok(()) => {
-                    debug!(elapsed_ms = started.elapsed().as_millis() as u64, "job succeeded");
+                    debug!(
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "job succeeded"
+                    );
                     completed.push(job.id);
                     Outcome::Succeeded
                 }
@@ -117,7 +123,11 @@ fn execute<C: Any + Send + Sync>(
             }
         }
         _ => catch_panic(|| {
-            descriptor.run(context, payload, &mut JobConnection::from_pool(&shared.pool))
+            descriptor.run(
+                context,
+                payload,
+                &mut JobConnection::from_pool(&shared.pool),
+            )
         }),
     }
 }

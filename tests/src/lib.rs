@@ -43,7 +43,7 @@ pub struct TestDb {
 
 impl TestDb {
     /// Creates and migrates a new database on the test server.
-    pub fn new() -> TestDb {
+    pub fn create() -> TestDb {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -98,15 +98,21 @@ impl TestDb {
 
     /// Number of rows in `queue_jobs` matching a SQL condition.
     pub fn count_jobs(&self, condition: &str) -> i64 {
-        count(&mut self.conn(), &format!("SELECT count(*) AS n FROM queue_jobs WHERE {condition}"))
+        count(
+            &mut self.conn(),
+            &format!("SELECT count(*) AS n FROM queue_jobs WHERE {condition}"),
+        )
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-                .execute(&mut admin);
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut admin);
         }
     }
 }
@@ -128,7 +134,10 @@ pub fn count(conn: &mut PgConnection, sql: &str) -> i64 {
 pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting until {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -139,4 +148,95 @@ pub fn init_tracing() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
+}
+
+/// A reusable meeting point for `parties` threads, with a timeout: proves
+/// that that many jobs run at the same time (without sleeping and hoping).
+#[derive(Debug)]
+pub struct Rendezvous {
+    parties: usize,
+    state: std::sync::Mutex<(usize, u64)>,
+    all_here: std::sync::Condvar,
+}
+
+impl Rendezvous {
+    /// A meeting point for `parties` threads.
+    pub fn new(parties: usize) -> Self {
+        Rendezvous {
+            parties,
+            state: std::sync::Mutex::new((0, 0)),
+            all_here: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Waits until `parties` threads are here; `false` if `timeout` passed first.
+    pub fn meet(&self, timeout: Duration) -> bool {
+        let mut state = self.state.lock().unwrap();
+        let generation = state.1;
+        state.0 += 1;
+        if state.0 == self.parties {
+            *state = (0, generation + 1);
+            self.all_here.notify_all();
+            return true;
+        }
+        let (state, result) = self
+            .all_here
+            .wait_timeout_while(state, timeout, |s| s.1 == generation)
+            .unwrap();
+        drop(state);
+        !result.timed_out()
+    }
+}
+
+/// Counts how many threads are inside at once, and the most ever.
+#[derive(Debug, Default)]
+pub struct Gauge {
+    inside: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+impl Gauge {
+    /// Enters; leaves when the guard drops.
+    pub fn enter(&self) -> GaugeGuard<'_> {
+        let now = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        GaugeGuard(self)
+    }
+
+    /// The most threads ever inside at once.
+    pub fn most(&self) -> usize {
+        self.most.load(Ordering::SeqCst)
+    }
+}
+
+/// Leaves the gauge on drop.
+#[derive(Debug)]
+pub struct GaugeGuard<'a>(&'a Gauge);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.inside.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Implements and registers a `queue::Job` tersely, for tests:
+/// `test_job!(Type, "name", queue = "q", context = Ctx, [consts], |self, ctx, db| body);`
+#[macro_export]
+macro_rules! test_job {
+    ($ty:ty, $name:literal, queue = $queue:literal, context = $ctx:ty, [$($item:item)*],
+     |$this:ident, $c:ident, $db:ident| $body:block) => {
+        impl ::queue::Job for $ty {
+            const JOB_TYPE: &'static str = $name;
+            const QUEUE: &'static str = $queue;
+            $($item)*
+            type Context = $ctx;
+            #[allow(unused_variables)]
+            fn run(
+                $this,
+                $c: &$ctx,
+                $db: &mut ::queue::JobConnection<'_>,
+            ) -> ::std::result::Result<(), ::queue::PerformError> $body
+        }
+        ::queue::register_job!($ty);
+    };
 }

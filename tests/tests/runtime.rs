@@ -1,0 +1,844 @@
+//! Behaviour of the runtime core against a real PostgreSQL. Each test has
+//! its own database, queues and context type, so they run in parallel.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use queue::{
+    AdminError, ConnectionMode, EnqueueError, EnqueueOptions, Job, JobBatch, JobId, PerformError,
+    RetryPolicy, Runner, RunnerError,
+};
+use queue_tests::{count, test_job, wait_until, Gauge, Rendezvous, TestDb};
+use serde::{Deserialize, Serialize};
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn runner<C: Send + Sync + 'static>(
+    db: &TestDb,
+    context: C,
+    queues: &[(&str, usize)],
+) -> Runner<C> {
+    queue_tests::init_tracing();
+    let mut builder = Runner::builder(context)
+        .database_url(db.url())
+        .poll_interval(Duration::from_millis(20));
+    for (queue, workers) in queues {
+        builder = builder.queue(*queue, *workers);
+    }
+    builder.build().expect("runner builds")
+}
+
+fn last_error(db: &TestDb, id: JobId) -> String {
+    queue::find_job(&mut db.conn(), id)
+        .unwrap()
+        .last_error
+        .unwrap_or_default()
+}
+
+// --- a job held by one worker is skipped by another ---------------------
+
+#[derive(Serialize, Deserialize)]
+struct Meet {
+    n: u32,
+}
+test_job!(
+    Meet,
+    "meet",
+    queue = "skip_locked",
+    context = Rendezvous,
+    [],
+    |self, ctx, db| {
+        if ctx.meet(PATIENCE) {
+            Ok(())
+        } else {
+            Err(PerformError::msg(format!(
+                "job {} waited alone: its partner never started",
+                self.n
+            )))
+        }
+    }
+);
+
+#[test]
+fn a_job_held_by_one_worker_is_skipped_by_another() {
+    let db = TestDb::create();
+    let mut conn = db.conn();
+    let first = Meet { n: 1 }.enqueue(&mut conn).unwrap();
+    let second = Meet { n: 2 }.enqueue(&mut conn).unwrap();
+    // Both jobs must be running at once to meet: the worker that does not
+    // hold the first job's lock must skip it and claim the second.
+    let running = runner(&db, Rendezvous::new(2), &[("skip_locked", 2)]).start();
+    wait_until("both jobs completed", PATIENCE * 2, || {
+        db.count_jobs("true") == 0
+    });
+    running.shutdown(PATIENCE);
+    assert!(first < second);
+}
+
+// --- the caller's transaction decides whether the job exists -----------
+
+#[derive(Serialize, Deserialize)]
+struct Noop;
+test_job!(
+    Noop,
+    "noop",
+    queue = "rollback",
+    context = (),
+    [],
+    |self, ctx, db| { Ok(()) }
+);
+
+#[test]
+fn the_callers_rollback_removes_the_enqueued_job() {
+    let db = TestDb::create();
+    let mut conn = db.conn();
+    let rolled_back = conn.transaction(|conn| {
+        Noop.enqueue(conn).unwrap();
+        assert_eq!(
+            db.count_jobs("true"),
+            0,
+            "visible before the caller commits"
+        );
+        Err::<(), _>(diesel::result::Error::RollbackTransaction)
+    });
+    assert!(rolled_back.is_err());
+    assert_eq!(db.count_jobs("true"), 0);
+
+    let id = conn.transaction(|conn| Noop.enqueue(conn)).unwrap();
+    assert_eq!(
+        db.count_jobs(&format!("id = {id} AND job_type = 'noop'")),
+        1
+    );
+}
+
+// --- retries wait for their backoff -------------------------------------
+
+#[derive(Default)]
+struct Attempts {
+    runs: Mutex<Vec<(Instant, Instant)>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FailOnce;
+test_job!(
+    FailOnce,
+    "fail_once",
+    queue = "backoff",
+    context = Arc<Attempts>,
+    [const RETRY_POLICY: RetryPolicy = RetryPolicy::DEFAULT.initial_backoff(Duration::from_secs(1));],
+    |self, ctx, db| {
+        let started = Instant::now();
+        let mut runs = ctx.runs.lock().unwrap();
+        runs.push((started, Instant::now()));
+        if runs.len() == 1 {
+            Err(PerformError::msg("first attempt fails"))
+        } else {
+            Ok(())
+        }
+    }
+);
+
+#[test]
+fn a_failed_job_is_not_rerun_before_its_backoff_and_is_rerun_after_it() {
+    let db = TestDb::create();
+    let id = FailOnce.enqueue(&mut db.conn()).unwrap();
+    let attempts = Arc::new(Attempts::default());
+    let runner = runner(&db, Arc::clone(&attempts), &[("backoff", 1)]);
+    let summary = runner.run_pending().unwrap();
+    assert_eq!(summary.failed.len(), 1);
+
+    // The row says when the next attempt is due: 1 s (+ up to 10 %) later.
+    let record = queue::find_job(&mut db.conn(), id).unwrap();
+    assert_eq!(record.attempts, 1);
+    let wait = record.run_at - record.last_failed_at.unwrap();
+    assert!(
+        wait >= chrono::Duration::seconds(1) && wait <= chrono::Duration::milliseconds(1100),
+        "{wait}"
+    );
+    assert_eq!(
+        runner.run_pending().unwrap().succeeded.len(),
+        0,
+        "ran before its backoff"
+    );
+
+    // Polling every 20 ms, the worker reruns it once the backoff has passed.
+    let running = runner.start();
+    wait_until("the retry succeeded", PATIENCE, || {
+        db.count_jobs("true") == 0
+    });
+    running.shutdown(PATIENCE);
+    let runs = attempts.runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), 2);
+    let gap = runs[1].0 - runs[0].1;
+    assert!(gap >= Duration::from_secs(1), "retried after {gap:?}");
+    assert!(gap < Duration::from_secs(3), "retried only after {gap:?}");
+}
+
+// --- a job scheduled for later does not run early -----------------------
+
+#[derive(Serialize, Deserialize)]
+struct Stamp;
+test_job!(Stamp, "stamp", queue = "delayed", context = Arc<Mutex<Vec<Instant>>>, [], |self, ctx, db| {
+    ctx.lock().unwrap().push(Instant::now());
+    Ok(())
+});
+
+#[test]
+fn a_delayed_job_does_not_run_before_its_time() {
+    let db = TestDb::create();
+    let starts = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let running = runner(&db, Arc::clone(&starts), &[("delayed", 1)]).start();
+    let before = Instant::now();
+    Stamp
+        .enqueue_with(
+            &mut db.conn(),
+            &EnqueueOptions::new().delay(Duration::from_millis(800)),
+        )
+        .unwrap();
+    let at = chrono::Utc::now() + chrono::Duration::milliseconds(400);
+    Stamp
+        .enqueue_with(&mut db.conn(), &EnqueueOptions::new().run_at(at))
+        .unwrap();
+    wait_until("both ran", PATIENCE, || starts.lock().unwrap().len() == 2);
+    running.shutdown(PATIENCE);
+    let starts = starts.lock().unwrap();
+    let (first, second) = (starts[0] - before, starts[1] - before);
+    assert!(
+        first >= Duration::from_millis(395),
+        "run_at job ran after {first:?}"
+    );
+    assert!(
+        second >= Duration::from_millis(795),
+        "delayed job ran after {second:?}"
+    );
+    assert!(
+        second < Duration::from_secs(3),
+        "delayed job ran only after {second:?}"
+    );
+}
+
+// --- panics are failures, and the worker goes on -------------------------
+
+#[derive(Serialize, Deserialize)]
+struct Panicker;
+test_job!(
+    Panicker,
+    "panicker",
+    queue = "panics",
+    context = AtomicUsize,
+    [],
+    |self, ctx, db| { panic!("boom {}", 42) }
+);
+
+#[derive(Serialize, Deserialize)]
+struct Tally;
+test_job!(
+    Tally,
+    "tally",
+    queue = "panics",
+    context = AtomicUsize,
+    [],
+    |self, ctx, db| {
+        ctx.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+);
+
+#[test]
+fn a_panicking_job_is_recorded_as_failed_and_other_jobs_keep_running() {
+    let db = TestDb::create();
+    let mut conn = db.conn();
+    Tally.enqueue(&mut conn).unwrap();
+    let panicked = Panicker.enqueue(&mut conn).unwrap();
+    for _ in 0..4 {
+        Tally.enqueue(&mut conn).unwrap();
+    }
+    // On a started runner with a single worker: the worker survives the panic.
+    let runner = runner(&db, AtomicUsize::new(0), &[("panics", 1)]);
+    let running = runner.start();
+    wait_until("only the panicked job is left", PATIENCE, || {
+        db.count_jobs("true") == 1 && db.count_jobs("attempts = 1") == 1
+    });
+    running.shutdown(PATIENCE);
+    let record = queue::find_job(&mut conn, panicked).unwrap();
+    assert_eq!(record.attempts, 1);
+    assert_eq!(record.last_error.as_deref(), Some("job panicked: boom 42"));
+    assert!(record.dead_at.is_none(), "a panic is retryable");
+}
+
+// --- rows the runner cannot run are recorded failures -------------------
+
+#[derive(Serialize, Deserialize)]
+struct Typed {
+    count: u32,
+}
+test_job!(
+    Typed,
+    "typed",
+    queue = "bad_rows",
+    context = (),
+    [],
+    |self, ctx, db| { Ok(()) }
+);
+
+#[test]
+fn unknown_type_names_and_malformed_payloads_are_recorded_failures() {
+    let db = TestDb::create();
+    let mut conn = db.conn();
+    db.execute(
+        "INSERT INTO queue_jobs (job_type, queue, payload) VALUES \
+         ('no_such_job', 'bad_rows', '{}'), \
+         ('typed', 'bad_rows', '{\"count\": \"three\"}')",
+    );
+    let good = Typed { count: 3 }.enqueue(&mut conn).unwrap();
+    let summary = runner(&db, (), &[("bad_rows", 1)]).run_pending().unwrap();
+    assert_eq!(summary.succeeded, vec![good]);
+    assert_eq!(summary.failed.len(), 2);
+    assert!(
+        summary.failed.iter().all(|f| !f.dead),
+        "retryable: a deploy may fix them"
+    );
+
+    let unknown = summary
+        .failed
+        .iter()
+        .find(|f| f.job_type == "no_such_job")
+        .unwrap();
+    assert!(
+        last_error(&db, unknown.id).starts_with("unknown job type `no_such_job`"),
+        "{}",
+        last_error(&db, unknown.id)
+    );
+    let malformed = summary
+        .failed
+        .iter()
+        .find(|f| f.job_type == "typed")
+        .unwrap();
+    let error = last_error(&db, malformed.id);
+    assert!(
+        error.contains("does not deserialize into `runtime::Typed`")
+            && error.contains("invalid type: string \"three\", expected u32"),
+        "{error}"
+    );
+}
+
+// --- dead jobs, retry and discard ------------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct TwoStrikes;
+test_job!(
+    TwoStrikes,
+    "two_strikes",
+    queue = "dead",
+    context = AtomicBool,
+    [const RETRY_POLICY: RetryPolicy = RetryPolicy::DEFAULT.max_attempts(2).initial_backoff(Duration::ZERO);],
+    |self, ctx, db| {
+        if ctx.load(Ordering::SeqCst) { Ok(()) } else { Err(PerformError::msg("strike")) }
+    }
+);
+
+#[derive(Serialize, Deserialize)]
+struct Hopeless;
+test_job!(
+    Hopeless,
+    "hopeless",
+    queue = "dead",
+    context = AtomicBool,
+    [],
+    |self, ctx, db| {
+        if ctx.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(PerformError::permanent(
+                "version 1.0.0 already exists with other content",
+            ))
+        }
+    }
+);
+
+#[test]
+fn max_attempts_and_permanent_errors_make_jobs_dead_and_operators_retry_or_discard_them() {
+    let db = TestDb::create();
+    let mut conn = db.conn();
+    let strikes = TwoStrikes.enqueue(&mut conn).unwrap();
+    let hopeless = Hopeless.enqueue(&mut conn).unwrap();
+    let runner = runner(&db, AtomicBool::new(false), &[("dead", 1)]);
+
+    let first = runner.run_pending().unwrap();
+    assert_eq!(
+        first
+            .failed
+            .iter()
+            .map(|f| (f.id, f.dead))
+            .collect::<Vec<_>>(),
+        [(strikes, false), (hopeless, true)]
+    );
+    let failing = queue::failing_jobs(&mut conn, 10).unwrap();
+    assert_eq!(
+        failing.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [strikes.0]
+    );
+
+    let second = runner.run_pending().unwrap();
+    assert_eq!(
+        second
+            .failed
+            .iter()
+            .map(|f| (f.id, f.dead))
+            .collect::<Vec<_>>(),
+        [(strikes, true)]
+    );
+    let dead = queue::dead_jobs(&mut conn, 10).unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(queue::failing_jobs(&mut conn, 10).unwrap().is_empty());
+    let record = queue::find_job(&mut conn, hopeless).unwrap();
+    assert_eq!(record.attempts, 1);
+    assert_eq!(
+        record.last_error.as_deref(),
+        Some("version 1.0.0 already exists with other content")
+    );
+    assert!(
+        runner.run_pending().unwrap() == Default::default(),
+        "a dead job ran"
+    );
+
+    // The operator fixes the cause, retries one and discards the other.
+    runner.context().store(true, Ordering::SeqCst);
+    queue::retry_job(&mut conn, hopeless).unwrap();
+    queue::discard_job(&mut conn, strikes).unwrap();
+    assert_eq!(runner.run_pending().unwrap().succeeded, vec![hopeless]);
+    assert_eq!(db.count_jobs("true"), 0);
+    assert!(
+        matches!(queue::retry_job(&mut conn, strikes), Err(AdminError::NotFound(id)) if id == strikes)
+    );
+    assert!(matches!(
+        queue::discard_job(&mut conn, JobId(-1)),
+        Err(AdminError::NotFound(_))
+    ));
+}
+
+/// Lets a test know a job has started, and tell it when to finish.
+struct Handshake {
+    started: Mutex<mpsc::Sender<()>>,
+    release: Mutex<mpsc::Receiver<()>>,
+}
+
+impl Handshake {
+    fn new() -> (Handshake, mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        let handshake = Handshake {
+            started: Mutex::new(started_tx),
+            release: Mutex::new(release_rx),
+        };
+        (handshake, started_rx, release_tx)
+    }
+
+    fn started_then_wait(&self) -> Result<(), PerformError> {
+        self.started
+            .lock()
+            .unwrap()
+            .send(())
+            .map_err(PerformError::new)?;
+        self.release
+            .lock()
+            .unwrap()
+            .recv_timeout(PATIENCE)
+            .map_err(PerformError::new)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Blocker;
+test_job!(
+    Blocker,
+    "blocker",
+    queue = "admin_running",
+    context = Handshake,
+    [],
+    |self, ctx, db| { ctx.started_then_wait() }
+);
+
+#[test]
+fn operators_cannot_retry_or_discard_a_running_job() {
+    let db = TestDb::create();
+    let mut conn = db.conn();
+    let id = Blocker.enqueue(&mut conn).unwrap();
+    let (handshake, started, release) = Handshake::new();
+    let running = runner(&db, handshake, &[("admin_running", 1)]).start();
+    started.recv_timeout(PATIENCE).unwrap();
+    assert!(matches!(queue::retry_job(&mut conn, id), Err(AdminError::Running(r)) if r == id));
+    assert!(matches!(queue::discard_job(&mut conn, id), Err(AdminError::Running(r)) if r == id));
+    assert_eq!(db.count_jobs("attempts = 0"), 1, "the job was changed");
+    release.send(()).unwrap();
+    wait_until("the job completed", PATIENCE, || db.count_jobs("true") == 0);
+    running.shutdown(PATIENCE);
+}
+
+// --- per-queue worker counts -------------------------------------------
+
+#[derive(Default)]
+struct Concurrency {
+    narrow: Gauge,
+    wide: Gauge,
+    wide_meeting: Option<Rendezvous>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Narrow;
+test_job!(Narrow, "narrow", queue = "narrow", context = Arc<Concurrency>, [], |self, ctx, db| {
+    let _inside = ctx.narrow.enter();
+    std::thread::sleep(Duration::from_millis(30));
+    Ok(())
+});
+
+#[derive(Serialize, Deserialize)]
+struct Wide;
+test_job!(Wide, "wide", queue = "wide", context = Arc<Concurrency>, [], |self, ctx, db| {
+    let _inside = ctx.wide.enter();
+    // Three at once must meet; a fourth would push the gauge to 4.
+    if !ctx.wide_meeting.as_ref().unwrap().meet(PATIENCE) {
+        return Err(PerformError::msg("fewer than 3 wide jobs ran at once"));
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    Ok(())
+});
+
+#[test]
+fn each_queue_runs_exactly_its_number_of_workers_at_once() {
+    let db = TestDb::create();
+    let mut batch = JobBatch::new();
+    for _ in 0..6 {
+        batch.push(&Narrow).unwrap().push(&Wide).unwrap();
+    }
+    batch.enqueue(&mut db.conn()).unwrap();
+    let context = Arc::new(Concurrency {
+        wide_meeting: Some(Rendezvous::new(3)),
+        ..Default::default()
+    });
+    let running = runner(&db, Arc::clone(&context), &[("narrow", 1), ("wide", 3)]).start();
+    wait_until("all ran", PATIENCE * 2, || db.count_jobs("true") == 0);
+    running.shutdown(PATIENCE);
+    assert_eq!(db.count_jobs("attempts > 0"), 0);
+    assert_eq!(context.narrow.most(), 1, "queue `narrow` has one worker");
+    assert_eq!(context.wide.most(), 3, "queue `wide` has three workers");
+}
+
+// --- writes on the lock-holding transaction ----------------------------
+
+#[derive(Serialize, Deserialize)]
+struct Write {
+    key: String,
+    fail: bool,
+}
+
+fn write_effect(
+    db: &mut queue::JobConnection<'_>,
+    key: &str,
+    fail: bool,
+) -> Result<(), PerformError> {
+    diesel::sql_query("INSERT INTO effects (key) VALUES ($1)")
+        .bind::<diesel::sql_types::Text, _>(key)
+        .execute(db.get()?)?;
+    if fail {
+        return Err(PerformError::msg("failing after the write"));
+    }
+    Ok(())
+}
+
+#[derive(Serialize, Deserialize)]
+struct TxWrite(Write);
+test_job!(
+    TxWrite,
+    "tx_write",
+    queue = "tx",
+    context = (),
+    [const CONNECTION: ConnectionMode = ConnectionMode::JobTransaction;],
+    |self, ctx, db| {
+        assert_eq!(db.mode(), ConnectionMode::JobTransaction);
+        write_effect(db, &self.0.key, self.0.fail)
+    }
+);
+
+#[derive(Serialize, Deserialize)]
+struct TxPanic;
+test_job!(
+    TxPanic,
+    "tx_panic",
+    queue = "tx",
+    context = (),
+    [const CONNECTION: ConnectionMode = ConnectionMode::JobTransaction;],
+    |self, ctx, db| {
+        write_effect(db, "panicked", false)?;
+        panic!("after the write")
+    }
+);
+
+#[derive(Serialize, Deserialize)]
+struct PooledWrite(Write);
+test_job!(
+    PooledWrite,
+    "pooled_write",
+    queue = "tx",
+    context = (),
+    [],
+    |self, ctx, db| {
+        assert_eq!(db.mode(), ConnectionMode::Pooled);
+        write_effect(db, &self.0.key, self.0.fail)
+    }
+);
+
+fn effects(db: &TestDb) -> Vec<String> {
+    #[derive(QueryableByName)]
+    struct Effect {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        key: String,
+    }
+    diesel::sql_query("SELECT key FROM effects ORDER BY key")
+        .load::<Effect>(&mut db.conn())
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect()
+}
+
+#[test]
+fn a_job_writing_on_its_lock_transaction_leaves_nothing_behind_when_it_fails() {
+    let db = TestDb::create();
+    db.execute("CREATE TABLE effects (key TEXT PRIMARY KEY)");
+    let mut conn = db.conn();
+    let write = |key: &str, fail| Write {
+        key: key.into(),
+        fail,
+    };
+    TxWrite(write("tx-ok", false)).enqueue(&mut conn).unwrap();
+    let tx_failed = TxWrite(write("tx-failed", true))
+        .enqueue(&mut conn)
+        .unwrap();
+    let panicked = TxPanic.enqueue(&mut conn).unwrap();
+    // The contrast: on its own connection, a write stays even if the job fails.
+    PooledWrite(write("pooled-failed", true))
+        .enqueue(&mut conn)
+        .unwrap();
+
+    let summary = runner(&db, (), &[("tx", 1)]).run_pending().unwrap();
+    assert_eq!(summary.succeeded.len(), 1);
+    assert_eq!(summary.failed.len(), 3);
+    assert_eq!(effects(&db), ["pooled-failed", "tx-ok"]);
+    // The failures were still recorded, after the job's writes rolled back.
+    assert_eq!(last_error(&db, tx_failed), "failing after the write");
+    assert_eq!(last_error(&db, panicked), "job panicked: after the write");
+}
+
+// --- priorities ----------------------------------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct Ordered(u32);
+test_job!(Ordered, "ordered", queue = "priority", context = Mutex<Vec<u32>>, [], |self, ctx, db| {
+    ctx.lock().unwrap().push(self.0);
+    Ok(())
+});
+
+#[test]
+fn higher_priority_runs_first_and_ties_run_in_enqueue_order() {
+    let db = TestDb::create();
+    let mut conn = db.conn();
+    for (n, priority) in [(1, 0), (2, 5), (3, 0), (4, -3), (5, 5)] {
+        Ordered(n)
+            .enqueue_with(&mut conn, &EnqueueOptions::new().priority(priority))
+            .unwrap();
+    }
+    let runner = runner(&db, Mutex::new(Vec::<u32>::new()), &[("priority", 1)]);
+    runner.run_pending().unwrap();
+    assert_eq!(*runner.context().lock().unwrap(), [2, 5, 1, 3, 4]);
+}
+
+// --- enqueueing ------------------------------------------------------------
+
+#[test]
+fn a_batch_is_inserted_in_one_statement_with_each_jobs_options() {
+    let db = TestDb::create();
+    let mut conn = db.conn();
+    let mut batch = JobBatch::new();
+    batch.push(&Ordered(1)).unwrap();
+    batch
+        .push_with(&Noop, &EnqueueOptions::new().queue("elsewhere").priority(7))
+        .unwrap();
+    batch
+        .push_with(
+            &Ordered(3),
+            &EnqueueOptions::new().delay(Duration::from_secs(3600)),
+        )
+        .unwrap();
+    let ids = conn.transaction(|conn| batch.enqueue(conn)).unwrap();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+
+    let jobs: Vec<_> = ids
+        .iter()
+        .map(|id| queue::find_job(&mut conn, *id).unwrap())
+        .collect();
+    assert_eq!(
+        (jobs[0].job_type.as_str(), jobs[0].queue.as_str()),
+        ("ordered", "priority")
+    );
+    assert_eq!(jobs[0].payload, serde_json::json!(1));
+    assert_eq!(
+        (
+            jobs[1].job_type.as_str(),
+            jobs[1].queue.as_str(),
+            jobs[1].priority
+        ),
+        ("noop", "elsewhere", 7)
+    );
+    let delay = jobs[2].run_at - jobs[2].created_at;
+    assert!(delay >= chrono::Duration::seconds(3599), "{delay}");
+    assert!(JobBatch::new().enqueue(&mut conn).unwrap().is_empty());
+}
+
+#[test]
+fn invalid_enqueue_options_are_refused_with_a_clear_error_and_insert_nothing() {
+    let db = TestDb::create();
+    let mut conn = db.conn();
+    let error = Noop
+        .enqueue_with(&mut conn, &EnqueueOptions::new().queue(""))
+        .unwrap_err();
+    assert!(matches!(error, EnqueueError::InvalidOptions(_)));
+    assert!(error.to_string().contains("queue name is empty"), "{error}");
+    let error = Noop
+        .enqueue_with(&mut conn, &EnqueueOptions::new().delay(Duration::MAX))
+        .unwrap_err();
+    assert!(error.to_string().contains("is too long"), "{error}");
+    assert_eq!(db.count_jobs("true"), 0);
+}
+
+// --- the runner refuses what cannot work -----------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct NeedsString;
+test_job!(
+    NeedsString,
+    "needs_string",
+    queue = "mismatch",
+    context = String,
+    [],
+    |self, ctx, db| { Ok(()) }
+);
+
+#[test]
+fn a_runner_refuses_to_build_when_a_job_on_its_queues_needs_another_context() {
+    let db = TestDb::create();
+    let error = Runner::builder(42_u64)
+        .database_url(db.url())
+        .queue("mismatch", 1)
+        .build()
+        .unwrap_err();
+    assert!(matches!(
+        error,
+        RunnerError::ContextMismatch {
+            job_type: "needs_string",
+            ..
+        }
+    ));
+    let message = error.to_string();
+    assert!(
+        message.contains("`alloc::string::String`") && message.contains("`u64`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_runner_refuses_bad_configurations_with_what_to_do() {
+    let db = TestDb::create();
+    let build = |builder: queue::RunnerBuilder<()>| builder.build().unwrap_err().to_string();
+    let base = || Runner::builder(()).database_url(db.url());
+    assert!(build(base()).contains("no queue to serve"));
+    assert!(build(base().queue("rollback", 0)).contains("give it at least 1"));
+    assert!(build(base().queue("rollback", 1).queue("rollback", 2)).contains("configured twice"));
+    let small = base().queue("rollback", 3).pool(db.pool(4));
+    assert!(build(small).contains("at most 4 connections but 3 workers need 6"));
+    let unreachable = Runner::builder(())
+        .database_url("postgres://nobody@127.0.0.1:1/none")
+        .queue("rollback", 1);
+    let message = build(unreachable);
+    assert!(
+        message.contains("cannot connect to the database") && message.contains("refused"),
+        "{message}"
+    );
+}
+
+// --- graceful shutdown ------------------------------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct Slow;
+test_job!(
+    Slow,
+    "slow",
+    queue = "shutdown",
+    context = Handshake,
+    [],
+    |self, ctx, db| { ctx.started_then_wait() }
+);
+
+#[test]
+fn shutdown_stops_claiming_and_lets_the_running_job_finish() {
+    let db = TestDb::create();
+    let mut conn = db.conn();
+    let first = Slow.enqueue(&mut conn).unwrap();
+    let (handshake, started, release) = Handshake::new();
+    let running = runner(&db, handshake, &[("shutdown", 1)]).start();
+    started.recv_timeout(PATIENCE).unwrap();
+    let second = Slow.enqueue(&mut conn).unwrap();
+
+    let stopper = std::thread::spawn(move || running.shutdown(PATIENCE));
+    // The runner waits for the running job, then stops without claiming more.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !stopper.is_finished(),
+        "shutdown did not wait for the running job"
+    );
+    release.send(()).unwrap();
+    let report = stopper.join().unwrap();
+    assert_eq!(report.workers_still_running, 0);
+    assert!(
+        queue::find_job(&mut conn, first).is_err(),
+        "the running job completed"
+    );
+    assert_eq!(
+        queue::find_job(&mut conn, second).unwrap().attempts,
+        0,
+        "not claimed"
+    );
+    assert!(started.try_recv().is_err(), "a job started after shutdown");
+}
+
+#[test]
+fn shutdown_gives_up_waiting_after_its_timeout() {
+    let db = TestDb::create();
+    Slow.enqueue(&mut db.conn()).unwrap();
+    let (handshake, started, release) = Handshake::new();
+    let running = runner(&db, handshake, &[("shutdown", 1)]).start();
+    started.recv_timeout(PATIENCE).unwrap();
+    let report = running.shutdown(Duration::from_millis(50));
+    assert_eq!(report.workers_still_running, 1);
+    release.send(()).unwrap();
+}
+
+// --- schema ----------------------------------------------------------------
+
+#[test]
+fn migrate_is_idempotent_and_records_the_schema_version() {
+    let db = TestDb::create();
+    let mut conn = db.conn();
+    let again = queue::migrate(&mut conn).unwrap();
+    assert!(again.applied.is_empty());
+    assert_eq!(again.current_version, "20261126000001");
+    let versions = count(
+        &mut conn,
+        "SELECT count(*) AS n FROM queue_schema_migrations",
+    );
+    assert_eq!(versions, 1);
+}
