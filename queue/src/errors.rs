@@ -109,6 +109,51 @@ impl fmt::Debug for PerformError {
     }
 }
 
+/// Not public API. Used by generated code: what a `#[background_job]`
+/// function may return as its error.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be recorded as a job failure",
+    label = "the error type of this #[background_job]",
+    note = "a #[background_job] returns `Result<(), E>` where `E` is `queue::PerformError` \
+            or implements `std::error::Error + Send + Sync + 'static`"
+)]
+pub trait IntoPerformError {
+    /// Not public API.
+    fn into_perform_error(self) -> PerformError;
+}
+
+impl<E: StdError + Send + Sync + 'static> IntoPerformError for E {
+    fn into_perform_error(self) -> PerformError {
+        PerformError::new(self)
+    }
+}
+
+impl IntoPerformError for PerformError {
+    fn into_perform_error(self) -> PerformError {
+        self
+    }
+}
+
+/// Not public API. Used by generated code: what a `#[background_job]`
+/// argument must be.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a #[background_job] argument: it is not serializable",
+    label = "arguments are stored as JSON, so this type must implement `Serialize` and `Deserialize`",
+    note = "derive them (`#[derive(serde::Serialize, serde::Deserialize)]`), or pass the \
+            context as `&{Self}` if this is not data of the job"
+)]
+pub trait JobArgument: serde::Serialize + serde::de::DeserializeOwned {}
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned> JobArgument for T {}
+
+/// Not public API. Used by generated code.
+pub const fn assert_job_argument<T: JobArgument>() {}
+
+/// Not public API. Used by generated code.
+pub fn job_result<E: IntoPerformError>(result: Result<(), E>) -> Result<(), PerformError> {
+    result.map_err(IntoPerformError::into_perform_error)
+}
+
 /// Enqueueing a job failed; nothing was inserted.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

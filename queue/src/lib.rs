@@ -21,6 +21,8 @@ mod shutdown;
 mod storage;
 mod worker;
 
+pub use queue_derive::background_job;
+
 pub use crate::admin::{dead_jobs, discard_job, failing_jobs, find_job, retry_job};
 pub use crate::connection::{ConnectionMode, JobConnection, PgPool};
 pub use crate::errors::{
@@ -59,8 +61,8 @@ macro_rules! register_job {
 /// Not public API. Used by generated code.
 #[doc(hidden)]
 pub mod __private {
-    /// Not public API. Used by generated code.
+    pub use crate::errors::{assert_job_argument, job_result, IntoPerformError, JobArgument};
     pub use crate::registry::JobDescriptor;
-    /// Not public API. Used by generated code.
     pub use inventory;
+    pub use serde;
 }

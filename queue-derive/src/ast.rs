@@ -1,0 +1,331 @@
+//! The function under `#[background_job]`, checked and classified.
+//!
+//! Parameters are classified by their type, in this order:
+//! 1. an explicit `#[job(context)]` or `#[job(connection)]` on the parameter;
+//! 2. `&mut PgConnection` (any path ending in `PgConnection`): the connection;
+//! 3. any other shared reference `&T`: the context, `T` being the runner's context type;
+//! 4. anything else: an argument, stored as a field of the job.
+
+use proc_macro2::Span;
+use quote::ToTokens;
+use syn::spanned::Spanned;
+use syn::{
+    Attribute, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type,
+    TypeReference,
+};
+
+use crate::attr::Errors;
+
+/// What a parameter is to the job.
+pub(crate) enum Role {
+    /// `&T`: the runner's context; holds `T`.
+    Context(Type),
+    /// `&mut PgConnection`: the job's connection.
+    Connection,
+    /// An owned value stored in the job; holds the `#[serde]` attributes to copy.
+    Argument(Vec<Attribute>),
+}
+
+/// One parameter of the function.
+pub(crate) struct Param {
+    pub(crate) ident: Ident,
+    pub(crate) ty: Type,
+    pub(crate) role: Role,
+}
+
+/// The checked function.
+pub(crate) struct JobFn {
+    pub(crate) item: ItemFn,
+    pub(crate) params: Vec<Param>,
+    /// The span of the return type, where an unusable error type is reported.
+    pub(crate) output_span: Span,
+}
+
+impl JobFn {
+    pub(crate) fn context(&self) -> Option<&Type> {
+        self.params.iter().find_map(|p| match &p.role {
+            Role::Context(ty) => Some(ty),
+            _ => None,
+        })
+    }
+
+    pub(crate) fn takes_connection(&self) -> bool {
+        self.params
+            .iter()
+            .any(|p| matches!(p.role, Role::Connection))
+    }
+
+    pub(crate) fn arguments(&self) -> impl Iterator<Item = (&Param, &[Attribute])> {
+        self.params.iter().filter_map(|p| match &p.role {
+            Role::Argument(attrs) => Some((p, attrs.as_slice())),
+            _ => None,
+        })
+    }
+}
+
+/// Checks the function and classifies its parameters. The parameter
+/// attributes this macro reads (`#[job(..)]`, `#[serde(..)]`) are removed
+/// from `item` so what is left compiles as an ordinary function.
+pub(crate) fn analyze(mut item: ItemFn, errors: &mut Errors) -> JobFn {
+    check_signature(&item, errors);
+    let mut params = Vec::new();
+    let mut context_seen: Option<Ident> = None;
+    let mut connection_seen: Option<Ident> = None;
+    for input in &mut item.sig.inputs {
+        let FnArg::Typed(typed) = input else {
+            errors.spanned(
+                &*input,
+                "#[background_job] cannot be used on methods: a job is stored as data and run \
+                 without a `self`; write a free function and pass what it needs as arguments",
+            );
+            continue;
+        };
+        let explicit = take_job_attr(&mut typed.attrs, errors);
+        let serde_attrs = take_serde_attrs(&mut typed.attrs);
+        let ident = match &*typed.pat {
+            Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => pat.ident.clone(),
+            other => {
+                errors.spanned(
+                    other,
+                    "#[background_job] parameters must be plain names (`krate: NewVersion`), \
+                     not patterns: each argument becomes a named field of the stored job",
+                );
+                continue;
+            }
+        };
+        let ty = (*typed.ty).clone();
+        let Some(role) = classify(&ident, &ty, explicit, serde_attrs, errors) else {
+            continue;
+        };
+        let seen = match role {
+            Role::Context(_) => Some((&mut context_seen, "context reference")),
+            Role::Connection => Some((&mut connection_seen, "database connection")),
+            Role::Argument(_) => None,
+        };
+        if let Some((seen, what)) = seen {
+            if let Some(first) = seen {
+                errors.spanned(
+                    &typed.ty,
+                    format!(
+                        "a #[background_job] takes at most one {what}, and `{first}` is already \
+                         one; make `{ident}` part of it, or an owned argument"
+                    ),
+                );
+                continue;
+            }
+            *seen = Some(ident.clone());
+        }
+        params.push(Param { ident, ty, role });
+    }
+    let output_span = check_output(&item.sig, errors);
+    JobFn {
+        item,
+        params,
+        output_span,
+    }
+}
+
+fn check_signature(item: &ItemFn, errors: &mut Errors) {
+    let sig = &item.sig;
+    let not_on = |what: &str| {
+        format!("#[background_job] cannot be used on {what} functions; write a plain `fn`")
+    };
+    if let Some(t) = &sig.constness {
+        errors.spanned(t, not_on("`const`"));
+    }
+    if let Some(t) = &sig.asyncness {
+        errors.spanned(
+            t,
+            "#[background_job] cannot be used on `async` functions: jobs run on worker threads; \
+             write a plain `fn` (block on a runtime inside it if you must)",
+        );
+    }
+    if let Some(t) = &sig.unsafety {
+        errors.spanned(t, not_on("`unsafe`"));
+    }
+    if let Some(t) = &sig.abi {
+        errors.spanned(t, not_on("`extern`"));
+    }
+    if !sig.generics.params.is_empty() {
+        errors.spanned(
+            &sig.generics,
+            "#[background_job] cannot be used on generic functions: the runner must know the \
+             concrete types to deserialize and run the job; use concrete types",
+        );
+    }
+    if let Some(clause) = &sig.generics.where_clause {
+        errors.spanned(
+            clause,
+            "#[background_job] cannot be used on functions with a `where` clause; use concrete types",
+        );
+    }
+    if let Some(v) = &sig.variadic {
+        errors.spanned(v, "#[background_job] cannot be used on variadic functions");
+    }
+}
+
+/// Reads and removes `#[job(context)]` / `#[job(connection)]`.
+fn take_job_attr(attrs: &mut Vec<Attribute>, errors: &mut Errors) -> Option<(Explicit, Span)> {
+    let mut found = None;
+    let mut kept = Vec::with_capacity(attrs.len());
+    for attr in attrs.drain(..) {
+        if !attr.path().is_ident("job") {
+            kept.push(attr);
+            continue;
+        }
+        let parsed = attr
+            .parse_args::<Ident>()
+            .ok()
+            .and_then(|i| match i.to_string().as_str() {
+                "context" => Some(Explicit::Context),
+                "connection" => Some(Explicit::Connection),
+                _ => None,
+            });
+        match parsed {
+            _ if found.is_some() => errors.spanned(&attr, "give a parameter one `#[job(..)]`"),
+            Some(explicit) => found = Some((explicit, attr.span())),
+            None => errors.spanned(
+                &attr,
+                "expected `#[job(context)]` or `#[job(connection)]` on a #[background_job] parameter",
+            ),
+        }
+    }
+    *attrs = kept;
+    found
+}
+
+/// Removes `#[serde(..)]`, to be put on the job's field instead.
+fn take_serde_attrs(attrs: &mut Vec<Attribute>) -> Vec<Attribute> {
+    let (serde, rest) = attrs.drain(..).partition(|a| a.path().is_ident("serde"));
+    *attrs = rest;
+    serde
+}
+
+#[derive(Clone, Copy)]
+enum Explicit {
+    Context,
+    Connection,
+}
+
+fn classify(
+    ident: &Ident,
+    ty: &Type,
+    explicit: Option<(Explicit, Span)>,
+    serde_attrs: Vec<Attribute>,
+    errors: &mut Errors,
+) -> Option<Role> {
+    let reference = match ty {
+        Type::Reference(r) => Some(r),
+        _ => None,
+    };
+    if let (Some(r), false) = (reference, serde_attrs.is_empty()) {
+        errors.spanned(
+            &serde_attrs[0],
+            format!(
+                "`#[serde]` belongs on stored arguments, and `{ident}` is a reference ({})",
+                r.to_token_stream()
+            ),
+        );
+    }
+    match (explicit, reference) {
+        (Some((_, span)), None) => {
+            errors.push(syn::Error::new(
+                span,
+                "`#[job(..)]` marks a reference parameter (`&Context` or `&mut PgConnection`); \
+                 this parameter is owned, so it is already an argument",
+            ));
+            None
+        }
+        (Some((Explicit::Context, _)), Some(r)) => context(r, errors),
+        (Some((Explicit::Connection, _)), Some(r)) => connection(r, errors),
+        (None, Some(r)) if names_pg_connection(&r.elem) => connection(r, errors),
+        (None, Some(r)) => context(r, errors),
+        (None, None) => {
+            if let Type::ImplTrait(_) = ty {
+                errors.spanned(
+                    ty,
+                    "#[background_job] arguments cannot be `impl Trait`: they are stored and \
+                     deserialized, so they need a concrete type",
+                );
+                return None;
+            }
+            Some(Role::Argument(serde_attrs))
+        }
+    }
+}
+
+fn context(r: &TypeReference, errors: &mut Errors) -> Option<Role> {
+    if r.mutability.is_some() {
+        errors.spanned(
+            r,
+            "the context of a #[background_job] is shared by all concurrent jobs of a runner, \
+             so it is taken as `&T`, not `&mut T`; use interior mutability (a Mutex) for state \
+             that changes. A connection under another name is marked `#[job(connection)]`",
+        );
+        return None;
+    }
+    Some(Role::Context((*r.elem).clone()))
+}
+
+fn connection(r: &TypeReference, errors: &mut Errors) -> Option<Role> {
+    if r.mutability.is_none() {
+        errors.spanned(
+            r,
+            "a #[background_job] takes its database connection as `&mut PgConnection` (diesel \
+             needs it mutable); write `&mut PgConnection`",
+        );
+        return None;
+    }
+    Some(Role::Connection)
+}
+
+fn names_pg_connection(ty: &Type) -> bool {
+    match ty {
+        Type::Path(p) => p
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "PgConnection" && s.arguments.is_empty()),
+        Type::Group(g) => names_pg_connection(&g.elem),
+        Type::Paren(p) => names_pg_connection(&p.elem),
+        _ => false,
+    }
+}
+
+/// Accepts `Result<(), E>` (or a one-argument alias like `io::Result<()>`).
+fn check_output(sig: &syn::Signature, errors: &mut Errors) -> Span {
+    let output = &sig.output;
+    const EXPECTED: &str = "a #[background_job] returns `Result<(), E>`, where `E` is \
+        `queue::PerformError` or any `std::error::Error + Send + Sync + 'static`";
+    let ty = match output {
+        ReturnType::Type(_, ty) => ty,
+        ReturnType::Default => {
+            let after_params = sig.paren_token.span.close();
+            errors.push(syn::Error::new(
+                after_params,
+                format!("{EXPECTED}; add `-> Result<(), queue::PerformError>` and return `Ok(())`"),
+            ));
+            return after_params;
+        }
+    };
+    let ok = match &**ty {
+        Type::Path(p) if p.qself.is_none() => p.path.segments.last().is_some_and(|last| {
+            last.ident == "Result"
+                && match &last.arguments {
+                    PathArguments::AngleBracketed(args) => {
+                        let mut types = args.args.iter();
+                        matches!(
+                            types.next(),
+                            Some(GenericArgument::Type(Type::Tuple(unit))) if unit.elems.is_empty()
+                        ) && args.args.len() <= 2
+                    }
+                    _ => false,
+                }
+        }),
+        _ => false,
+    };
+    if !ok {
+        errors.spanned(ty, EXPECTED);
+    }
+    ty.span()
+}

@@ -1,0 +1,286 @@
+//! The arguments of `#[background_job(...)]`.
+
+use proc_macro2::{Span, TokenStream};
+use quote::ToTokens;
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::{Expr, ExprLit, ExprPath, ExprUnary, Lit, LitStr, Meta, Token, UnOp};
+
+use crate::duration;
+
+/// Every key the attribute accepts, in the order error messages list them.
+pub(crate) const KEYS: &str =
+    "`name`, `queue`, `priority`, `max_attempts`, `backoff`, `max_backoff`, `transaction`, `crate`";
+
+/// The parsed, validated arguments.
+#[derive(Default)]
+pub(crate) struct Args {
+    pub(crate) name: Option<String>,
+    pub(crate) queue: Option<String>,
+    pub(crate) priority: Option<i16>,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) backoff_micros: Option<u64>,
+    pub(crate) max_backoff_micros: Option<u64>,
+    /// The `transaction` flag, with its span for errors.
+    pub(crate) transaction: Option<Span>,
+    pub(crate) krate: Option<syn::Path>,
+}
+
+/// Collects errors so the user sees all of them at once.
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    pub(crate) fn spanned(&mut self, tokens: impl ToTokens, message: impl std::fmt::Display) {
+        self.push(syn::Error::new_spanned(tokens, message));
+    }
+
+    pub(crate) fn into_result(self) -> Result<(), syn::Error> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
+/// One key's value; a second occurrence of the key is an error.
+struct Slot<T> {
+    key: &'static str,
+    value: Option<T>,
+}
+
+impl<T> Slot<T> {
+    fn new(key: &'static str) -> Self {
+        Slot { key, value: None }
+    }
+
+    fn set(&mut self, errors: &mut Errors, tokens: &Meta, value: Result<T, String>) {
+        if self.value.is_some() {
+            errors.spanned(
+                tokens.path(),
+                format!(
+                    "duplicate `{}` in #[background_job]; give each key once",
+                    self.key
+                ),
+            );
+            return;
+        }
+        match value {
+            Ok(value) => self.value = Some(value),
+            Err(message) => errors.spanned(tokens, message),
+        }
+    }
+}
+
+/// Parses the attribute's arguments, reporting every mistake.
+pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Args {
+    let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(args) {
+        Ok(metas) => metas,
+        Err(error) => {
+            errors.push(syn::Error::new(
+                error.span(),
+                format!(
+                    "{error}; #[background_job] takes `key = value` pairs separated by commas, \
+                     with the keys {KEYS}"
+                ),
+            ));
+            return Args::default();
+        }
+    };
+
+    let mut name = Slot::new("name");
+    let mut queue = Slot::new("queue");
+    let mut priority = Slot::new("priority");
+    let mut max_attempts = Slot::new("max_attempts");
+    let mut backoff = Slot::new("backoff");
+    let mut max_backoff = Slot::new("max_backoff");
+    let mut transaction = Slot::new("transaction");
+    let mut krate = Slot::new("crate");
+
+    for meta in &metas {
+        let key = meta.path().to_token_stream().to_string().replace(' ', "");
+        match key.as_str() {
+            "name" => name.set(
+                errors,
+                meta,
+                string(meta).and_then(|s| identifier(&s, "name")),
+            ),
+            "queue" => queue.set(
+                errors,
+                meta,
+                string(meta).and_then(|s| identifier(&s, "queue")),
+            ),
+            "priority" => priority.set(errors, meta, integer(meta).and_then(priority_value)),
+            "max_attempts" => {
+                max_attempts.set(errors, meta, integer(meta).and_then(max_attempts_value))
+            }
+            "backoff" => backoff.set(errors, meta, duration_value(meta)),
+            "max_backoff" => max_backoff.set(errors, meta, duration_value(meta)),
+            "transaction" => transaction.set(errors, meta, flag(meta)),
+            "crate" => krate.set(errors, meta, crate_path(meta)),
+            _ => errors.spanned(
+                meta.path(),
+                format!("unknown key `{key}` in #[background_job]; the valid keys are {KEYS}"),
+            ),
+        }
+    }
+
+    Args {
+        name: name.value,
+        queue: queue.value,
+        priority: priority.value,
+        max_attempts: max_attempts.value,
+        backoff_micros: backoff.value,
+        max_backoff_micros: max_backoff.value,
+        transaction: transaction.value.flatten(),
+        krate: krate.value,
+    }
+}
+
+fn key_of(meta: &Meta) -> String {
+    meta.path().to_token_stream().to_string().replace(' ', "")
+}
+
+fn value_of<'a>(meta: &'a Meta, expected: &str) -> Result<&'a Expr, String> {
+    match meta {
+        Meta::NameValue(nv) => Ok(&nv.value),
+        _ => Err(format!("expected `{} = {expected}`", key_of(meta))),
+    }
+}
+
+fn string(meta: &Meta) -> Result<String, String> {
+    match value_of(meta, "\"...\"")? {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Ok(s.value()),
+        _ => Err(format!(
+            "`{}` takes a string: `{} = \"...\"`",
+            key_of(meta),
+            key_of(meta)
+        )),
+    }
+}
+
+/// Job and queue names: stored in rows and typed by operators, so kept plain.
+fn identifier(value: &str, what: &str) -> Result<String, String> {
+    const RULE: &str = "use 1 to 100 ASCII letters, digits, `_`, `-`, `.` or `:`";
+    if value.is_empty() {
+        return Err(format!("the job's {what} is empty; {RULE}"));
+    }
+    if value.len() > 100 {
+        return Err(format!(
+            "the job's {what} is {} characters long; {RULE}",
+            value.len()
+        ));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+    {
+        return Err(format!(
+            "the job's {what} `{value}` contains {bad:?}; {RULE}"
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// An integer literal, possibly negative, as `i128`.
+fn integer(meta: &Meta) -> Result<i128, String> {
+    let expected = || {
+        format!(
+            "`{}` takes a whole number: `{} = 5`",
+            key_of(meta),
+            key_of(meta)
+        )
+    };
+    let (negative, lit) = match value_of(meta, "5")? {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(i), ..
+        }) => (false, i),
+        Expr::Unary(ExprUnary {
+            op: UnOp::Neg(_),
+            expr,
+            ..
+        }) => match &**expr {
+            Expr::Lit(ExprLit {
+                lit: Lit::Int(i), ..
+            }) => (true, i),
+            _ => return Err(expected()),
+        },
+        _ => return Err(expected()),
+    };
+    let value: i128 = lit.base10_parse().map_err(|_| expected())?;
+    Ok(if negative { -value } else { value })
+}
+
+fn priority_value(value: i128) -> Result<i16, String> {
+    i16::try_from(value).map_err(|_| {
+        format!(
+            "priority {value} is out of range; use {} to {} (higher runs first, default 0)",
+            i16::MIN,
+            i16::MAX
+        )
+    })
+}
+
+fn max_attempts_value(value: i128) -> Result<u32, String> {
+    match u32::try_from(value) {
+        Ok(0) | Err(_) => Err(format!(
+            "max_attempts {value} is out of range; use 1 to {} (or leave it out to retry forever)",
+            u32::MAX
+        )),
+        Ok(n) => Ok(n),
+    }
+}
+
+fn duration_value(meta: &Meta) -> Result<u64, String> {
+    let text = string(meta).map_err(|_| {
+        format!(
+            "`{}` takes a duration string: `{} = \"30s\"` (units ms, s, m, h)",
+            key_of(meta),
+            key_of(meta)
+        )
+    })?;
+    duration::parse_micros(&text)
+}
+
+/// `transaction` or `transaction = true/false`; `Some(span)` when on.
+fn flag(meta: &Meta) -> Result<Option<Span>, String> {
+    match meta {
+        Meta::Path(path) => Ok(Some(syn::spanned::Spanned::span(path))),
+        Meta::NameValue(nv) => match &nv.value {
+            Expr::Lit(ExprLit {
+                lit: Lit::Bool(b), ..
+            }) => Ok(b.value.then(|| b.span)),
+            _ => Err("`transaction` is a flag: write `transaction` or `transaction = true`".into()),
+        },
+        Meta::List(_) => {
+            Err("`transaction` is a flag: write `transaction` or `transaction = true`".into())
+        }
+    }
+}
+
+fn crate_path(meta: &Meta) -> Result<syn::Path, String> {
+    let expected = "`crate` takes the path under which your crate sees `queue`: `crate = my_queue`";
+    match value_of(meta, "path")? {
+        Expr::Path(ExprPath {
+            path, qself: None, ..
+        }) => Ok(path.clone()),
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => s.parse::<syn::Path>().map_err(|_| expected.to_owned()),
+        _ => Err(expected.to_owned()),
+    }
+}
+
+/// A string literal for generated `#[serde(crate = "...")]`.
+pub(crate) fn path_string(path: &syn::Path) -> LitStr {
+    LitStr::new(
+        &path.to_token_stream().to_string().replace(' ', ""),
+        Span::call_site(),
+    )
+}

@@ -1,0 +1,252 @@
+//! Writes the job struct, its constructor, its `Job` impl and its registration.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::{Attribute, Ident, ItemFn};
+
+use crate::ast::{self, JobFn, Role};
+use crate::attr::{self, Args, Errors};
+
+/// The whole macro: on any error, the errors plus the user's function as
+/// written, so one mistake does not cascade into unrelated ones.
+pub(crate) fn background_job(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = attr::parse(args, &mut errors);
+    let item: ItemFn = match syn::parse2(item.clone()) {
+        Ok(item) => item,
+        Err(_) => {
+            let error = syn::Error::new_spanned(
+                &item,
+                "#[background_job] can only be used on functions: \
+                 `#[background_job] fn name(args) -> Result<(), PerformError> { .. }`",
+            );
+            return error.into_compile_error();
+        }
+    };
+    let job = ast::analyze(item, &mut errors);
+    if args.transaction.is_some() && !job.takes_connection() {
+        errors.push(syn::Error::new(
+            args.transaction.unwrap_or_else(Span::call_site),
+            "`transaction` runs the job's queries on the transaction that holds its lock, but \
+             this function takes no `&mut PgConnection`; add one, or remove `transaction`",
+        ));
+    }
+    match errors.into_result() {
+        Ok(()) => expand(&args, &job),
+        Err(error) => {
+            let function = fallback(job.item);
+            let error = error.into_compile_error();
+            quote!(#function #error)
+        }
+    }
+}
+
+/// The user's function, cleaned of our parameter attributes, so that its
+/// body is still checked (and its name still resolves) next to our errors.
+fn fallback(item: ItemFn) -> TokenStream {
+    quote!(#[allow(dead_code)] #item)
+}
+
+fn expand(args: &Args, job: &JobFn) -> TokenStream {
+    let krate = args
+        .krate
+        .clone()
+        .unwrap_or_else(|| syn::parse_quote!(::queue));
+    let serde_path = attr::path_string(&syn::parse_quote!(#krate::__private::serde));
+    let item = &job.item;
+    let vis = &item.vis;
+    let fn_ident = &item.sig.ident;
+    let fn_token = &item.sig.fn_token;
+    let struct_ident = format_ident!(
+        "{}Job",
+        camel_case(&fn_ident.to_string()),
+        span = fn_ident.span()
+    );
+    let job_type = args.name.clone().unwrap_or_else(|| fn_ident.to_string());
+
+    // The stored arguments: fields, constructor parameters.
+    let arg_idents: Vec<&Ident> = job.arguments().map(|(p, _)| &p.ident).collect();
+    let fields = job.arguments().map(|(p, serde_attrs)| {
+        let (ident, ty) = (&p.ident, &p.ty);
+        let doc = format!("The `{ident}` argument.");
+        quote!(#[doc = #doc] #(#serde_attrs)* #vis #ident: #ty)
+    });
+    let constructor_params = job.arguments().map(|(p, _)| {
+        let (ident, ty) = (&p.ident, &p.ty);
+        quote!(#ident: #ty)
+    });
+
+    // One clear error per argument that cannot be stored, on its type.
+    let argument_checks = job.arguments().map(|(p, _)| {
+        let ty = &p.ty;
+        quote_spanned!(syn::spanned::Spanned::span(ty)=>
+            const _: () = #krate::__private::assert_job_argument::<#ty>();
+        )
+    });
+
+    // The call of the body, in the user's parameter order.
+    let ctx = Ident::new("__queue_ctx", Span::mixed_site());
+    let db = Ident::new("__queue_db", Span::mixed_site());
+    let call_args = job.params.iter().map(|p| match &p.role {
+        Role::Context(_) => quote!(#ctx),
+        Role::Connection => quote!(#db.get()?),
+        Role::Argument(_) => {
+            let ident = &p.ident;
+            quote!(#ident)
+        }
+    });
+    let context_ty = job.context().map_or_else(|| quote!(()), |ty| quote!(#ty));
+    let ctx_param = if job.context().is_some() {
+        quote!(#ctx)
+    } else {
+        quote!(_)
+    };
+    let db_param = if job.takes_connection() {
+        quote!(#db)
+    } else {
+        quote!(_)
+    };
+
+    let mut consts = Vec::new();
+    if let Some(queue) = &args.queue {
+        consts.push(quote!(const QUEUE: &'static str = #queue;));
+    }
+    if let Some(priority) = args.priority {
+        consts.push(quote!(const PRIORITY: i16 = #priority;));
+    }
+    if args.max_attempts.is_some()
+        || args.backoff_micros.is_some()
+        || args.max_backoff_micros.is_some()
+    {
+        let mut policy = quote!(#krate::RetryPolicy::DEFAULT);
+        if let Some(n) = args.max_attempts {
+            policy = quote!(#policy.max_attempts(#n));
+        }
+        if let Some(us) = args.backoff_micros {
+            policy = quote!(#policy.initial_backoff(::core::time::Duration::from_micros(#us)));
+        }
+        if let Some(us) = args.max_backoff_micros {
+            policy = quote!(#policy.max_backoff(::core::time::Duration::from_micros(#us)));
+        }
+        consts.push(quote!(const RETRY_POLICY: #krate::RetryPolicy = #policy;));
+    }
+    if args.transaction.is_some() {
+        consts.push(quote!(
+            const CONNECTION: #krate::ConnectionMode = #krate::ConnectionMode::JobTransaction;
+        ));
+    }
+
+    // The body keeps the user's tokens and spans: its errors and lints are the user's.
+    let body_attrs: Vec<&Attribute> = item.attrs.iter().filter(|a| is_lint_attr(a)).collect();
+    let perform_inputs = &item.sig.inputs;
+    let perform_output = &item.sig.output;
+    let block = &item.block;
+    let result = quote_spanned!(job.output_span=> #krate::__private::job_result(__queue_result));
+
+    let constructor_attrs = &item.attrs;
+    // The user's braces, so the constructor's span is the user's function
+    // and lints such as `dead_code` report it like an ordinary function.
+    let mut constructor_body = TokenStream::new();
+    item.block
+        .brace_token
+        .surround(&mut constructor_body, |tokens| {
+            tokens.extend(quote!(#struct_ident { #(#arg_idents),* }));
+        });
+    let struct_doc =
+        format!("The job built by [`{fn_ident}`], stored under the job type name `{job_type}`.");
+    let constructor_doc_note =
+        format!("\n\nBuilds the `{job_type}` job; store it with `queue::Job::enqueue`.");
+
+    quote! {
+        #(#constructor_attrs)*
+        #[doc = #constructor_doc_note]
+        #[must_use = "a job does nothing until it is enqueued"]
+        #vis #fn_token #fn_ident(#(#constructor_params),*) -> #struct_ident #constructor_body
+
+        #[doc = #struct_doc]
+        #[derive(#krate::__private::serde::Serialize, #krate::__private::serde::Deserialize)]
+        #[serde(crate = #serde_path)]
+        #vis struct #struct_ident {
+            #(#fields,)*
+        }
+
+        impl #struct_ident {
+            /// Runs the job's body directly, as the function was written
+            /// (for unit tests; runners call it through `queue::Job::run`).
+            #(#body_attrs)*
+            #vis fn perform(#perform_inputs) #perform_output #block
+        }
+
+        #(#argument_checks)*
+
+        impl #krate::Job for #struct_ident {
+            const JOB_TYPE: &'static str = #job_type;
+            #(#consts)*
+            type Context = #context_ty;
+
+            fn run(
+                self,
+                #ctx_param: &Self::Context,
+                #db_param: &mut #krate::JobConnection<'_>,
+            ) -> ::core::result::Result<(), #krate::PerformError> {
+                let #struct_ident { #(#arg_idents),* } = self;
+                let __queue_result = Self::perform(#(#call_args),*);
+                #result
+            }
+        }
+
+        #krate::__private::inventory::submit! {
+            #krate::__private::JobDescriptor::of::<#struct_ident>()
+        }
+    }
+}
+
+/// Lint attributes apply to the body too; everything else stays on the constructor.
+fn is_lint_attr(attr: &Attribute) -> bool {
+    ["allow", "expect", "warn", "deny", "forbid"]
+        .iter()
+        .any(|lint| attr.path().is_ident(lint))
+}
+
+/// `add_crate` -> `AddCrate`.
+fn camel_case(snake: &str) -> String {
+    snake
+        .split('_')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|first| first.to_uppercase().chain(chars).collect::<String>())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn camel_case_of_function_names() {
+        assert_eq!(camel_case("add_crate"), "AddCrate");
+        assert_eq!(camel_case("yank"), "Yank");
+        assert_eq!(camel_case("_private__thing_"), "PrivateThing");
+        assert_eq!(camel_case("sync2_index"), "Sync2Index");
+    }
+
+    #[test]
+    fn errors_come_with_the_function_itself() {
+        let out = background_job(
+            quote!(priority = 1_000_000),
+            quote!(
+                fn f() -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        let text = out.to_string();
+        assert!(text.contains("priority 1000000 is out of range"), "{text}");
+        assert!(text.contains("fn f"), "{text}");
+    }
+}

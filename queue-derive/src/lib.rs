@@ -1,0 +1,18 @@
+//! The `#[background_job]` attribute of the `queue` crate.
+//!
+//! Use it through `queue::background_job`; its documentation lives there.
+//! This crate is only the shim: `attr.rs` parses the arguments, `ast.rs`
+//! checks the function, `expand.rs` writes the job.
+
+use proc_macro::TokenStream;
+
+mod ast;
+mod attr;
+mod duration;
+mod expand;
+
+/// See `queue::background_job`.
+#[proc_macro_attribute]
+pub fn background_job(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::background_job(args.into(), item.into()).into()
+}

@@ -1,0 +1,9 @@
+use queue::{background_job, PerformError};
+
+#[background_job]
+async fn fetch(url: String) -> Result<(), PerformError> {
+    let _ = url;
+    Ok(())
+}
+
+fn main() {}

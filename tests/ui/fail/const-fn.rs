@@ -1,0 +1,8 @@
+use queue::{background_job, PerformError};
+
+#[background_job]
+const fn tick() -> Result<(), PerformError> {
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use queue::{background_job, PerformError};
+
+#[background_job(name = "")]
+fn send() -> Result<(), PerformError> {
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use queue::background_job;
+
+#[background_job]
+fn send(to: String) -> Result<(), String> {
+    Err(format!("cannot mail {to}"))
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use queue::{background_job, PerformError};
+
+#[background_job]
+extern "C" fn callback() -> Result<(), PerformError> {
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use queue::{background_job, PerformError};
+
+#[background_job]
+fn store<T: serde::Serialize>(value: T) -> Result<(), PerformError> {
+    let _ = value;
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use queue::background_job;
+
+#[background_job]
+struct AddCrate {
+    name: String,
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use diesel::PgConnection;
+use queue::{background_job, PerformError};
+
+#[background_job]
+fn count_users(conn: &PgConnection) -> Result<(), PerformError> {
+    let _ = conn;
+    Ok(())
+}
+
+fn main() {}

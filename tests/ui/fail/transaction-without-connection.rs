@@ -1,0 +1,9 @@
+use queue::{background_job, PerformError};
+
+#[background_job(transaction)]
+fn send(to: String) -> Result<(), PerformError> {
+    let _ = to;
+    Ok(())
+}
+
+fn main() {}

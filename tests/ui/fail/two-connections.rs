@@ -1,0 +1,10 @@
+use diesel::PgConnection;
+use queue::{background_job, PerformError};
+
+#[background_job]
+fn copy(from: &mut PgConnection, to: &mut PgConnection) -> Result<(), PerformError> {
+    let _ = (from, to);
+    Ok(())
+}
+
+fn main() {}

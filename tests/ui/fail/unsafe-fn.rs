@@ -1,0 +1,8 @@
+use queue::{background_job, PerformError};
+
+#[background_job]
+unsafe fn poke() -> Result<(), PerformError> {
+    Ok(())
+}
+
+fn main() {}

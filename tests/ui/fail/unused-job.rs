@@ -1,0 +1,12 @@
+#![deny(dead_code)]
+
+use queue::{background_job, PerformError};
+
+// Never enqueued anywhere: warned about like any unused function.
+#[background_job]
+fn forgotten(id: i64) -> Result<(), PerformError> {
+    let _ = id;
+    Ok(())
+}
+
+fn main() {}
