@@ -255,7 +255,7 @@ fn flag(meta: &Meta) -> Result<Option<Span>, String> {
         Meta::NameValue(nv) => match &nv.value {
             Expr::Lit(ExprLit {
                 lit: Lit::Bool(b), ..
-            }) => Ok(b.value.then(|| b.span)),
+            }) => Ok(b.value.then_some(b.span)),
             _ => Err("`transaction` is a flag: write `transaction` or `transaction = true`".into()),
         },
         Meta::List(_) => {
