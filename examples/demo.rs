@@ -3,137 +3,23 @@
 //! job, a delayed job, a batch), and an operator retries the dead one.
 //!
 //! `cargo run -p queue-examples --example demo` (set `DATABASE_URL` to use
-//! another server; the demo creates and recreates its own `queue_demo` database).
+//! another server; the demo drops and creates its own `queue_demo` database).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
-use queue::{
-    ConnectionMode, EnqueueOptions, Job, JobBatch, JobConnection, PerformError, RetryPolicy, Runner,
-};
-use serde::{Deserialize, Serialize};
+use queue::{EnqueueOptions, Job, JobBatch, Runner};
+use queue_examples::billing::charge_card;
+use queue_examples::images::resize;
+use queue_examples::signup::{count_signup, send_welcome_mail, sync_to_crm};
+use queue_examples::{count, create_app_tables, App};
 
-/// What the demo's jobs share: in a real app, an SMTP client, an HTTP client...
-struct Demo {
-    started: Instant,
-    crm_calls: AtomicU32,
-    card_fixed: AtomicBool,
-}
+type DemoResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-impl Demo {
-    fn say(&self, what: impl std::fmt::Display) {
-        println!("  [{:>5.2}s] {what}", self.started.elapsed().as_secs_f64());
-    }
-}
-
-/// Mails a new user (reads the address on its own pooled connection).
-#[derive(Serialize, Deserialize)]
-struct SendWelcomeMail {
-    user_id: i64,
-}
-
-impl Job for SendWelcomeMail {
-    const JOB_TYPE: &'static str = "send_welcome_mail";
-    const QUEUE: &'static str = "mail";
-    type Context = Demo;
-
-    fn run(self, demo: &Demo, db: &mut JobConnection<'_>) -> Result<(), PerformError> {
-        #[derive(QueryableByName)]
-        struct Email {
-            #[diesel(sql_type = Text)]
-            email: String,
-        }
-        let user: Email = diesel::sql_query("SELECT email FROM users WHERE id = $1")
-            .bind::<BigInt, _>(self.user_id)
-            .get_result(db.get()?)?;
-        demo.say(format!("send_welcome_mail: mailed {}", user.email));
-        Ok(())
-    }
-}
-queue::register_job!(SendWelcomeMail);
-
-/// Counts a signup, on the transaction that holds the job's lock: the count
-/// and the job's completion commit together (exactly once).
-#[derive(Serialize, Deserialize)]
-struct CountSignup;
-
-impl Job for CountSignup {
-    const JOB_TYPE: &'static str = "count_signup";
-    const CONNECTION: ConnectionMode = ConnectionMode::JobTransaction;
-    type Context = Demo;
-
-    fn run(self, demo: &Demo, db: &mut JobConnection<'_>) -> Result<(), PerformError> {
-        diesel::sql_query("UPDATE stats SET signups = signups + 1").execute(db.get()?)?;
-        demo.say("count_signup: stats.signups += 1 (commits with the job)");
-        Ok(())
-    }
-}
-queue::register_job!(CountSignup);
-
-/// Pushes a user to a CRM that is down at first: fails once, then succeeds.
-#[derive(Serialize, Deserialize)]
-struct SyncToCrm {
-    user_id: i64,
-}
-
-impl Job for SyncToCrm {
-    const JOB_TYPE: &'static str = "sync_to_crm";
-    const RETRY_POLICY: RetryPolicy = RetryPolicy::DEFAULT.initial_backoff(Duration::from_secs(1));
-    type Context = Demo;
-
-    fn run(self, demo: &Demo, _db: &mut JobConnection<'_>) -> Result<(), PerformError> {
-        if demo.crm_calls.fetch_add(1, Ordering::SeqCst) == 0 {
-            demo.say("sync_to_crm: CRM answered 503, will retry after the backoff");
-            return Err(PerformError::msg("CRM answered 503 Service Unavailable"));
-        }
-        demo.say(format!("sync_to_crm: user {} synced", self.user_id));
-        Ok(())
-    }
-}
-queue::register_job!(SyncToCrm);
-
-/// Charges a card; a declined card cannot succeed by retrying: permanent.
-#[derive(Serialize, Deserialize)]
-struct ChargeCard {
-    cents: u32,
-}
-
-impl Job for ChargeCard {
-    const JOB_TYPE: &'static str = "charge_card";
-    type Context = Demo;
-
-    fn run(self, demo: &Demo, _db: &mut JobConnection<'_>) -> Result<(), PerformError> {
-        if !demo.card_fixed.load(Ordering::SeqCst) {
-            demo.say("charge_card: card declined (permanent): the job is now dead");
-            return Err(PerformError::permanent("card declined: expired card"));
-        }
-        demo.say(format!("charge_card: charged {} cents", self.cents));
-        Ok(())
-    }
-}
-queue::register_job!(ChargeCard);
-
-/// Resizes an avatar (enqueued in a batch), or sends a reminder (delayed).
-#[derive(Serialize, Deserialize)]
-struct Resize {
-    image: String,
-}
-
-impl Job for Resize {
-    const JOB_TYPE: &'static str = "resize";
-    type Context = Demo;
-
-    fn run(self, demo: &Demo, _db: &mut JobConnection<'_>) -> Result<(), PerformError> {
-        demo.say(format!("resize: {}", self.image));
-        Ok(())
-    }
-}
-queue::register_job!(Resize);
-
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "queue=warn".into());
+fn main() -> DemoResult<()> {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "queue=info".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
@@ -146,27 +32,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "migrated {url}: applied {:?}, schema at {}",
         report.applied, report.current_version
     );
-    diesel::sql_query("CREATE TABLE users (id BIGSERIAL PRIMARY KEY, email TEXT NOT NULL)")
-        .execute(&mut conn)?;
-    diesel::sql_query("CREATE TABLE stats (signups INT NOT NULL)").execute(&mut conn)?;
-    diesel::sql_query("INSERT INTO stats VALUES (0)").execute(&mut conn)?;
+    create_app_tables(&mut conn)?;
 
     println!("\nthe signup handler, one transaction per request:");
     let alice = signup(&mut conn, "alice@example.com", true)?;
-    println!("  alice: user {alice} and its 3 jobs committed together");
-    signup(&mut conn, "bob@example.com", false)?;
-    println!("  bob:   rolled back; his user and jobs never existed");
-    ChargeCard { cents: 1_999 }.enqueue(&mut conn)?;
+    println!("  alice: user {alice:?} and its 3 jobs committed together");
+    let bob = signup(&mut conn, "bob@example.com", false)?;
+    println!("  bob:   {bob:?}: rolled back, his user and jobs never existed");
+    charge_card(1_999).enqueue(&mut conn)?;
     let mut batch = JobBatch::new();
     for image in ["a.png", "b.png", "c.png"] {
-        batch.push(&Resize {
-            image: image.into(),
-        })?;
+        batch.push(&resize(image.into()))?;
     }
     batch.push_with(
-        &Resize {
-            image: "later.png".into(),
-        },
+        &resize("later.png".into()),
         &EnqueueOptions::new().delay(Duration::from_secs(2)),
     )?;
     let ids = batch.enqueue(&mut conn)?;
@@ -174,20 +53,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "  batch: {} resize jobs in one INSERT (one delayed by 2 s)",
         ids.len()
     );
-    println!(
-        "  queued: {} jobs",
-        count(&mut conn, "SELECT count(*) AS n FROM queue_jobs")?
-    );
+    let queued = count(&mut conn, "SELECT count(*) AS n FROM queue_jobs")?;
+    println!("  queued: {queued} jobs");
 
-    let demo = Demo {
-        started: Instant::now(),
-        crm_calls: AtomicU32::new(0),
-        card_fixed: AtomicBool::new(false),
-    };
-    println!("\nrunner: queue `mail` with 1 worker, `default` with 2:");
-    let runner = Runner::builder(demo)
+    println!("\nrunner: queue `mail` with 1 worker, `images` with 2, `default` with 2:");
+    let runner = Runner::builder(App::new())
         .database_url(url.as_str())
         .queue("mail", 1)
+        .queue("images", 2)
         .queue("default", 2)
         .poll_interval(Duration::from_millis(100))
         .build()?;
@@ -217,14 +90,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         queue::retry_job(&mut conn, queue::JobId(job.id))?;
     }
-    let runner = Runner::builder(Demo {
-        started: Instant::now(),
-        crm_calls: AtomicU32::new(1),
-        card_fixed: AtomicBool::new(true),
-    })
-    .database_url(url.as_str())
-    .queue("default", 1)
-    .build()?;
+    let app = App::new();
+    app.card_fixed.store(true, Ordering::SeqCst);
+    let runner = Runner::builder(app)
+        .database_url(url.as_str())
+        .queue("default", 1)
+        .build()?;
     let summary = runner.run_pending()?;
     println!(
         "  run_pending: {} succeeded, {} failed",
@@ -233,52 +104,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let signups = count(&mut conn, "SELECT signups::BIGINT AS n FROM stats")?;
+    let welcomed = count(&mut conn, "SELECT count(*) AS n FROM users WHERE welcomed")?;
     let left = count(&mut conn, "SELECT count(*) AS n FROM queue_jobs")?;
-    println!("\nstats.signups = {signups}; jobs left in the queue: {left}");
+    println!(
+        "\nusers welcomed: {welcomed}; stats.signups = {signups}; jobs left in the queue: {left}"
+    );
     Ok(())
 }
 
 /// Writes a user and enqueues its jobs in one transaction; `commit: false`
 /// plays a request that fails validation after enqueueing.
-fn signup(
-    conn: &mut PgConnection,
-    email: &str,
-    commit: bool,
-) -> Result<i64, Box<dyn std::error::Error>> {
+fn signup(conn: &mut PgConnection, email: &str, commit: bool) -> DemoResult<Option<i64>> {
     #[derive(QueryableByName)]
     struct Id {
         #[diesel(sql_type = BigInt)]
         id: i64,
     }
-    let result = conn.transaction(|conn| {
+    let result = conn.transaction(|conn| -> DemoResult<i64> {
         let user: Id = diesel::sql_query("INSERT INTO users (email) VALUES ($1) RETURNING id")
             .bind::<Text, _>(email)
             .get_result(conn)?;
-        SendWelcomeMail { user_id: user.id }.enqueue(conn)?;
-        CountSignup.enqueue(conn)?;
-        SyncToCrm { user_id: user.id }.enqueue(conn)?;
+        send_welcome_mail(user.id).enqueue(conn)?;
+        count_signup().enqueue(conn)?;
+        sync_to_crm(user.id).enqueue(conn)?;
         if !commit {
             return Err("validation failed after enqueueing".into());
         }
-        Ok::<_, Box<dyn std::error::Error>>(user.id)
+        Ok(user.id)
     });
     match result {
-        Ok(id) => Ok(id),
-        Err(_) if !commit => Ok(0),
+        Ok(id) => Ok(Some(id)),
+        Err(_) if !commit => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-fn count(conn: &mut PgConnection, sql: &str) -> QueryResult<i64> {
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
-    Ok(diesel::sql_query(sql).get_result::<Count>(conn)?.n)
-}
-
-fn wait_for(conn: &mut PgConnection, sql: &str) -> Result<(), Box<dyn std::error::Error>> {
+fn wait_for(conn: &mut PgConnection, sql: &str) -> DemoResult<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while count(conn, sql)? > 0 {
         if Instant::now() > deadline {
@@ -291,22 +152,12 @@ fn wait_for(conn: &mut PgConnection, sql: &str) -> Result<(), Box<dyn std::error
 
 /// `DATABASE_URL` (default: the local server) with the database `queue_demo`,
 /// dropped and created afresh so every run starts empty.
-fn demo_database() -> Result<String, Box<dyn std::error::Error>> {
+fn demo_database() -> DemoResult<String> {
     let server = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let mut admin = PgConnection::establish(&server)
         .map_err(|e| format!("cannot connect to {server}: {e} (set DATABASE_URL)"))?;
     diesel::sql_query("DROP DATABASE IF EXISTS queue_demo WITH (FORCE)").execute(&mut admin)?;
     diesel::sql_query("CREATE DATABASE queue_demo").execute(&mut admin)?;
-    let (base, query) = server
-        .split_once('?')
-        .map_or((server.as_str(), ""), |(b, q)| (b, q));
-    let path_start = base
-        .rfind('/')
-        .filter(|i| *i > base.find("://").unwrap_or(0) + 2);
-    let mut url = format!("{}/queue_demo", &base[..path_start.unwrap_or(base.len())]);
-    if !query.is_empty() {
-        url = format!("{url}?{query}");
-    }
-    Ok(url)
+    Ok(queue_examples::with_database(&server, "queue_demo"))
 }

@@ -11,7 +11,8 @@ mod attr;
 mod duration;
 mod expand;
 
-/// See `queue::background_job`.
+/// Turns a function into a background job. Documented at `queue::background_job`,
+/// the path to use it by.
 #[proc_macro_attribute]
 pub fn background_job(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::background_job(args.into(), item.into()).into()

@@ -2,7 +2,7 @@
 //!
 //! # Where to find things
 //!
-//! - Defining jobs: [`Job`], [`register_job!`], [`RetryPolicy`], [`PerformError`].
+//! - Defining jobs: [`background_job`], or by hand [`Job`] and [`register_job!`]; [`RetryPolicy`], [`PerformError`].
 //! - Enqueueing: [`Job::enqueue`], [`EnqueueOptions`], [`JobBatch`].
 //! - Running: [`Runner`], [`RunnerBuilder`], [`RunningRunner`], [`JobConnection`].
 //! - Schema: [`migrate`].
@@ -21,6 +21,7 @@ mod shutdown;
 mod storage;
 mod worker;
 
+#[doc = include_str!("background_job.md")]
 pub use queue_derive::background_job;
 
 pub use crate::admin::{dead_jobs, discard_job, failing_jobs, find_job, retry_job};

@@ -17,20 +17,18 @@ pub fn server_url() -> String {
 
 /// `url` with its database name replaced by `database`.
 pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
+    // The test server's URL names a database at its end; keep any query string.
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let server = match base.rsplit_once('/') {
+        Some((server, _)) if !server.ends_with('/') => server,
+        _ => base,
     };
-    let authority_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_end..]
-        .find('/')
-        .map_or(base.len(), |i| authority_end + i);
-    let mut out = format!("{}/{}", &base[..path_start], database);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
+    match query {
+        Some(query) => format!("{server}/{database}?{query}"),
+        None => format!("{server}/{database}"),
     }
-    out
 }
 
 /// A database of its own for one test, migrated, dropped when the value is.

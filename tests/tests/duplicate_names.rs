@@ -1,60 +1,22 @@
-//! Two job types registered under one stored name: no runner starts in a
-//! binary that links both, and the error names both Rust types. (Its own
+//! Two crates register jobs under the same stored name: no runner starts in
+//! a binary that links both, and the error names both Rust types. (Its own
 //! test binary, since the registry is global to a binary.)
 
 use queue::{Runner, RunnerError};
-use queue_tests::{test_job, TestDb};
-
-mod mail {
-    use serde::{Deserialize, Serialize};
-
-    #[derive(Serialize, Deserialize)]
-    pub(crate) struct Notify;
-    queue_tests::test_job!(
-        Notify,
-        "notify",
-        queue = "default",
-        context = (),
-        [],
-        |self, ctx, db| { Ok(()) }
-    );
-}
-
-mod chat {
-    use serde::{Deserialize, Serialize};
-
-    #[derive(Serialize, Deserialize)]
-    pub(crate) struct Notify {
-        pub(crate) channel: String,
-    }
-    queue_tests::test_job!(
-        Notify,
-        "notify",
-        queue = "chat",
-        context = (),
-        [],
-        |self, ctx, db| { Ok(()) }
-    );
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Unrelated;
-test_job!(
-    Unrelated,
-    "unrelated",
-    queue = "other",
-    context = (),
-    [],
-    |self, ctx, db| { Ok(()) }
-);
+use queue_tests::TestDb;
 
 #[test]
-fn a_runner_refuses_to_start_when_two_jobs_claim_the_same_name_and_names_both() {
+fn a_runner_refuses_to_start_when_two_crates_register_the_same_job_name_and_names_both() {
+    // Both crates are linked: a binary that enqueues both kinds of jobs.
+    let _ = (
+        mail_notify::notify_by_mail("ada@example.com".into()),
+        chat_notify::notify_in_chat("#ops".into()),
+    );
     let db = TestDb::create();
-    // Even a runner serving neither queue: the stored name is ambiguous for all.
+    // Even a runner serving neither job's queue: the stored name is ambiguous for all.
     let error = Runner::builder(())
         .database_url(db.url())
-        .queue("other", 1)
+        .queue("elsewhere", 1)
         .build()
         .unwrap_err();
     let RunnerError::DuplicateJobType {
@@ -69,13 +31,13 @@ fn a_runner_refuses_to_start_when_two_jobs_claim_the_same_name_and_names_both() 
     assert_eq!(
         (*first, *second),
         (
-            "duplicate_names::chat::Notify",
-            "duplicate_names::mail::Notify"
+            "chat_notify::NotifyInChatJob",
+            "mail_notify::NotifyByMailJob"
         )
     );
     let message = error.to_string();
     assert!(
-        message.contains("`duplicate_names::chat::Notify` and `duplicate_names::mail::Notify`"),
+        message.contains("`chat_notify::NotifyInChatJob` and `mail_notify::NotifyByMailJob`"),
         "{message}"
     );
 }

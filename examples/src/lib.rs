@@ -1,0 +1,107 @@
+//! A small application's jobs, defined with `#[background_job]` in modules
+//! of their own: the demo's runner finds them without listing them anywhere.
+//!
+//! This crate depends on `queue` and diesel only: no serde, no inventory.
+
+use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::time::Instant;
+
+use diesel::prelude::*;
+
+pub mod billing;
+pub mod images;
+pub mod signup;
+
+/// The context every job of the demo shares: in a real application an SMTP
+/// client, an HTTP client, a payment gateway...
+#[derive(Debug)]
+pub struct App {
+    started: Instant,
+    /// Calls made to the (pretend) CRM; the first one fails.
+    pub crm_calls: AtomicU32,
+    /// Whether the (pretend) card has been updated; until then charges fail permanently.
+    pub card_fixed: AtomicBool,
+}
+
+impl App {
+    /// A fresh context: the CRM is down once, the card is expired.
+    pub fn new() -> Self {
+        App {
+            started: Instant::now(),
+            crm_calls: AtomicU32::new(0),
+            card_fixed: AtomicBool::new(false),
+        }
+    }
+
+    /// Prints a line of the demo with the time since start.
+    pub fn say(&self, what: impl Display) {
+        println!("  [{:>5.2}s] {what}", self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Default for App {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Creates the application's own tables (idempotent).
+pub fn create_app_tables(conn: &mut PgConnection) -> QueryResult<()> {
+    for sql in [
+        "CREATE TABLE IF NOT EXISTS users (id BIGSERIAL PRIMARY KEY, email TEXT NOT NULL, \
+         welcomed BOOLEAN NOT NULL DEFAULT false)",
+        "CREATE TABLE IF NOT EXISTS stats (signups INT NOT NULL)",
+        "INSERT INTO stats SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM stats)",
+        "CREATE TABLE IF NOT EXISTS thumbnails (image TEXT NOT NULL, pid INT NOT NULL)",
+    ] {
+        diesel::sql_query(sql).execute(conn)?;
+    }
+    Ok(())
+}
+
+/// The value of a `SELECT ... AS n` query returning one BIGINT.
+pub fn count(conn: &mut PgConnection, sql: &str) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    Ok(diesel::sql_query(sql).get_result::<Count>(conn)?.n)
+}
+
+/// `url` with its database name replaced by `database`
+/// (`postgres://u@h:5432/app?sslmode=x` -> `postgres://u@h:5432/DATABASE?sslmode=x`).
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{}", &base[..path_start], database);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn with_database_replaces_only_the_database_name() {
+        use super::with_database;
+        assert_eq!(
+            with_database("postgres://u@h:1/app", "x"),
+            "postgres://u@h:1/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/app?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
+    }
+}
