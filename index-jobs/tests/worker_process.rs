@@ -1,0 +1,118 @@
+//! The `index-worker` binary: configured by environment, runs the index
+//! queue, and stops gracefully on SIGTERM and SIGINT. (Here rather than in
+//! `tests/` because only this package's tests can locate its binary.)
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use index_jobs::{add_crate, create_bare_index, IndexConfig, IndexVersion};
+use queue::Job;
+use queue_tests::{wait_until, TestDb};
+
+fn version(name: &str) -> IndexVersion {
+    IndexVersion {
+        name: name.into(),
+        vers: "0.1.0".into(),
+        deps: vec![],
+        cksum: "0".repeat(64),
+        features: BTreeMap::new(),
+        yanked: false,
+        links: None,
+        features2: None,
+        v: None,
+        rust_version: None,
+    }
+}
+
+#[test]
+fn the_worker_binary_runs_index_jobs_and_stops_gracefully_on_sigterm_and_sigint() {
+    for signal in ["TERM", "INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let upstream = dir.path().join("upstream.git");
+        let config = IndexConfig {
+            dl: "https://dl.example".into(),
+            api: None,
+        };
+        create_bare_index(&upstream, &config, "master").unwrap();
+        let db = TestDb::create();
+
+        let mut worker = Command::new(env!("CARGO_BIN_EXE_index-worker"))
+            .env("DATABASE_URL", db.url())
+            .env("INDEX_URL", &upstream)
+            .env("INDEX_CHECKOUT", dir.path().join("checkout"))
+            .env("INDEX_POLL_MS", "50")
+            .env("INDEX_GIT_TOKEN", "s3cret-token")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(worker.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(line.contains("running the `index` queue"), "{line}");
+
+        add_crate(version("hello")).enqueue(&mut db.conn()).unwrap();
+        let repo = git2::Repository::open_bare(&upstream).unwrap();
+        wait_until(
+            "the worker pushed the crate",
+            Duration::from_secs(20),
+            || {
+                let head = repo.refname_to_id("refs/heads/master").unwrap();
+                let tree = repo.find_commit(head).unwrap().tree().unwrap();
+                tree.get_path(std::path::Path::new("he/ll/hello")).is_ok()
+            },
+        );
+
+        let kill = Command::new("kill")
+            .args([format!("-{signal}"), worker.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = worker.wait().unwrap();
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest).unwrap();
+        let mut stderr = String::new();
+        worker
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(status.success(), "SIG{signal}: {status}\n{rest}\n{stderr}");
+        assert!(
+            rest.contains("index-worker: stopped"),
+            "SIG{signal}: {rest}"
+        );
+        assert!(
+            !stderr.contains("s3cret-token") && !rest.contains("s3cret-token"),
+            "a credential was logged"
+        );
+    }
+}
+
+#[test]
+fn the_worker_binary_explains_a_bad_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_index-worker"))
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env("INDEX_URL", dir.path().join("no-such-index.git"))
+        .env("INDEX_CHECKOUT", dir.path().join("checkout"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("index-worker: cannot open the index"),
+        "{stderr}"
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_index-worker"))
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--database-url"), "{stderr}");
+}
