@@ -7,14 +7,13 @@
 //! use another server; the demo drops and creates its own `queue_index_demo`
 //! database).
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Text};
 use index_jobs::{
-    add_crate, create_bare_index, unyank, yank, Credentials, DependencyKind, Index, IndexConfig,
-    IndexDependency, IndexVersion, RepoConfig, INDEX_QUEUE,
+    add_crate, create_bare_index, unyank, yank, Credentials, Index, IndexConfig, IndexDependency,
+    IndexVersion, RepoConfig, INDEX_QUEUE,
 };
 use queue::{Job, Runner};
 use queue_examples::count;
@@ -142,30 +141,14 @@ fn set_yanked(conn: &mut PgConnection, name: &str, vers: &str, yanked: bool) -> 
 }
 
 fn version(name: &str, vers: &str, deps: &[(&str, &str)]) -> IndexVersion {
+    // The SHA-256 of the .crate file; a stand-in here.
+    let cksum = format!("{:0>64x}", name.len() * 1000 + vers.len());
     IndexVersion {
-        name: name.into(),
-        vers: vers.into(),
         deps: deps
             .iter()
-            .map(|(dep, req)| IndexDependency {
-                name: (*dep).into(),
-                req: (*req).into(),
-                features: vec![],
-                optional: false,
-                default_features: true,
-                target: None,
-                kind: Some(DependencyKind::Normal),
-                package: None,
-            })
+            .map(|(dep, req)| IndexDependency::new(*dep, *req))
             .collect(),
-        // The SHA-256 of the .crate file; a stand-in here.
-        cksum: format!("{:0>64}", format!("{:x}", name.len() * 1000 + vers.len())),
-        features: BTreeMap::new(),
-        yanked: false,
-        links: None,
-        features2: None,
-        v: None,
-        rust_version: None,
+        ..IndexVersion::new(name, vers, cksum)
     }
 }
 

@@ -80,3 +80,38 @@ pub struct IndexConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<String>,
 }
+
+impl IndexVersion {
+    /// A version with no dependencies, no features, not yanked; fill in
+    /// the rest by field.
+    pub fn new(name: impl Into<String>, vers: impl Into<String>, cksum: impl Into<String>) -> Self {
+        IndexVersion {
+            name: name.into(),
+            vers: vers.into(),
+            deps: Vec::new(),
+            cksum: cksum.into(),
+            features: BTreeMap::new(),
+            yanked: false,
+            links: None,
+            features2: None,
+            v: None,
+            rust_version: None,
+        }
+    }
+}
+
+impl IndexDependency {
+    /// A normal, required dependency with default features, on any target.
+    pub fn new(name: impl Into<String>, req: impl Into<String>) -> Self {
+        IndexDependency {
+            name: name.into(),
+            req: req.into(),
+            features: Vec::new(),
+            optional: false,
+            default_features: true,
+            target: None,
+            kind: Some(DependencyKind::Normal),
+            package: None,
+        }
+    }
+}

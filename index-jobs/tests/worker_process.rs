@@ -2,7 +2,6 @@
 //! queue, and stops gracefully on SIGTERM and SIGINT. (Here rather than in
 //! `tests/` because only this package's tests can locate its binary.)
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -12,18 +11,7 @@ use queue::Job;
 use queue_tests::{wait_until, TestDb};
 
 fn version(name: &str) -> IndexVersion {
-    IndexVersion {
-        name: name.into(),
-        vers: "0.1.0".into(),
-        deps: vec![],
-        cksum: "0".repeat(64),
-        features: BTreeMap::new(),
-        yanked: false,
-        links: None,
-        features2: None,
-        v: None,
-        rust_version: None,
-    }
+    IndexVersion::new(name, "0.1.0", "0".repeat(64))
 }
 
 #[test]

@@ -2,14 +2,13 @@
 //! dir, the worker's working clone, another clone racing it, and cargo
 //! itself reading the result.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use index_jobs::{
-    add_crate, create_bare_index, unyank, yank, Credentials, DependencyKind, Index, IndexConfig,
-    IndexDependency, IndexVersion, RepoConfig, INDEX_QUEUE,
+    add_crate, create_bare_index, unyank, yank, Credentials, Index, IndexConfig, IndexDependency,
+    IndexVersion, RepoConfig, INDEX_QUEUE,
 };
 use queue::{Job, RunSummary, Runner};
 use queue_tests::TestDb;
@@ -91,18 +90,7 @@ impl Upstream {
 }
 
 fn version(name: &str, vers: &str) -> IndexVersion {
-    IndexVersion {
-        name: name.into(),
-        vers: vers.into(),
-        deps: Vec::new(),
-        cksum: "a".repeat(64),
-        features: BTreeMap::new(),
-        yanked: false,
-        links: None,
-        features2: None,
-        v: None,
-        rust_version: None,
-    }
+    IndexVersion::new(name, vers, "a".repeat(64))
 }
 
 fn runner(db: &TestDb, index: Index) -> Runner<Index> {
@@ -132,14 +120,9 @@ fn add_yank_and_unyank_each_commit_their_change_to_the_crate_file() {
     let runner = runner(&db, Index::open(upstream.config("checkout")).unwrap());
     let mut serde = version("Serde", "1.0.0");
     serde.deps.push(IndexDependency {
-        name: "serde_derive".into(),
-        req: "^1.0".into(),
-        features: vec![],
         optional: true,
-        default_features: true,
-        target: None,
-        kind: Some(DependencyKind::Normal),
-        package: None,
+        target: Some("cfg(unix)".into()),
+        ..IndexDependency::new("serde_derive", "^1.0")
     });
     serde
         .features
@@ -269,16 +252,7 @@ fn bad_input_gives_a_clear_permanent_error_and_leaves_the_index_untouched() {
     let file = upstream.file("an/yh/anyhow");
 
     let mut bad_req = version("fine", "1.0.0");
-    bad_req.deps.push(IndexDependency {
-        name: "dep".into(),
-        req: "~>1".into(),
-        features: vec![],
-        optional: false,
-        default_features: true,
-        target: None,
-        kind: None,
-        package: None,
-    });
+    bad_req.deps.push(IndexDependency::new("dep", "~>1"));
     let mut other_content = version("anyhow", "1.0.0");
     other_content.cksum = "b".repeat(64);
     let mut bad_cksum = version("fine", "1.0.0");
@@ -388,16 +362,7 @@ fn cargo_resolves_crates_published_by_the_jobs_and_stops_picking_a_yanked_versio
     succeeded(&run(&db, &runner, add_crate(version("fancy-log", "1.0.0"))));
     succeeded(&run(&db, &runner, add_crate(version("fancy-log", "1.1.0"))));
     let mut app_lib = version("app_lib", "0.3.0");
-    app_lib.deps.push(IndexDependency {
-        name: "fancy-log".into(),
-        req: "^1.0".into(),
-        features: vec![],
-        optional: false,
-        default_features: true,
-        target: None,
-        kind: Some(DependencyKind::Normal),
-        package: None,
-    });
+    app_lib.deps.push(IndexDependency::new("fancy-log", "^1.0"));
     succeeded(&run(&db, &runner, add_crate(app_lib)));
 
     let direct = "fancy-log = { version = \"1\", registry = \"test\" }";
