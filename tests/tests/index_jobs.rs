@@ -215,7 +215,7 @@ fn a_push_rejected_because_another_clone_pushed_first_is_fetched_reset_and_reapp
                 })
                 .unwrap();
                 other
-                    .apply(&index_jobs::Change::Add(version("rand", "0.9.0")))
+                    .apply(&index_jobs::Change::Add(version("regex", "1.10.0")))
                     .unwrap();
             }
         });
