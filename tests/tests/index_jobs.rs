@@ -232,7 +232,11 @@ fn a_push_rejected_because_another_clone_pushed_first_is_fetched_reset_and_reapp
             "Initialize the index".to_owned()
         ]
     );
-    let versions: Vec<_> = upstream.lines("re/ge/regex").iter().map(|l| l["vers"].clone()).collect();
+    let versions: Vec<_> = upstream
+        .lines("re/ge/regex")
+        .iter()
+        .map(|l| l["vers"].clone())
+        .collect();
     assert_eq!(versions, ["1.10.0", "1.11.0"], "both changes, each once");
 }
 
