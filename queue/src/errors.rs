@@ -236,7 +236,8 @@ pub enum RunnerError {
     /// The connection pool is smaller than the runner needs.
     #[error(
         "the connection pool holds at most {pool_size} connections but {workers} workers need \
-         {needed} (one to hold each worker's job locks, one for each job's own queries); \
+         {needed} (one to hold each worker's job locks, one for each job's own queries, one for \
+         the wake-up thread); \
          raise the pool's max_size or build the runner with `Runner::builder(..).database_url(..)`"
     )]
     PoolTooSmall {

@@ -15,7 +15,9 @@ use crate::connection::PgPool;
 use crate::errors::RunnerError;
 use crate::job::JobId;
 use crate::registry::Registry;
-use crate::shutdown::StopSignal;
+use crate::scheduler;
+use crate::shutdown::Signals;
+use crate::storage;
 use crate::worker::{self, Outcome, Shared};
 
 /// Builds a [`Runner`]: its context, its queues and their worker counts,
@@ -40,8 +42,10 @@ pub struct RunnerBuilder<C> {
     queues: Vec<(String, usize)>,
     database_url: Option<String>,
     pool: Option<PgPool>,
+    listener_url: Option<String>,
     poll_interval: Duration,
     batch_size: u16,
+    synchronous_commit: bool,
 }
 
 impl<C> fmt::Debug for RunnerBuilder<C> {
@@ -63,32 +67,61 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         self
     }
 
-    /// Connects to this database with a pool the runner sizes itself: two
-    /// connections per worker (one holds the worker's job locks, one serves
-    /// the running job's own queries).
+    /// Connects to this database with a pool the runner sizes itself (two
+    /// connections per worker, one holding the worker's job locks and one
+    /// for the running job's own queries, plus one for the wake-up thread),
+    /// and listens there for new jobs.
     pub fn database_url(mut self, url: impl Into<String>) -> Self {
-        self.database_url = Some(url.into());
+        let url = url.into();
+        self.listener_url.get_or_insert_with(|| url.clone());
+        self.database_url = Some(url);
         self
     }
 
     /// Uses this pool instead. It must hold at least two connections per
-    /// worker, or [`build`](Self::build) refuses it.
+    /// worker plus one, or [`build`](Self::build) refuses it. Give
+    /// [`listen_url`](Self::listen_url) too, or idle workers only poll.
     pub fn pool(mut self, pool: PgPool) -> Self {
         self.pool = Some(pool);
         self
     }
 
-    /// How long an idle worker waits before looking for jobs again
-    /// (default 1 second).
+    /// Where the runner holds its `LISTEN` session (a direct connection:
+    /// `NOTIFY` does not pass through PgBouncer in transaction mode).
+    /// Defaults to the [`database_url`](Self::database_url).
+    pub fn listen_url(mut self, url: impl Into<String>) -> Self {
+        self.listener_url = Some(url.into());
+        self
+    }
+
+    /// The poll fallback (default 1 second). A job is normally picked up at
+    /// once through `LISTEN`/`NOTIFY`; every poll interval the runner also
+    /// runs one cheap query for ready jobs on its queues (and promotes due
+    /// scheduled jobs), so a lost notification or a listener that is down
+    /// delays a job by at most this long. Delayed jobs and retries are
+    /// promoted when they fall due, or at the next poll, whichever is later.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
         self
     }
 
-    /// How many jobs a worker claims in one transaction (default 1). The
-    /// jobs of a batch run one after the other and complete in one commit.
+    /// How many jobs a worker claims in one transaction (default 100). The
+    /// jobs of a batch run one after the other and complete in one commit;
+    /// jobs not started when the runner stops are released unrun.
     pub fn batch_size(mut self, jobs: u16) -> Self {
         self.batch_size = jobs;
+        self
+    }
+
+    /// Whether the commit that completes a batch waits for its WAL to reach
+    /// the disk (default `true`). With `false` completions are faster, and a
+    /// crash of the *database server* can forget the completions of the
+    /// last moments (up to three times `wal_writer_delay`, 600 ms by
+    /// default): those jobs run again. No job is ever lost by this: enqueues
+    /// keep the durability of the caller's transaction, and a failure or a
+    /// retry forgotten the same way simply happens again.
+    pub fn synchronous_commit(mut self, wait_for_disk: bool) -> Self {
+        self.synchronous_commit = wait_for_disk;
         self
     }
 
@@ -140,7 +173,7 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         }
 
         let workers: usize = self.queues.iter().map(|(_, n)| n).sum();
-        let needed = u32::try_from(workers * 2).unwrap_or(u32::MAX);
+        let needed = u32::try_from(workers * 2 + 1).unwrap_or(u32::MAX);
         let pool = match (self.pool, self.database_url) {
             (Some(pool), _) => pool,
             (None, Some(url)) => {
@@ -176,7 +209,9 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
                 pool,
                 poll_interval: self.poll_interval,
                 batch_size: i64::from(self.batch_size),
-                stop: StopSignal::default(),
+                synchronous_commit: self.synchronous_commit,
+                signals: Signals::new(self.queues.iter().map(|(q, _)| q.as_str())),
+                listener_url: self.listener_url,
             }),
             queues: self.queues,
         })
@@ -213,8 +248,10 @@ impl<C: Any + Send + Sync> Runner<C> {
             queues: Vec::new(),
             database_url: None,
             pool: None,
+            listener_url: None,
             poll_interval: Duration::from_secs(1),
-            batch_size: 1,
+            batch_size: 100,
+            synchronous_commit: true,
         }
     }
 
@@ -239,6 +276,7 @@ impl<C: Any + Send + Sync> Runner<C> {
         let mut summary = RunSummary::default();
         let mut tried = Vec::new();
         loop {
+            storage::promote_due_jobs(&mut conn, i64::MAX)?;
             let mut claimed = 0;
             for (queue, _) in &self.queues {
                 let mut ran = Vec::new();
@@ -275,6 +313,13 @@ impl<C: Any + Send + Sync> Runner<C> {
                 workers.push(handle);
             }
         }
+        let shared = Arc::clone(&self.shared);
+        workers.push(
+            thread::Builder::new()
+                .name("queue-wakeups".into())
+                .spawn(move || scheduler::run(shared))
+                .expect("the OS refused to start the wake-up thread"),
+        );
         info!(queues = ?self.queues, "runner started");
         let stopper: Arc<dyn Stop> = self.shared;
         RunningRunner { stopper, workers }
@@ -288,7 +333,7 @@ trait Stop: Send + Sync {
 
 impl<C: Send + Sync> Stop for Shared<C> {
     fn stop(&self) {
-        self.stop.stop();
+        self.signals.stop();
     }
 }
 

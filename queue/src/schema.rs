@@ -16,5 +16,6 @@ diesel::table! {
         last_failed_at -> Nullable<Timestamptz>,
         last_error -> Nullable<Text>,
         dead_at -> Nullable<Timestamptz>,
+        scheduled -> Bool,
     }
 }

@@ -1,31 +1,96 @@
-//! The stop signal a runner's workers watch.
+//! How a runner's threads are woken: per-queue wake-ups and the stop flag.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
-/// Set once to stop; wakes every waiting worker.
+/// Idle workers of one queue wait here; a new job (or a stop) wakes them.
 #[derive(Debug, Default)]
-pub(crate) struct StopSignal {
-    stopped: Mutex<bool>,
+pub(crate) struct Wakeup {
+    generation: Mutex<u64>,
     changed: Condvar,
 }
 
-impl StopSignal {
-    pub(crate) fn stop(&self) {
-        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = true;
+impl Wakeup {
+    /// The current generation: read it *before* looking for jobs, then wait
+    /// for it to change, so a wake-up in between is never missed.
+    pub(crate) fn generation(&self) -> u64 {
+        *self
+            .generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn bump(&self) {
+        *self
+            .generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) += 1;
+    }
+
+    /// Wakes one idle worker (it wakes the next if it finds a full batch).
+    pub(crate) fn wake_one(&self) {
+        self.bump();
+        self.changed.notify_one();
+    }
+
+    /// Wakes every idle worker.
+    pub(crate) fn wake_all(&self) {
+        self.bump();
         self.changed.notify_all();
+    }
+}
+
+/// The stop flag and the wake-ups of every queue of a runner.
+#[derive(Debug)]
+pub(crate) struct Signals {
+    stopped: AtomicBool,
+    queues: HashMap<String, Wakeup>,
+}
+
+impl Signals {
+    pub(crate) fn new<'a>(queues: impl IntoIterator<Item = &'a str>) -> Self {
+        Signals {
+            stopped: AtomicBool::new(false),
+            queues: queues
+                .into_iter()
+                .map(|q| (q.to_owned(), Wakeup::default()))
+                .collect(),
+        }
+    }
+
+    pub(crate) fn queue(&self, queue: &str) -> Option<&Wakeup> {
+        self.queues.get(queue)
+    }
+
+    pub(crate) fn queue_names(&self) -> impl Iterator<Item = &str> {
+        self.queues.keys().map(String::as_str)
+    }
+
+    pub(crate) fn wake_all_queues(&self) {
+        self.queues.values().for_each(Wakeup::wake_all);
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.wake_all_queues();
     }
 
     pub(crate) fn is_stopped(&self) -> bool {
-        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner)
+        self.stopped.load(Ordering::SeqCst)
     }
 
-    /// Sleeps for `timeout` or until stopped, whichever comes first.
-    pub(crate) fn wait(&self, timeout: Duration) {
-        let stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
-        let _ = self
+    /// Sleeps until `wakeup` moves past `seen`, the runner stops, or
+    /// `timeout` passes.
+    pub(crate) fn wait(&self, wakeup: &Wakeup, seen: u64, timeout: Duration) {
+        let generation = wakeup
+            .generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let _ = wakeup
             .changed
-            .wait_timeout_while(stopped, timeout, |stopped| !*stopped)
+            .wait_timeout_while(generation, timeout, |g| *g == seen && !self.is_stopped())
             .unwrap_or_else(PoisonError::into_inner);
     }
 }

@@ -11,6 +11,7 @@ use diesel::sql_types::{
 };
 
 use crate::job::JobId;
+use crate::prepared::Statement;
 use crate::schema::queue_jobs;
 
 diesel::define_sql_function! {
@@ -49,60 +50,65 @@ fn interval(duration: Duration) -> PgInterval {
     PgInterval::from_microseconds(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX))
 }
 
-/// Inserts one job and returns its id.
+/// `run_at` and delay of a schedule, for the enqueue statements.
+fn schedule_binds(schedule: Option<Schedule>) -> (Option<DateTime<Utc>>, Option<i64>) {
+    match schedule {
+        None => (None, None),
+        Some(Schedule::At(at)) => (Some(at), None),
+        Some(Schedule::After(delay)) => (None, Some(interval(delay).microseconds)),
+    }
+}
+
+#[derive(QueryableByName)]
+struct InsertedId {
+    #[diesel(sql_type = Int8)]
+    id: i64,
+}
+
+/// Inserts one job and returns its id. A job ready now also wakes the
+/// runners listening on its queue, when the caller commits.
 pub(crate) fn insert_job(conn: &mut PgConnection, job: &NewJob) -> QueryResult<JobId> {
-    use crate::schema::queue_jobs::dsl as j;
-    let columns = (
-        j::job_type.eq(job.job_type),
-        j::queue.eq(&job.queue),
-        j::priority.eq(job.priority),
-        j::payload.eq(&job.payload),
-    );
-    let insert = diesel::insert_into(j::queue_jobs);
-    let id = match job.schedule {
-        None => insert.values(columns).returning(j::id).get_result(conn)?,
-        Some(Schedule::At(at)) => insert
-            .values((columns, j::run_at.eq(at)))
-            .returning(j::id)
-            .get_result(conn)?,
-        Some(Schedule::After(delay)) => insert
-            .values((
-                columns,
-                j::run_at.eq(now.into_sql::<Timestamptz>() + interval(delay)),
-            ))
-            .returning(j::id)
-            .get_result(conn)?,
-    };
-    Ok(JobId(id))
+    let (run_at, delay_us) = schedule_binds(job.schedule);
+    let inserted: InsertedId = Statement::new(
+        "WITH job AS ( \
+             INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled) \
+             SELECT $1, $2, $3, $4, s.run_at, s.run_at > now() \
+             FROM (SELECT COALESCE($5, now() + COALESCE($6, 0) * interval '1 microsecond') AS run_at) s \
+             RETURNING id, queue, scheduled) \
+         SELECT job.id FROM job \
+         LEFT JOIN LATERAL (SELECT pg_notify('queue_jobs', job.queue) WHERE NOT job.scheduled) n ON true",
+    )
+    .bind::<Text, _>(job.job_type)
+    .bind::<Text, _>(&job.queue)
+    .bind::<SmallInt, _>(job.priority)
+    .bind::<Jsonb, _>(&job.payload)
+    .bind::<Nullable<Timestamptz>, _>(run_at)
+    .bind::<Nullable<BigInt>, _>(delay_us)
+    .get_result(conn)?;
+    Ok(JobId(inserted.id))
 }
 
 /// Inserts many jobs with one statement (a fixed number of array binds,
-/// whatever the batch size). Returns the ids in input order.
+/// whatever the batch size), waking each queue with ready jobs once.
+/// Returns the ids in input order.
 pub(crate) fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> QueryResult<Vec<JobId>> {
-    #[derive(QueryableByName)]
-    struct Inserted {
-        #[diesel(sql_type = Int8)]
-        id: i64,
-    }
-    let mut run_at = Vec::with_capacity(jobs.len());
-    let mut delay_us = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let (at, delay) = match job.schedule {
-            None => (None, None),
-            Some(Schedule::At(at)) => (Some(at), None),
-            Some(Schedule::After(delay)) => (None, Some(interval(delay).microseconds)),
-        };
-        run_at.push(at);
-        delay_us.push(delay);
-    }
-    let mut ids: Vec<i64> = diesel::sql_query(
-        "INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at) \
-         SELECT t.job_type, t.queue, t.priority, t.payload, \
-                COALESCE(t.run_at, now() + COALESCE(t.delay_us, 0) * interval '1 microsecond') \
-         FROM unnest($1::text[], $2::text[], $3::int2[], $4::jsonb[], $5::timestamptz[], $6::int8[]) \
-              WITH ORDINALITY AS t(job_type, queue, priority, payload, run_at, delay_us, ord) \
-         ORDER BY t.ord \
-         RETURNING id",
+    let (run_at, delay_us): (Vec<_>, Vec<_>) =
+        jobs.iter().map(|job| schedule_binds(job.schedule)).unzip();
+    let mut ids: Vec<i64> = Statement::new(
+        "WITH jobs AS ( \
+             INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled) \
+             SELECT t.job_type, t.queue, t.priority, t.payload, t.run_at, t.run_at > now() \
+             FROM ( \
+                 SELECT u.*, COALESCE(u.at, now() + COALESCE(u.delay_us, 0) * interval '1 microsecond') AS run_at \
+                 FROM unnest($1::text[], $2::text[], $3::int2[], $4::jsonb[], $5::timestamptz[], $6::int8[]) \
+                     WITH ORDINALITY AS u(job_type, queue, priority, payload, at, delay_us, ord) \
+             ) t \
+             ORDER BY t.ord \
+             RETURNING id, queue, scheduled), \
+         woken AS ( \
+             SELECT pg_notify('queue_jobs', q.queue) \
+             FROM (SELECT DISTINCT queue FROM jobs WHERE NOT scheduled) q) \
+         SELECT jobs.id FROM jobs, (SELECT count(*) FROM woken) w",
     )
     .bind::<Array<Text>, _>(jobs.iter().map(|j| j.job_type).collect::<Vec<_>>())
     .bind::<Array<Text>, _>(jobs.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
@@ -110,13 +116,77 @@ pub(crate) fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> QueryResu
     .bind::<Array<Jsonb>, _>(jobs.iter().map(|j| &j.payload).collect::<Vec<_>>())
     .bind::<Array<Nullable<Timestamptz>>, _>(run_at)
     .bind::<Array<Nullable<BigInt>>, _>(delay_us)
-    .load::<Inserted>(conn)?
+    .load::<InsertedId>(conn)?
     .into_iter()
     .map(|row| row.id)
     .collect();
     // Rows are inserted in ORDER BY order, so their serial ids ascend with it.
     ids.sort_unstable();
     Ok(ids.into_iter().map(JobId).collect())
+}
+
+/// Makes due scheduled jobs ready (at most `limit`), waking their queues.
+/// Returns how many were promoted. Safe to run from many runners at once.
+pub(crate) fn promote_due_jobs(conn: &mut PgConnection, limit: i64) -> QueryResult<usize> {
+    #[derive(QueryableByName)]
+    struct Promoted {
+        #[diesel(sql_type = BigInt)]
+        promoted: i64,
+    }
+    let result: Promoted = Statement::new(
+        "WITH due AS ( \
+             UPDATE queue_jobs SET scheduled = false \
+             WHERE id IN ( \
+                 SELECT id FROM queue_jobs \
+                 WHERE scheduled AND dead_at IS NULL AND run_at <= now() \
+                 ORDER BY run_at LIMIT $1 \
+                 FOR UPDATE SKIP LOCKED) \
+             RETURNING queue), \
+         woken AS ( \
+             SELECT pg_notify('queue_jobs', q.queue) FROM (SELECT DISTINCT queue FROM due) q) \
+         SELECT (SELECT count(*) FROM due) AS promoted, (SELECT count(*) FROM woken) AS woken",
+    )
+    .bind::<BigInt, _>(limit)
+    .get_result(conn)?;
+    Ok(usize::try_from(result.promoted).unwrap_or(0))
+}
+
+/// Of `queues`, those with at least one ready job.
+pub(crate) fn queues_with_ready_jobs(
+    conn: &mut PgConnection,
+    queues: &[String],
+) -> QueryResult<Vec<String>> {
+    #[derive(QueryableByName)]
+    struct Ready {
+        #[diesel(sql_type = Text)]
+        queue: String,
+    }
+    Ok(Statement::new(
+        "SELECT q AS queue FROM unnest($1::text[]) AS q \
+         WHERE EXISTS (SELECT 1 FROM queue_jobs j \
+                       WHERE j.queue = q AND j.dead_at IS NULL AND NOT j.scheduled AND j.run_at <= now())",
+    )
+    .bind::<Array<Text>, _>(queues)
+    .load::<Ready>(conn)?
+    .into_iter()
+    .map(|r| r.queue)
+    .collect())
+}
+
+/// Lets this transaction's commit return before its WAL reaches the disk.
+pub(crate) fn relax_commit_durability(conn: &mut PgConnection) -> QueryResult<()> {
+    diesel::sql_query("SET LOCAL synchronous_commit = off").execute(conn)?;
+    Ok(())
+}
+
+/// When the next scheduled job falls due, if any is scheduled.
+pub(crate) fn next_due(conn: &mut PgConnection) -> QueryResult<Option<DateTime<Utc>>> {
+    use crate::schema::queue_jobs::dsl as j;
+    j::queue_jobs
+        .filter(j::scheduled)
+        .filter(j::dead_at.is_null())
+        .select(diesel::dsl::min(j::run_at))
+        .get_result(conn)
 }
 
 /// A job claimed by a worker: its row is locked until the claiming
@@ -142,6 +212,7 @@ pub(crate) fn claim_jobs(
         .select((j::id, j::job_type, j::payload, j::attempts))
         .filter(j::queue.eq(queue))
         .filter(j::dead_at.is_null())
+        .filter(j::scheduled.eq(false))
         .filter(j::run_at.le(now))
         .filter(j::id.ne_all(exclude))
         .order((j::priority.desc(), j::id.asc()))
@@ -289,6 +360,7 @@ pub(crate) fn reset_for_retry(conn: &mut PgConnection, id: i64) -> QueryResult<u
             j::attempts.eq(0),
             j::first_failed_at.eq(None::<DateTime<Utc>>),
             j::run_at.eq(now),
+            j::scheduled.eq(false),
         ))
         .execute(conn)
 }

@@ -13,7 +13,7 @@ use crate::errors::PerformError;
 use crate::job::JobId;
 use crate::registry::{JobDescriptor, Registry, RunFailure};
 use crate::retry::RetryPolicy;
-use crate::shutdown::StopSignal;
+use crate::shutdown::Signals;
 use crate::storage::{self, ClaimedJob};
 
 /// What the workers of one runner share.
@@ -24,7 +24,10 @@ pub(crate) struct Shared<C> {
     pub(crate) pool: PgPool,
     pub(crate) poll_interval: Duration,
     pub(crate) batch_size: i64,
-    pub(crate) stop: StopSignal,
+    pub(crate) synchronous_commit: bool,
+    pub(crate) signals: Signals,
+    /// Where the wake-up thread listens; `None`: poll only.
+    pub(crate) listener_url: Option<String>,
 }
 
 /// What happened to one claimed job.
@@ -54,10 +57,13 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
     mut report: impl FnMut(JobId, &str, &Outcome),
 ) -> QueryResult<usize> {
     conn.transaction(|conn| {
+        if !shared.synchronous_commit {
+            storage::relax_commit_durability(conn)?;
+        }
         let jobs = storage::claim_jobs(conn, queue, limit, exclude)?;
         let mut completed = Vec::with_capacity(jobs.len());
         for (index, job) in jobs.iter().enumerate() {
-            if index > 0 && shared.stop.is_stopped() {
+            if index > 0 && shared.signals.is_stopped() {
                 break;
             }
             let span = info_span!(
@@ -186,33 +192,41 @@ fn record_failure(
     Ok(Outcome::Failed { error, dead })
 }
 
-/// The loop of one worker thread: claim, run, and sleep for the poll
-/// interval when the queue is empty, until the stop signal.
+/// The loop of one worker thread: claim and run batches while there are
+/// jobs; when there are none, sleep until the wake-up thread (a new job, a
+/// due job, the poll fallback) or a stop wakes it.
 pub(crate) fn work<C: Any + Send + Sync>(shared: Arc<Shared<C>>, queue: String) {
+    let wakeup = shared
+        .signals
+        .queue(&queue)
+        .expect("a worker's queue has a wake-up");
+    // Only a safety net: the wake-up thread wakes idle workers.
+    let idle_timeout = shared.poll_interval.saturating_mul(10);
     let mut conn = None;
-    while !shared.stop.is_stopped() {
+    while !shared.signals.is_stopped() {
+        let seen = wakeup.generation();
         let held = match &mut conn {
             Some(held) => held,
             None => match shared.pool.get() {
                 Ok(fresh) => conn.insert(fresh),
                 Err(e) => {
                     error!(queue, error = %e, "cannot get a database connection; retrying");
-                    shared.stop.wait(shared.poll_interval);
+                    shared.signals.wait(wakeup, seen, shared.poll_interval);
                     continue;
                 }
             },
         };
         match run_batch(&shared, held, &queue, shared.batch_size, &[], |_, _, _| {}) {
-            Ok(0) => {
-                shared.stop.wait(shared.poll_interval);
-            }
+            Ok(0) => shared.signals.wait(wakeup, seen, idle_timeout),
+            // A full batch: more jobs may be waiting; share them with a sibling.
+            Ok(claimed) if claimed as i64 >= shared.batch_size => wakeup.wake_one(),
             Ok(_) => {}
             Err(e) => {
                 // The claimed jobs were rolled back and are free again. Start
                 // over on a fresh connection in case this one is broken.
                 error!(queue, error = %e, "database error while running jobs; retrying");
                 conn = None;
-                shared.stop.wait(shared.poll_interval);
+                shared.signals.wait(wakeup, seen, shared.poll_interval);
             }
         }
     }

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 
@@ -42,6 +43,13 @@ pub struct TestDb {
 impl TestDb {
     /// Creates and migrates a new database on the test server.
     pub fn create() -> TestDb {
+        let db = Self::create_empty();
+        queue::migrate(&mut db.conn()).expect("migrate test database");
+        db
+    }
+
+    /// Creates a new database on the test server, without the queue's schema.
+    pub fn create_empty() -> TestDb {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -59,13 +67,11 @@ impl TestDb {
         diesel::sql_query(format!("CREATE DATABASE {name}"))
             .execute(&mut admin)
             .expect("create test database");
-        let db = TestDb {
+        TestDb {
             url: with_database(&admin_url, &name),
             name,
             admin_url,
-        };
-        queue::migrate(&mut db.conn()).expect("migrate test database");
-        db
+        }
     }
 
     /// The test database's URL.
@@ -87,10 +93,10 @@ impl TestDb {
             .expect("pool")
     }
 
-    /// Runs SQL (test set-up) on a fresh connection.
+    /// Runs SQL statements (test set-up) on a fresh connection.
     pub fn execute(&self, sql: &str) {
-        diesel::sql_query(sql)
-            .execute(&mut self.conn())
+        self.conn()
+            .batch_execute(sql)
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 

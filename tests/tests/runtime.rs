@@ -21,10 +21,22 @@ fn runner<C: Send + Sync + 'static>(
     context: C,
     queues: &[(&str, usize)],
 ) -> Runner<C> {
+    runner_with(db, context, queues, |builder| builder)
+}
+
+/// A runner polling every 20 ms, configured further by `configure`.
+fn runner_with<C: Send + Sync + 'static>(
+    db: &TestDb,
+    context: C,
+    queues: &[(&str, usize)],
+    configure: impl FnOnce(queue::RunnerBuilder<C>) -> queue::RunnerBuilder<C>,
+) -> Runner<C> {
     queue_tests::init_tracing();
-    let mut builder = Runner::builder(context)
-        .database_url(db.url())
-        .poll_interval(Duration::from_millis(20));
+    let mut builder = configure(
+        Runner::builder(context)
+            .database_url(db.url())
+            .poll_interval(Duration::from_millis(20)),
+    );
     for (queue, workers) in queues {
         builder = builder.queue(*queue, *workers);
     }
@@ -69,8 +81,12 @@ fn a_job_held_by_one_worker_is_skipped_by_another() {
     let first = Meet { n: 1 }.enqueue(&mut conn).unwrap();
     let second = Meet { n: 2 }.enqueue(&mut conn).unwrap();
     // Both jobs must be running at once to meet: the worker that does not
-    // hold the first job's lock must skip it and claim the second.
-    let running = runner(&db, Rendezvous::new(2), &[("skip_locked", 2)]).start();
+    // hold the first job's lock must skip it and claim the second. (One job
+    // per claim, so the first worker cannot take both.)
+    let running = runner_with(&db, Rendezvous::new(2), &[("skip_locked", 2)], |b| {
+        b.batch_size(1)
+    })
+    .start();
     wait_until("both jobs completed", PATIENCE * 2, || {
         db.count_jobs("true") == 0
     });
@@ -519,7 +535,13 @@ fn each_queue_runs_exactly_its_number_of_workers_at_once() {
         wide_meeting: Some(Rendezvous::new(3)),
         ..Default::default()
     });
-    let running = runner(&db, Arc::clone(&context), &[("narrow", 1), ("wide", 3)]).start();
+    let running = runner_with(
+        &db,
+        Arc::clone(&context),
+        &[("narrow", 1), ("wide", 3)],
+        |b| b.batch_size(1),
+    )
+    .start();
     wait_until("all ran", PATIENCE * 2, || db.count_jobs("true") == 0);
     running.shutdown(PATIENCE);
     assert_eq!(db.count_jobs("attempts > 0"), 0);
@@ -759,7 +781,7 @@ fn a_runner_refuses_bad_configurations_with_what_to_do() {
     assert!(build(base().queue("rollback", 0)).contains("give it at least 1"));
     assert!(build(base().queue("rollback", 1).queue("rollback", 2)).contains("configured twice"));
     let small = base().queue("rollback", 3).pool(db.pool(4));
-    assert!(build(small).contains("at most 4 connections but 3 workers need 6"));
+    assert!(build(small).contains("at most 4 connections but 3 workers need 7"));
     let unreachable = Runner::builder(())
         .database_url("postgres://nobody@127.0.0.1:1/none")
         .queue("rollback", 1);
@@ -835,10 +857,126 @@ fn migrate_is_idempotent_and_records_the_schema_version() {
     let mut conn = db.conn();
     let again = queue::migrate(&mut conn).unwrap();
     assert!(again.applied.is_empty());
-    assert_eq!(again.current_version, "20261126000001");
+    assert_eq!(again.current_version, "20261126000002");
     let versions = count(
         &mut conn,
         "SELECT count(*) AS n FROM queue_schema_migrations",
     );
-    assert_eq!(versions, 1);
+    assert_eq!(versions, 2);
+}
+
+#[test]
+fn migrate_upgrades_a_live_table_of_the_first_schema_in_place() {
+    let db = TestDb::create_empty();
+    // The first release's schema, with jobs in it.
+    db.execute(include_str!(
+        "../../queue/migrations/2026-11-26-000001_create_queue_jobs/up.sql"
+    ));
+    db.execute(
+        "CREATE TABLE queue_schema_migrations (version VARCHAR(50) PRIMARY KEY, \
+         run_on TIMESTAMPTZ NOT NULL DEFAULT now()); \
+         INSERT INTO queue_schema_migrations (version) VALUES ('20261126000001'); \
+         INSERT INTO queue_jobs (job_type, queue, payload, run_at) VALUES \
+           ('noop', 'rollback', 'null', now() - interval '1 minute'), \
+           ('noop', 'rollback', 'null', now() + interval '1 hour')",
+    );
+    let report = queue::migrate(&mut db.conn()).unwrap();
+    assert_eq!(report.applied, ["20261126000002"]);
+    assert_eq!(
+        db.count_jobs("scheduled"),
+        1,
+        "the future job waits in the scheduled set"
+    );
+    assert_eq!(db.count_jobs("NOT scheduled AND run_at < now()"), 1);
+    // The upgraded queue runs the ready job and keeps the scheduled one.
+    let summary = runner(&db, (), &[("rollback", 1)]).run_pending().unwrap();
+    assert_eq!(summary.succeeded.len(), 1);
+    assert_eq!(db.count_jobs("true"), 1);
+}
+
+// --- wake-ups: LISTEN/NOTIFY, reconnection, the poll fallback -------------
+
+#[derive(Serialize, Deserialize)]
+struct Ping(u32);
+test_job!(Ping, "ping", queue = "wakeups", context = Mutex<mpsc::Sender<(u32, Instant)>>, [], |self, ctx, db| {
+    ctx.lock().unwrap().send((self.0, Instant::now())).map_err(PerformError::new)
+});
+
+fn listener_backends(db: &TestDb) -> i64 {
+    count(
+        &mut db.conn(),
+        &format!(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+             AND query = 'LISTEN queue_jobs' AND pid <> pg_backend_pid()"
+        ),
+    )
+}
+
+#[test]
+fn idle_workers_wake_on_notify_and_the_listener_reconnects_by_itself() {
+    let db = TestDb::create();
+    let (sender, ran) = mpsc::channel::<(u32, Instant)>();
+    // A poll interval far longer than the test: only notifications wake workers.
+    let running = runner_with(&db, Mutex::new(sender), &[("wakeups", 1)], |b| {
+        b.poll_interval(Duration::from_secs(60))
+    })
+    .start();
+    wait_until("the runner listens", PATIENCE, || {
+        listener_backends(&db) == 1
+    });
+    let mut conn = db.conn();
+    // Let the first (start-up) check pass, so only a notification can wake the worker.
+    std::thread::sleep(Duration::from_millis(200));
+
+    let enqueued = Instant::now();
+    Ping(1).enqueue(&mut conn).unwrap();
+    let (n, started) = ran
+        .recv_timeout(Duration::from_secs(5))
+        .expect("woken by NOTIFY");
+    assert_eq!(n, 1);
+    println!("pickup after NOTIFY: {:?}", started - enqueued);
+
+    // The listener's session dies (a database restart, a proxy timeout...).
+    diesel::sql_query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query = 'LISTEN queue_jobs'",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    wait_until("the listener reconnected", PATIENCE, || {
+        listener_backends(&db) == 1
+    });
+    Ping(2).enqueue(&mut conn).unwrap();
+    let (n, _) = ran
+        .recv_timeout(Duration::from_secs(5))
+        .expect("woken after reconnecting");
+    assert_eq!(n, 2);
+    running.shutdown(PATIENCE);
+}
+
+#[test]
+fn a_job_inserted_without_a_notification_waits_at_most_the_poll_interval() {
+    let db = TestDb::create();
+    let (sender, ran) = mpsc::channel::<(u32, Instant)>();
+    let poll = Duration::from_millis(300);
+    let running = runner_with(&db, Mutex::new(sender), &[("wakeups", 1)], |b| {
+        b.poll_interval(poll)
+    })
+    .start();
+    wait_until("the runner listens", PATIENCE, || {
+        listener_backends(&db) == 1
+    });
+    // Inserted by hand: no NOTIFY is sent.
+    let inserted = Instant::now();
+    db.execute("INSERT INTO queue_jobs (job_type, queue, payload) VALUES ('ping', 'wakeups', '7')");
+    let (n, started) = ran
+        .recv_timeout(PATIENCE)
+        .expect("found by the poll fallback");
+    assert_eq!(n, 7);
+    let waited = started - inserted;
+    assert!(
+        waited < poll + Duration::from_millis(500),
+        "waited {waited:?}"
+    );
+    running.shutdown(PATIENCE);
 }

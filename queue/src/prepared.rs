@@ -1,0 +1,88 @@
+//! Fixed SQL text with binds that diesel caches as a prepared statement.
+//!
+//! `diesel::sql_query` statements are prepared anew on every execution (two
+//! round trips); the hot statements of the queue (enqueue, claim) are
+//! written here once, parsed once per connection, then run in one round
+//! trip each.
+
+use std::marker::PhantomData;
+
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::serialize::ToSql;
+use diesel::sql_types::{HasSqlType, Untyped};
+use diesel::{PgConnection, QueryResult, RunQueryDsl};
+
+/// One bind value with its SQL type.
+pub(crate) trait Bind {
+    fn push<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()>;
+}
+
+struct Typed<ST, T>(T, PhantomData<ST>);
+
+impl<ST, T> Bind for Typed<ST, T>
+where
+    Pg: HasSqlType<ST>,
+    T: ToSql<ST, Pg>,
+{
+    fn push<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_bind_param::<ST, T>(&self.0)
+    }
+}
+
+/// A statement: SQL text with `$1`, `$2`... placeholders, and its binds.
+pub(crate) struct Statement<'a> {
+    sql: &'static str,
+    binds: Vec<Box<dyn Bind + 'a>>,
+}
+
+impl<'a> Statement<'a> {
+    pub(crate) fn new(sql: &'static str) -> Self {
+        Statement {
+            sql,
+            binds: Vec::new(),
+        }
+    }
+
+    /// Adds the next bind (`$1` first).
+    pub(crate) fn bind<ST: 'a, T: ToSql<ST, Pg> + 'a>(mut self, value: T) -> Self
+    where
+        Pg: HasSqlType<ST>,
+    {
+        self.binds
+            .push(Box::new(Typed::<ST, T>(value, PhantomData)));
+        self
+    }
+}
+
+impl QueryFragment<Pg> for Statement<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        // Copy the text, replacing each `$n` by bind n (diesel numbers binds itself).
+        let mut rest = self.sql;
+        while let Some(dollar) = rest.find('$') {
+            out.push_sql(&rest[..dollar]);
+            let digits = rest[dollar + 1..]
+                .find(|c: char| !c.is_ascii_digit())
+                .map_or(rest.len() - dollar - 1, |n| n);
+            let n: usize = rest[dollar + 1..dollar + 1 + digits]
+                .parse()
+                .expect("`$` in queue SQL is always a numbered placeholder");
+            self.binds[n - 1].push(&mut out)?;
+            rest = &rest[dollar + 1 + digits..];
+        }
+        out.push_sql(rest);
+        Ok(())
+    }
+}
+
+impl QueryId for Statement<'_> {
+    // No static id: diesel caches the statement by its SQL text.
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for Statement<'_> {
+    type SqlType = Untyped;
+}
+
+impl RunQueryDsl<PgConnection> for Statement<'_> {}

@@ -1,0 +1,104 @@
+//! The runner's wake-up thread: listens for new jobs, promotes scheduled
+//! jobs when they fall due, and is the poll fallback.
+//!
+//! Idle workers never query the database on their own. This one thread
+//! wakes them: at once on a `NOTIFY` from an enqueue (or a promotion); and,
+//! every poll interval, after one cheap check for ready jobs on the
+//! runner's queues, so a lost notification, a listener that is down, or a
+//! job inserted without a notification waits at most one poll interval.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::listener::Listener;
+use crate::storage;
+use crate::worker::Shared;
+
+/// The longest the thread sleeps between looks at the stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(50);
+
+/// How many scheduled jobs one promotion statement makes ready.
+const PROMOTION_BATCH: i64 = 1_000;
+
+pub(crate) fn run<C: Any + Send + Sync>(shared: Arc<Shared<C>>) {
+    let queues: Vec<String> = shared.signals.queue_names().map(str::to_owned).collect();
+    let mut listener: Option<Listener> = None;
+    let mut next_connect = Instant::now();
+    let mut next_check = Instant::now();
+    while !shared.signals.is_stopped() {
+        if let (None, Some(url)) = (&listener, &shared.listener_url) {
+            if Instant::now() >= next_connect {
+                match Listener::connect(url) {
+                    Ok(connected) => {
+                        info!("listening for new jobs");
+                        listener = Some(connected);
+                        // Jobs may have arrived while nobody listened.
+                        shared.signals.wake_all_queues();
+                    }
+                    Err(error) => {
+                        warn!(%error, retry_in_ms = shared.poll_interval.as_millis() as u64,
+                            "cannot listen for new jobs; polling meanwhile");
+                        next_connect = Instant::now() + shared.poll_interval;
+                    }
+                }
+            }
+        }
+        if Instant::now() >= next_check {
+            next_check = Instant::now() + check(&shared, &queues).min(shared.poll_interval);
+        }
+        let wait = next_check
+            .saturating_duration_since(Instant::now())
+            .min(STOP_CHECK);
+        match &mut listener {
+            Some(connected) => match connected.wait(wait) {
+                Ok(queues_with_jobs) => {
+                    for queue in queues_with_jobs {
+                        if let Some(wakeup) = shared.signals.queue(&queue) {
+                            wakeup.wake_one();
+                        }
+                    }
+                }
+                Err(error) => {
+                    warn!(%error, "lost the listener connection; reconnecting");
+                    listener = None;
+                    next_connect = Instant::now();
+                }
+            },
+            None => thread::sleep(wait),
+        }
+    }
+}
+
+/// Promotes due jobs, wakes queues that have ready jobs, and returns how
+/// long until the next scheduled job falls due.
+fn check<C>(shared: &Shared<C>, queues: &[String]) -> Duration {
+    let result = (|| -> Result<Duration, Box<dyn std::error::Error>> {
+        let mut conn = shared.pool.get()?;
+        while storage::promote_due_jobs(&mut conn, PROMOTION_BATCH)? == PROMOTION_BATCH as usize {}
+        for queue in storage::queues_with_ready_jobs(&mut conn, queues)? {
+            if let Some(wakeup) = shared.signals.queue(&queue) {
+                wakeup.wake_one();
+            }
+        }
+        let until_due = storage::next_due(&mut conn)?.map(|due| {
+            (due - chrono::Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        });
+        Ok(until_due.unwrap_or(Duration::MAX))
+    })();
+    match result {
+        Ok(until_due) => {
+            debug!(?until_due, "checked for due and ready jobs");
+            until_due
+        }
+        Err(error) => {
+            warn!(%error, "cannot check for due and ready jobs; trying again after the poll interval");
+            Duration::MAX
+        }
+    }
+}
