@@ -905,10 +905,8 @@ test_job!(Ping, "ping", queue = "wakeups", context = Mutex<mpsc::Sender<(u32, In
 fn listener_backends(db: &TestDb) -> i64 {
     count(
         &mut db.conn(),
-        &format!(
-            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
-             AND query = 'LISTEN queue_jobs' AND pid <> pg_backend_pid()"
-        ),
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+         AND query = 'LISTEN queue_jobs' AND pid <> pg_backend_pid()",
     )
 }
 
