@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use diesel::prelude::*;
 
+pub mod bench;
 pub mod billing;
 pub mod images;
 pub mod signup;
@@ -103,5 +104,22 @@ mod tests {
             "postgres://u@h/x?sslmode=disable"
         );
         assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
+    }
+}
+
+/// The jobs table as the benchmark's raw-SQL references see it.
+pub mod bench_schema {
+    diesel::table! {
+        /// The queue's table (a copy of its columns for the raw references).
+        queue_jobs (id) {
+            /// Id.
+            id -> Int8,
+            /// Type name.
+            job_type -> Text,
+            /// Queue.
+            queue -> Text,
+            /// Payload.
+            payload -> Jsonb,
+        }
     }
 }

@@ -1,0 +1,492 @@
+//! Throughput and latency of the queue, next to raw SQL on the same server
+//! in the same run.
+//!
+//! `cargo run --release -p queue-examples --example bench` (a few minutes;
+//! `-- --quick` for a smoke run, `-- --million` adds the memory run over a
+//! million jobs). Uses `DATABASE_URL`'s server and (re)creates the database
+//! `queue_bench`.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Text};
+use queue::{Job, JobBatch, Runner};
+use queue_examples::bench::{noop, sleep_ms, stamp, Stamps};
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+struct Settings {
+    url: String,
+    single: usize,
+    backlog: usize,
+    latency_jobs: usize,
+    reps: usize,
+    million: bool,
+}
+
+fn main() -> BenchResult<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let settings = Settings {
+        url: bench_database()?,
+        single: if quick { 200 } else { 2_000 },
+        backlog: if quick { 2_000 } else { 20_000 },
+        latency_jobs: if quick { 50 } else { 500 },
+        reps: if quick { 1 } else { 3 },
+        million: args.iter().any(|a| a == "--million"),
+    };
+    queue::migrate(&mut connect(&settings)?)?;
+    println!("queue benchmark: {} ({} repetitions, median)", settings.url, settings.reps);
+
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+    let mut row = |what: &str, ours: f64, reference: f64, unit: &str, reference_name: &str| {
+        let ratio = ours / reference;
+        rows.push((
+            what.to_owned(),
+            format!("{ours:.1} {unit}"),
+            format!("{reference:.1} {unit} ({reference_name})"),
+            format!("{:.0} %", ratio * 100.0),
+        ));
+        println!("  {what}: {ours:.1} {unit} vs {reference:.1} ({:.0} %)", ratio * 100.0);
+    };
+
+    let ours = median(settings.reps, || enqueue_one_by_one(&settings))?;
+    let raw = median(settings.reps, || raw_insert_one_by_one(&settings))?;
+    row("enqueue one by one", ours, raw, "jobs/s", "prepared one-row INSERT");
+
+    let ours = median(settings.reps, || enqueue_batches(&settings))?;
+    let raw = median(settings.reps, || raw_insert_batches(&settings))?;
+    row("batch enqueue (1,000 a batch)", ours, raw, "jobs/s", "multi-row INSERT");
+
+    let raw_batched_8 = median(settings.reps, || raw_delete_batches(&settings, 8))?;
+    let raw_single_1 = median(settings.reps, || raw_claim_one_per_tx(&settings, 1))?;
+    let raw_single_8 = median(settings.reps, || raw_claim_one_per_tx(&settings, 8))?;
+    let ours = median(settings.reps, || drain(&settings, 1))?;
+    row("drain, 1 worker", ours, raw_single_1, "jobs/s", "1 tx per job, 1 conn");
+    let ours = median(settings.reps, || drain(&settings, 8))?;
+    row("drain, 8 workers", ours, raw_batched_8, "jobs/s", "DELETE … LIMIT 100, 8 conns");
+    println!("  (reference: 1 tx per job from 8 connections: {raw_single_8:.1} jobs/s)");
+
+    let raw_latency = raw_listen_latency(&settings)?;
+    let latency = pickup_latency(&settings)?;
+    for (name, index) in [("p50", 0), ("p95", 1), ("p99", 2)] {
+        row(
+            &format!("pickup latency {name}"),
+            latency[index],
+            raw_latency[index],
+            "ms",
+            "raw LISTEN + claim",
+        );
+    }
+
+    let (alone, with_slow) = slow_job_among_fast(&settings)?;
+    println!("  {} no-op jobs, 4 workers: {alone:.2} s alone, {with_slow:.2} s with one 5 s job among them", settings.backlog);
+
+    claim_scaling(&settings)?;
+    if settings.million {
+        million_jobs_memory(&settings)?;
+    }
+
+    println!("\n| measure | queue | raw SQL reference | ratio |\n|---|---|---|---|");
+    for (what, ours, reference, ratio) in rows {
+        println!("| {what} | {ours} | {reference} | {ratio} |");
+    }
+    println!(
+        "\nslow job among {} no-ops, 4 workers: {alone:.2} s alone, {with_slow:.2} s with the slow job",
+        settings.backlog
+    );
+    Ok(())
+}
+
+fn connect(settings: &Settings) -> ConnectionResult<PgConnection> {
+    PgConnection::establish(&settings.url)
+}
+
+fn median(reps: usize, mut measure: impl FnMut() -> BenchResult<f64>) -> BenchResult<f64> {
+    let mut values = (0..reps).map(|_| measure()).collect::<BenchResult<Vec<f64>>>()?;
+    values.sort_by(f64::total_cmp);
+    Ok(values[values.len() / 2])
+}
+
+fn clear(conn: &mut PgConnection) -> QueryResult<()> {
+    conn.batch_execute("TRUNCATE queue_jobs")?;
+    conn.batch_execute("VACUUM ANALYZE queue_jobs")
+}
+
+fn rate(jobs: usize, elapsed: Duration) -> f64 {
+    jobs as f64 / elapsed.as_secs_f64()
+}
+
+fn enqueue_one_by_one(settings: &Settings) -> BenchResult<f64> {
+    let mut conn = connect(settings)?;
+    clear(&mut conn)?;
+    let started = Instant::now();
+    for _ in 0..settings.single {
+        noop().enqueue(&mut conn)?;
+    }
+    Ok(rate(settings.single, started.elapsed()))
+}
+
+fn raw_insert_one_by_one(settings: &Settings) -> BenchResult<f64> {
+    use queue_examples::bench_schema::queue_jobs::dsl as j;
+    let mut conn = connect(settings)?;
+    clear(&mut conn)?;
+    let payload = serde_json::json!({});
+    let started = Instant::now();
+    for _ in 0..settings.single {
+        diesel::insert_into(j::queue_jobs)
+            .values((j::job_type.eq("noop"), j::queue.eq("bench"), j::payload.eq(&payload)))
+            .execute(&mut conn)?;
+    }
+    Ok(rate(settings.single, started.elapsed()))
+}
+
+fn enqueue_batches(settings: &Settings) -> BenchResult<f64> {
+    let mut conn = connect(settings)?;
+    clear(&mut conn)?;
+    let started = Instant::now();
+    for _ in 0..settings.backlog / 1_000 {
+        let mut batch = JobBatch::new();
+        for _ in 0..1_000 {
+            batch.push(&noop())?;
+        }
+        batch.enqueue(&mut conn)?;
+    }
+    Ok(rate(settings.backlog, started.elapsed()))
+}
+
+fn raw_insert_batches(settings: &Settings) -> BenchResult<f64> {
+    use queue_examples::bench_schema::queue_jobs::dsl as j;
+    let mut conn = connect(settings)?;
+    clear(&mut conn)?;
+    let payload = serde_json::json!({});
+    let rows: Vec<_> = (0..1_000)
+        .map(|_| (j::job_type.eq("noop"), j::queue.eq("bench"), j::payload.eq(&payload)))
+        .collect();
+    let started = Instant::now();
+    for _ in 0..settings.backlog / 1_000 {
+        diesel::insert_into(j::queue_jobs).values(&rows).execute(&mut conn)?;
+    }
+    Ok(rate(settings.backlog, started.elapsed()))
+}
+
+/// A fresh backlog of `settings.backlog` no-op jobs, vacuumed.
+fn backlog(settings: &Settings) -> BenchResult<()> {
+    let mut conn = connect(settings)?;
+    clear(&mut conn)?;
+    let mut batch = JobBatch::new();
+    for _ in 0..settings.backlog {
+        batch.push(&noop())?;
+    }
+    batch.enqueue(&mut conn)?;
+    conn.batch_execute("VACUUM ANALYZE queue_jobs")?;
+    Ok(())
+}
+
+fn queue_is_empty(conn: &mut PgConnection) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Empty {
+        #[diesel(sql_type = Bool)]
+        empty: bool,
+    }
+    Ok(diesel::sql_query("SELECT NOT EXISTS (SELECT 1 FROM queue_jobs) AS empty")
+        .get_result::<Empty>(conn)?
+        .empty)
+}
+
+fn drain(settings: &Settings, workers: usize) -> BenchResult<f64> {
+    backlog(settings)?;
+    let runner = Runner::builder(())
+        .database_url(settings.url.as_str())
+        .queue("bench", workers)
+        .build()?;
+    let mut conn = connect(settings)?;
+    let started = Instant::now();
+    let running = runner.start();
+    while !queue_is_empty(&mut conn)? {
+        thread::sleep(Duration::from_millis(2));
+    }
+    let elapsed = started.elapsed();
+    running.shutdown(Duration::from_secs(10));
+    Ok(rate(settings.backlog, elapsed))
+}
+
+/// Runs `step` on `connections` threads until it returns 0; jobs/s.
+fn raw_drain(settings: &Settings, connections: usize, sql: &'static str) -> BenchResult<f64> {
+    backlog(settings)?;
+    let barrier = Arc::new(Barrier::new(connections + 1));
+    let threads: Vec<_> = (0..connections)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            let url = settings.url.clone();
+            thread::spawn(move || -> QueryResult<()> {
+                let mut conn = PgConnection::establish(&url).expect("connect");
+                barrier.wait();
+                while conn.transaction(|c| diesel::sql_query(sql).execute(c))? > 0 {}
+                Ok(())
+            })
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    for t in threads {
+        t.join().expect("raw drain thread")?;
+    }
+    Ok(rate(settings.backlog, started.elapsed()))
+}
+
+fn raw_delete_batches(settings: &Settings, connections: usize) -> BenchResult<f64> {
+    raw_drain(
+        settings,
+        connections,
+        "DELETE FROM queue_jobs WHERE id IN (SELECT id FROM queue_jobs \
+         ORDER BY priority, id FOR UPDATE SKIP LOCKED LIMIT 100)",
+    )
+}
+
+fn raw_claim_one_per_tx(settings: &Settings, connections: usize) -> BenchResult<f64> {
+    // SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1, then DELETE, in one transaction.
+    raw_drain(
+        settings,
+        connections,
+        "WITH claimed AS (SELECT id FROM queue_jobs ORDER BY priority, id \
+         FOR UPDATE SKIP LOCKED LIMIT 1) DELETE FROM queue_jobs WHERE id IN (SELECT id FROM claimed)",
+    )
+}
+
+fn percentiles(mut millis: Vec<f64>) -> [f64; 3] {
+    millis.sort_by(f64::total_cmp);
+    let at = |p: f64| millis[((millis.len() as f64 - 1.0) * p).round() as usize];
+    [at(0.50), at(0.95), at(0.99)]
+}
+
+fn pickup_latency(settings: &Settings) -> BenchResult<[f64; 3]> {
+    let mut conn = connect(settings)?;
+    clear(&mut conn)?;
+    let (sender, started) = mpsc::channel();
+    let running = Runner::builder(Stamps(Mutex::new(sender)))
+        .database_url(settings.url.as_str())
+        .queue("bench_latency", 4)
+        .build()?
+        .start();
+    thread::sleep(Duration::from_millis(300)); // idle workers, listener connected
+    let mut latencies = Vec::with_capacity(settings.latency_jobs);
+    for seq in 0..settings.latency_jobs as u64 {
+        let before = Instant::now();
+        stamp(seq).enqueue(&mut conn)?;
+        let (got, at) = started.recv_timeout(Duration::from_secs(10))?;
+        assert_eq!(got, seq);
+        latencies.push((at - before).as_secs_f64() * 1000.0);
+        thread::sleep(Duration::from_millis(10)); // about 100 jobs/s
+    }
+    running.shutdown(Duration::from_secs(10));
+    Ok(percentiles(latencies))
+}
+
+fn raw_listen_latency(settings: &Settings) -> BenchResult<[f64; 3]> {
+    let mut conn = connect(settings)?;
+    clear(&mut conn)?;
+    let (sender, claimed) = mpsc::channel::<Instant>();
+    let url = settings.url.clone();
+    let ready = Arc::new(Barrier::new(2));
+    let listener_ready = Arc::clone(&ready);
+    let jobs = settings.latency_jobs;
+    let listener = thread::spawn(move || -> QueryResult<()> {
+        let mut conn = PgConnection::establish(&url).expect("connect");
+        conn.batch_execute("LISTEN raw_bench")?;
+        listener_ready.wait();
+        for _ in 0..jobs {
+            // Spin on the socket: the lowest latency LISTEN can give.
+            loop {
+                if conn.notifications_iter().next().transpose()?.is_some() {
+                    break;
+                }
+            }
+            conn.transaction(|c| {
+                diesel::sql_query(
+                    "WITH claimed AS (SELECT id FROM queue_jobs ORDER BY priority, id \
+                     FOR UPDATE SKIP LOCKED LIMIT 1) DELETE FROM queue_jobs WHERE id IN (SELECT id FROM claimed)",
+                )
+                .execute(c)
+            })?;
+            sender.send(Instant::now()).expect("send");
+        }
+        Ok(())
+    });
+    ready.wait();
+    let mut latencies = Vec::with_capacity(jobs);
+    for _ in 0..jobs {
+        let before = Instant::now();
+        conn.batch_execute(
+            "INSERT INTO queue_jobs (job_type, queue, payload) VALUES ('noop', 'raw', '{}'); \
+             NOTIFY raw_bench",
+        )?;
+        let at = claimed.recv_timeout(Duration::from_secs(10))?;
+        latencies.push((at - before).as_secs_f64() * 1000.0);
+        thread::sleep(Duration::from_millis(10));
+    }
+    listener.join().expect("listener thread")?;
+    Ok(percentiles(latencies))
+}
+
+/// Seconds to drain the no-op backlog with 4 workers, alone and with one
+/// 5-second job enqueued first.
+fn slow_job_among_fast(settings: &Settings) -> BenchResult<(f64, f64)> {
+    let mut times = Vec::new();
+    for with_slow in [false, true] {
+        let mut conn = connect(settings)?;
+        clear(&mut conn)?;
+        if with_slow {
+            sleep_ms(5_000).enqueue(&mut conn)?;
+        }
+        let mut batch = JobBatch::new();
+        for _ in 0..settings.backlog {
+            batch.push(&noop())?;
+        }
+        batch.enqueue(&mut conn)?;
+        let runner = Runner::builder(()).database_url(settings.url.as_str()).queue("bench", 4).build()?;
+        let started = Instant::now();
+        let running = runner.start();
+        // Done when only the slow job (if any) is left.
+        let left = |conn: &mut PgConnection| -> QueryResult<i64> {
+            count(conn, "SELECT count(*) AS n FROM queue_jobs WHERE job_type = 'noop'")
+        };
+        while left(&mut conn)? > 0 {
+            thread::sleep(Duration::from_millis(2));
+        }
+        times.push(started.elapsed().as_secs_f64());
+        running.shutdown(Duration::from_secs(10));
+    }
+    Ok((times[0], times[1]))
+}
+
+fn count(conn: &mut PgConnection, sql: &str) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    Ok(diesel::sql_query(sql).get_result::<Count>(conn)?.n)
+}
+
+const CLAIM: &str = "SELECT id, job_type, payload, attempts FROM queue_jobs \
+    WHERE queue = 'bench' AND dead_at IS NULL AND NOT scheduled AND run_at <= now() \
+    AND id <> ALL('{}'::int8[]) ORDER BY priority DESC, id LIMIT 100 FOR UPDATE SKIP LOCKED";
+
+/// The claim's plan and time with 10 k and 1 M jobs in the table, with the
+/// extra jobs ready, scheduled for later, or on another queue.
+fn claim_scaling(settings: &Settings) -> BenchResult<()> {
+    let mut conn = connect(settings)?;
+    println!("\nclaim (LIMIT 100) as the table grows:");
+    println!("| table | claim ms (median of 20) | plan |\n|---|---|---|");
+    for (label, ready, extra, extra_kind) in [
+        ("10 k ready", 10_000, 0, ""),
+        ("1 M ready", 1_000_000, 0, ""),
+        ("10 k ready + 990 k scheduled later", 10_000, 990_000, "scheduled"),
+        ("10 k ready + 990 k on another queue", 10_000, 990_000, "other queue"),
+    ] {
+        clear(&mut conn)?;
+        conn.batch_execute(&format!(
+            "INSERT INTO queue_jobs (job_type, queue, payload) \
+             SELECT 'noop', 'bench', '{{}}' FROM generate_series(1, {ready})"
+        ))?;
+        match extra_kind {
+            "scheduled" => conn.batch_execute(&format!(
+                "INSERT INTO queue_jobs (job_type, queue, payload, run_at, scheduled) \
+                 SELECT 'noop', 'bench', '{{}}', now() + interval '1 day', true FROM generate_series(1, {extra})"
+            ))?,
+            "other queue" => conn.batch_execute(&format!(
+                "INSERT INTO queue_jobs (job_type, queue, payload) \
+                 SELECT 'noop', 'other', '{{}}' FROM generate_series(1, {extra})"
+            ))?,
+            _ => {}
+        }
+        conn.batch_execute("VACUUM ANALYZE queue_jobs")?;
+        let mut times = Vec::new();
+        for _ in 0..20 {
+            let started = Instant::now();
+            conn.transaction(|c| {
+                diesel::sql_query(CLAIM).execute(c)?;
+                Err::<(), _>(diesel::result::Error::RollbackTransaction)
+            })
+            .ok();
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        #[derive(QueryableByName)]
+        struct Plan {
+            #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+            line: String,
+        }
+        let plan: Vec<Plan> = conn.transaction(|c| {
+            diesel::sql_query(format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {CLAIM}")).load(c)
+        })?;
+        let scan = plan
+            .iter()
+            .map(|p| p.line.trim())
+            .find(|l| l.contains("Scan"))
+            .unwrap_or("?")
+            .trim_start_matches("-> ")
+            .to_owned();
+        println!("| {label} | {:.2} | {scan} |", times[10]);
+    }
+    clear(&mut conn)?;
+    Ok(())
+}
+
+/// Peak RSS of this process (a runner with 8 workers) over a million jobs.
+fn million_jobs_memory(settings: &Settings) -> BenchResult<()> {
+    let mut conn = connect(settings)?;
+    clear(&mut conn)?;
+    let before = peak_rss_kib();
+    let runner = Runner::builder(()).database_url(settings.url.as_str()).queue("bench", 8).build()?;
+    let running = runner.start();
+    let started = Instant::now();
+    let mut rss_after_first = 0;
+    for chunk in 0..10 {
+        conn.batch_execute(
+            "INSERT INTO queue_jobs (job_type, queue, payload) \
+             SELECT 'noop', 'bench', 'null' FROM generate_series(1, 100000)",
+        )?;
+        while !queue_is_empty(&mut conn)? {
+            thread::sleep(Duration::from_millis(20));
+        }
+        if chunk == 0 {
+            rss_after_first = peak_rss_kib();
+        }
+    }
+    running.shutdown(Duration::from_secs(10));
+    println!(
+        "\n1,000,000 jobs through 8 workers in {:.1} s: peak RSS {} MiB before, {} MiB after 100 k jobs, {} MiB after 1 M",
+        started.elapsed().as_secs_f64(),
+        before / 1024,
+        rss_after_first / 1024,
+        peak_rss_kib() / 1024
+    );
+    Ok(())
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// `DATABASE_URL`'s server with the database `queue_bench`, created afresh.
+fn bench_database() -> BenchResult<String> {
+    let server = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let mut admin = PgConnection::establish(&server)?;
+    admin.batch_execute("DROP DATABASE IF EXISTS queue_bench WITH (FORCE)")?;
+    admin.batch_execute("CREATE DATABASE queue_bench")?;
+    Ok(queue_examples::with_database(&server, "queue_bench"))
+}
