@@ -40,7 +40,10 @@ fn main() -> BenchResult<()> {
         million: args.iter().any(|a| a == "--million"),
     };
     queue::migrate(&mut connect(&settings)?)?;
-    println!("queue benchmark: {} ({} repetitions, median)", settings.url, settings.reps);
+    println!(
+        "queue benchmark: {} ({} repetitions, median)",
+        settings.url, settings.reps
+    );
 
     let mut rows: Vec<(String, String, String, String)> = Vec::new();
     let mut row = |what: &str, ours: f64, reference: f64, unit: &str, reference_name: &str| {
@@ -51,24 +54,51 @@ fn main() -> BenchResult<()> {
             format!("{reference:.1} {unit} ({reference_name})"),
             format!("{:.0} %", ratio * 100.0),
         ));
-        println!("  {what}: {ours:.1} {unit} vs {reference:.1} ({:.0} %)", ratio * 100.0);
+        println!(
+            "  {what}: {ours:.1} {unit} vs {reference:.1} ({:.0} %)",
+            ratio * 100.0
+        );
     };
 
     let ours = median(settings.reps, || enqueue_one_by_one(&settings))?;
     let raw = median(settings.reps, || raw_insert_one_by_one(&settings))?;
-    row("enqueue one by one", ours, raw, "jobs/s", "prepared one-row INSERT");
+    row(
+        "enqueue one by one",
+        ours,
+        raw,
+        "jobs/s",
+        "prepared one-row INSERT",
+    );
 
     let ours = median(settings.reps, || enqueue_batches(&settings))?;
     let raw = median(settings.reps, || raw_insert_batches(&settings))?;
-    row("batch enqueue (1,000 a batch)", ours, raw, "jobs/s", "multi-row INSERT");
+    row(
+        "batch enqueue (1,000 a batch)",
+        ours,
+        raw,
+        "jobs/s",
+        "multi-row INSERT",
+    );
 
     let raw_batched_8 = median(settings.reps, || raw_delete_batches(&settings, 8))?;
     let raw_single_1 = median(settings.reps, || raw_claim_one_per_tx(&settings, 1))?;
     let raw_single_8 = median(settings.reps, || raw_claim_one_per_tx(&settings, 8))?;
     let ours = median(settings.reps, || drain(&settings, 1))?;
-    row("drain, 1 worker", ours, raw_single_1, "jobs/s", "1 tx per job, 1 conn");
+    row(
+        "drain, 1 worker",
+        ours,
+        raw_single_1,
+        "jobs/s",
+        "1 tx per job, 1 conn",
+    );
     let ours = median(settings.reps, || drain(&settings, 8))?;
-    row("drain, 8 workers", ours, raw_batched_8, "jobs/s", "DELETE … LIMIT 100, 8 conns");
+    row(
+        "drain, 8 workers",
+        ours,
+        raw_batched_8,
+        "jobs/s",
+        "DELETE … LIMIT 100, 8 conns",
+    );
     println!("  (reference: 1 tx per job from 8 connections: {raw_single_8:.1} jobs/s)");
 
     let raw_latency = raw_listen_latency(&settings)?;
@@ -107,7 +137,9 @@ fn connect(settings: &Settings) -> ConnectionResult<PgConnection> {
 }
 
 fn median(reps: usize, mut measure: impl FnMut() -> BenchResult<f64>) -> BenchResult<f64> {
-    let mut values = (0..reps).map(|_| measure()).collect::<BenchResult<Vec<f64>>>()?;
+    let mut values = (0..reps)
+        .map(|_| measure())
+        .collect::<BenchResult<Vec<f64>>>()?;
     values.sort_by(f64::total_cmp);
     Ok(values[values.len() / 2])
 }
@@ -139,7 +171,11 @@ fn raw_insert_one_by_one(settings: &Settings) -> BenchResult<f64> {
     let started = Instant::now();
     for _ in 0..settings.single {
         diesel::insert_into(j::queue_jobs)
-            .values((j::job_type.eq("noop"), j::queue.eq("bench"), j::payload.eq(&payload)))
+            .values((
+                j::job_type.eq("noop"),
+                j::queue.eq("bench"),
+                j::payload.eq(&payload),
+            ))
             .execute(&mut conn)?;
     }
     Ok(rate(settings.single, started.elapsed()))
@@ -165,11 +201,19 @@ fn raw_insert_batches(settings: &Settings) -> BenchResult<f64> {
     clear(&mut conn)?;
     let payload = serde_json::json!({});
     let rows: Vec<_> = (0..1_000)
-        .map(|_| (j::job_type.eq("noop"), j::queue.eq("bench"), j::payload.eq(&payload)))
+        .map(|_| {
+            (
+                j::job_type.eq("noop"),
+                j::queue.eq("bench"),
+                j::payload.eq(&payload),
+            )
+        })
         .collect();
     let started = Instant::now();
     for _ in 0..settings.backlog / 1_000 {
-        diesel::insert_into(j::queue_jobs).values(&rows).execute(&mut conn)?;
+        diesel::insert_into(j::queue_jobs)
+            .values(&rows)
+            .execute(&mut conn)?;
     }
     Ok(rate(settings.backlog, started.elapsed()))
 }
@@ -193,9 +237,11 @@ fn queue_is_empty(conn: &mut PgConnection) -> QueryResult<bool> {
         #[diesel(sql_type = Bool)]
         empty: bool,
     }
-    Ok(diesel::sql_query("SELECT NOT EXISTS (SELECT 1 FROM queue_jobs) AS empty")
-        .get_result::<Empty>(conn)?
-        .empty)
+    Ok(
+        diesel::sql_query("SELECT NOT EXISTS (SELECT 1 FROM queue_jobs) AS empty")
+            .get_result::<Empty>(conn)?
+            .empty,
+    )
 }
 
 fn drain(settings: &Settings, workers: usize) -> BenchResult<f64> {
@@ -348,12 +394,18 @@ fn slow_job_among_fast(settings: &Settings) -> BenchResult<(f64, f64)> {
             batch.push(&noop())?;
         }
         batch.enqueue(&mut conn)?;
-        let runner = Runner::builder(()).database_url(settings.url.as_str()).queue("bench", 4).build()?;
+        let runner = Runner::builder(())
+            .database_url(settings.url.as_str())
+            .queue("bench", 4)
+            .build()?;
         let started = Instant::now();
         let running = runner.start();
         // Done when only the slow job (if any) is left.
         let left = |conn: &mut PgConnection| -> QueryResult<i64> {
-            count(conn, "SELECT count(*) AS n FROM queue_jobs WHERE job_type = 'noop'")
+            count(
+                conn,
+                "SELECT count(*) AS n FROM queue_jobs WHERE job_type = 'noop'",
+            )
         };
         while left(&mut conn)? > 0 {
             thread::sleep(Duration::from_millis(2));
@@ -386,8 +438,18 @@ fn claim_scaling(settings: &Settings) -> BenchResult<()> {
     for (label, ready, extra, extra_kind) in [
         ("10 k ready", 10_000, 0, ""),
         ("1 M ready", 1_000_000, 0, ""),
-        ("10 k ready + 990 k scheduled later", 10_000, 990_000, "scheduled"),
-        ("10 k ready + 990 k on another queue", 10_000, 990_000, "other queue"),
+        (
+            "10 k ready + 990 k scheduled later",
+            10_000,
+            990_000,
+            "scheduled",
+        ),
+        (
+            "10 k ready + 990 k on another queue",
+            10_000,
+            990_000,
+            "other queue",
+        ),
     ] {
         clear(&mut conn)?;
         conn.batch_execute(&format!(
@@ -443,7 +505,10 @@ fn million_jobs_memory(settings: &Settings) -> BenchResult<()> {
     let mut conn = connect(settings)?;
     clear(&mut conn)?;
     let before = peak_rss_kib();
-    let runner = Runner::builder(()).database_url(settings.url.as_str()).queue("bench", 8).build()?;
+    let runner = Runner::builder(())
+        .database_url(settings.url.as_str())
+        .queue("bench", 8)
+        .build()?;
     let running = runner.start();
     let started = Instant::now();
     let mut rss_after_first = 0;

@@ -28,5 +28,10 @@ pub struct Stamps(pub Mutex<Sender<(u64, Instant)>>);
 #[background_job(queue = "bench_latency")]
 pub fn stamp(stamps: &Stamps, seq: u64) -> Result<(), PerformError> {
     let now = Instant::now();
-    stamps.0.lock().unwrap().send((seq, now)).map_err(PerformError::new)
+    stamps
+        .0
+        .lock()
+        .unwrap()
+        .send((seq, now))
+        .map_err(PerformError::new)
 }

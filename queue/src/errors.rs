@@ -237,7 +237,7 @@ pub enum RunnerError {
     #[error(
         "the connection pool holds at most {pool_size} connections but {workers} workers need \
          {needed} (one to hold each worker's job locks, one for each job's own queries, one for \
-         the wake-up thread); \
+         the wake-up thread, one to move a slow job's lock); \
          raise the pool's max_size or build the runner with `Runner::builder(..).database_url(..)`"
     )]
     PoolTooSmall {

@@ -11,6 +11,7 @@
 mod admin;
 mod connection;
 mod errors;
+mod handover;
 mod job;
 mod listener;
 mod migrate;

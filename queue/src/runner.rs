@@ -13,12 +13,13 @@ use tracing::info;
 
 use crate::connection::PgPool;
 use crate::errors::RunnerError;
+use crate::handover;
 use crate::job::JobId;
 use crate::registry::Registry;
 use crate::scheduler;
 use crate::shutdown::Signals;
 use crate::storage;
-use crate::worker::{self, Outcome, Shared};
+use crate::worker::{self, Outcome, Shared, Slot};
 
 /// Builds a [`Runner`]: its context, its queues and their worker counts,
 /// and its database.
@@ -46,6 +47,7 @@ pub struct RunnerBuilder<C> {
     poll_interval: Duration,
     batch_size: u16,
     synchronous_commit: bool,
+    slow_job_threshold: Duration,
 }
 
 impl<C> fmt::Debug for RunnerBuilder<C> {
@@ -113,6 +115,16 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         self
     }
 
+    /// When a job has run this long and jobs of its batch have not started
+    /// yet, they are released for other workers (default 100 ms), so a slow
+    /// job holds no ready job hostage. The slow job's row lock moves to
+    /// another connection without a gap. Jobs that run on the lock
+    /// transaction (`transaction`) are not moved: keep them short.
+    pub fn slow_job_threshold(mut self, threshold: Duration) -> Self {
+        self.slow_job_threshold = threshold;
+        self
+    }
+
     /// Whether the commit that completes a batch waits for its WAL to reach
     /// the disk (default `true`). With `false` completions are faster, and a
     /// crash of the *database server* can forget the completions of the
@@ -173,7 +185,7 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         }
 
         let workers: usize = self.queues.iter().map(|(_, n)| n).sum();
-        let needed = u32::try_from(workers * 2 + 1).unwrap_or(u32::MAX);
+        let needed = u32::try_from(workers * 2 + 2).unwrap_or(u32::MAX);
         let pool = match (self.pool, self.database_url) {
             (Some(pool), _) => pool,
             (None, Some(url)) => {
@@ -210,6 +222,7 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
                 poll_interval: self.poll_interval,
                 batch_size: i64::from(self.batch_size),
                 synchronous_commit: self.synchronous_commit,
+                slow_job_threshold: self.slow_job_threshold,
                 signals: Signals::new(self.queues.iter().map(|(q, _)| q.as_str())),
                 listener_url: self.listener_url,
             }),
@@ -252,6 +265,7 @@ impl<C: Any + Send + Sync> Runner<C> {
             poll_interval: Duration::from_secs(1),
             batch_size: 100,
             synchronous_commit: true,
+            slow_job_threshold: Duration::from_millis(100),
         }
     }
 
@@ -272,17 +286,17 @@ impl<C: Any + Send + Sync> Runner<C> {
     ///
     /// Meant for tests: enqueue, `run_pending`, then assert.
     pub fn run_pending(&self) -> Result<RunSummary, RunnerError> {
-        let mut conn = self.shared.pool.get()?;
+        let slot = Slot::default();
         let mut summary = RunSummary::default();
         let mut tried = Vec::new();
         loop {
-            storage::promote_due_jobs(&mut conn, i64::MAX)?;
+            storage::promote_due_jobs(&mut *self.shared.pool.get()?, i64::MAX)?;
             let mut claimed = 0;
             for (queue, _) in &self.queues {
                 let mut ran = Vec::new();
                 claimed += worker::run_batch(
                     &self.shared,
-                    &mut conn,
+                    &slot,
                     queue,
                     1,
                     &tried,
@@ -302,17 +316,27 @@ impl<C: Any + Send + Sync> Runner<C> {
     /// Starts the worker threads and returns at once.
     pub fn start(self) -> RunningRunner {
         let mut workers = Vec::new();
+        let mut slots = Vec::new();
         for (queue, count) in &self.queues {
             for index in 0..*count {
                 let shared = Arc::clone(&self.shared);
+                let slot = Arc::new(Slot::default());
+                slots.push(Arc::clone(&slot));
                 let queue = queue.clone();
                 let handle = thread::Builder::new()
                     .name(format!("queue-{queue}-{index}"))
-                    .spawn(move || worker::work(shared, queue))
+                    .spawn(move || worker::work(shared, slot, queue))
                     .expect("the OS refused to start a worker thread");
                 workers.push(handle);
             }
         }
+        let shared = Arc::clone(&self.shared);
+        workers.push(
+            thread::Builder::new()
+                .name("queue-watchdog".into())
+                .spawn(move || handover::watch(shared, slots))
+                .expect("the OS refused to start the watchdog thread"),
+        );
         let shared = Arc::clone(&self.shared);
         workers.push(
             thread::Builder::new()

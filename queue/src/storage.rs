@@ -173,6 +173,43 @@ pub(crate) fn queues_with_ready_jobs(
     .collect())
 }
 
+/// The server process id of this connection's session.
+pub(crate) fn backend_pid(conn: &mut PgConnection) -> QueryResult<i32> {
+    diesel::select(sql::<diesel::sql_types::Integer>("pg_backend_pid()")).get_result(conn)
+}
+
+/// Whether session `waiter` is waiting for a lock that session `holder` holds.
+pub(crate) fn is_blocked_by(
+    conn: &mut PgConnection,
+    waiter: i32,
+    holder: i32,
+) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Blocked {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        blocked: bool,
+    }
+    Ok(
+        Statement::new("SELECT $2 = ANY(pg_blocking_pids($1)) AS blocked")
+            .bind::<diesel::sql_types::Integer, _>(waiter)
+            .bind::<diesel::sql_types::Integer, _>(holder)
+            .get_result::<Blocked>(conn)?
+            .blocked,
+    )
+}
+
+/// Locks one job, waiting for whoever holds it (up to a minute).
+pub(crate) fn lock_job_waiting(conn: &mut PgConnection, id: i64) -> QueryResult<()> {
+    diesel::sql_query("SET LOCAL lock_timeout = '60s'").execute(conn)?;
+    use crate::schema::queue_jobs::dsl as j;
+    j::queue_jobs
+        .find(id)
+        .select(j::id)
+        .for_update()
+        .load::<i64>(conn)?;
+    Ok(())
+}
+
 /// Lets this transaction's commit return before its WAL reaches the disk.
 pub(crate) fn relax_commit_durability(conn: &mut PgConnection) -> QueryResult<()> {
     diesel::sql_query("SET LOCAL synchronous_commit = off").execute(conn)?;

@@ -13,13 +13,14 @@ use queue_tests::{count, wait_until, TestDb};
 struct WorkerProcess(Child);
 
 impl WorkerProcess {
-    fn spawn(db: &TestDb, workers: u32, batch: u32, poll_ms: u32) -> WorkerProcess {
+    fn spawn(db: &TestDb, workers: u32, batch: u32, poll_ms: u32, slow_ms: u32) -> WorkerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_test-worker"))
             .args([
                 db.url(),
                 &workers.to_string(),
                 &batch.to_string(),
                 &poll_ms.to_string(),
+                &slow_ms.to_string(),
             ])
             .stdout(Stdio::piped())
             .spawn()
@@ -49,12 +50,26 @@ fn events(db: &TestDb, event: &str) -> i64 {
 
 #[test]
 fn sigkilled_worker_releases_its_whole_batch_and_another_worker_finishes_it() {
+    // A never hands its batch over: its 4 unstarted jobs stay held with the
+    // hanging one until the kill.
+    sigkill_mid_job(60_000, 16, 5);
+}
+
+#[test]
+fn sigkilled_worker_releases_a_slow_jobs_moved_lock_at_once() {
+    // A releases the 4 unstarted jobs of its batch after 50 ms and keeps the
+    // hanging one's lock on another connection: the kill releases that too.
+    sigkill_mid_job(50, 20, 1);
+}
+
+/// Worker A claims the hanging job with 4 quick ones (one batch), worker B
+/// runs what it can; then A is SIGKILLed and B must finish everything.
+fn sigkill_mid_job(a_slow_job_ms: u32, done_before_kill: i64, held_before_kill: i64) {
     queue_tests::init_tracing();
     let db = TestDb::create();
     db.execute("CREATE TABLE crash_log (key TEXT NOT NULL, event TEXT NOT NULL, pid INT NOT NULL)");
 
-    // The hanging job first (higher priority), then 20 quick ones. Worker A
-    // claims the hanging job with 4 quick ones in one batch.
+    // The hanging job first (higher priority), then 20 quick ones.
     let mut conn = db.conn();
     HangOnce {
         key: "victim".into(),
@@ -72,7 +87,7 @@ fn sigkilled_worker_releases_its_whole_batch_and_another_worker_finishes_it() {
     batch.enqueue(&mut conn).unwrap();
 
     let victim_pid = {
-        let mut a = WorkerProcess::spawn(&db, 1, 5, 50);
+        let mut a = WorkerProcess::spawn(&db, 1, 5, 50, a_slow_job_ms);
         wait_until(
             "worker A started the hanging job",
             Duration::from_secs(10),
@@ -80,15 +95,15 @@ fn sigkilled_worker_releases_its_whole_batch_and_another_worker_finishes_it() {
         );
 
         // Worker B runs what A does not hold, and cannot take what A holds.
-        let b = WorkerProcess::spawn(&db, 2, 1, 100);
+        let b = WorkerProcess::spawn(&db, 2, 1, 100, 60_000);
         wait_until(
-            "worker B ran the 16 free jobs",
+            "worker B ran the free jobs",
             Duration::from_secs(10),
-            || events(&db, "done") == 16,
+            || events(&db, "done") == done_before_kill,
         );
         assert_eq!(events(&db, "finished"), 0, "the held job ran twice at once");
-        assert_eq!(db.count_jobs("true"), 5, "A's batch of 5 is still held");
-        assert_eq!(events(&db, "done"), 16, "B ran a job of A's batch");
+        assert_eq!(db.count_jobs("true"), held_before_kill, "the jobs A holds");
+        assert_eq!(events(&db, "done"), done_before_kill, "B ran a job A holds");
 
         let pid = a.0.id();
         a.0.kill().unwrap(); // SIGKILL

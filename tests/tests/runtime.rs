@@ -781,7 +781,7 @@ fn a_runner_refuses_bad_configurations_with_what_to_do() {
     assert!(build(base().queue("rollback", 0)).contains("give it at least 1"));
     assert!(build(base().queue("rollback", 1).queue("rollback", 2)).contains("configured twice"));
     let small = base().queue("rollback", 3).pool(db.pool(4));
-    assert!(build(small).contains("at most 4 connections but 3 workers need 7"));
+    assert!(build(small).contains("at most 4 connections but 3 workers need 8"));
     let unreachable = Runner::builder(())
         .database_url("postgres://nobody@127.0.0.1:1/none")
         .queue("rollback", 1);
@@ -976,5 +976,53 @@ fn a_job_inserted_without_a_notification_waits_at_most_the_poll_interval() {
         waited < poll + Duration::from_millis(500),
         "waited {waited:?}"
     );
+    running.shutdown(PATIENCE);
+}
+
+// --- a slow job holds no ready job hostage ----------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct Hostage(u32);
+test_job!(Hostage, "hostage", queue = "hostage", context = Arc<(Handshake, AtomicUsize)>, [], |self, ctx, db| {
+    if self.0 == 0 {
+        ctx.0.started_then_wait()
+    } else {
+        ctx.1.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+});
+
+#[test]
+fn a_slow_job_releases_the_rest_of_its_batch_to_other_workers() {
+    let db = TestDb::create();
+    let mut batch = JobBatch::new();
+    for n in 0..51 {
+        batch.push(&Hostage(n)).unwrap();
+    }
+    batch.enqueue(&mut db.conn()).unwrap();
+    let (handshake, started, release) = Handshake::new();
+    let context = Arc::new((handshake, AtomicUsize::new(0)));
+    // One claim takes all 51 jobs; the first never ends until released.
+    let running = runner_with(&db, Arc::clone(&context), &[("hostage", 2)], |b| {
+        b.slow_job_threshold(Duration::from_millis(50))
+    })
+    .start();
+    started.recv_timeout(PATIENCE).unwrap();
+    wait_until("the other 50 ran while the slow job runs", PATIENCE, || {
+        context.1.load(Ordering::SeqCst) == 50
+    });
+    wait_until("their rows are deleted", PATIENCE, || {
+        db.count_jobs("true") == 1
+    });
+    // The slow job's row is still locked (moved, not released).
+    let slow = JobId(count(&mut db.conn(), "SELECT min(id) AS n FROM queue_jobs"));
+    assert!(matches!(
+        queue::discard_job(&mut db.conn(), slow),
+        Err(AdminError::Running(_))
+    ));
+    release.send(()).unwrap();
+    wait_until("the slow job completed", PATIENCE, || {
+        db.count_jobs("true") == 0
+    });
     running.shutdown(PATIENCE);
 }

@@ -1,5 +1,5 @@
 //! A worker process for the crash test:
-//! `test-worker DATABASE_URL WORKERS BATCH_SIZE POLL_MS`.
+//! `test-worker DATABASE_URL WORKERS BATCH_SIZE POLL_MS SLOW_JOB_MS`.
 //! Prints `ready` once its runner has started, then runs until killed.
 
 use std::time::Duration;
@@ -9,8 +9,8 @@ use queue_tests::crash_jobs::{WorkerContext, QUEUE};
 fn main() {
     queue_tests::init_tracing();
     let args: Vec<String> = std::env::args().collect();
-    let [_, url, workers, batch, poll_ms] = &args[..] else {
-        eprintln!("usage: test-worker DATABASE_URL WORKERS BATCH_SIZE POLL_MS");
+    let [_, url, workers, batch, poll_ms, slow_ms] = &args[..] else {
+        eprintln!("usage: test-worker DATABASE_URL WORKERS BATCH_SIZE POLL_MS SLOW_JOB_MS");
         std::process::exit(2);
     };
     let runner = queue::Runner::builder(WorkerContext)
@@ -18,6 +18,7 @@ fn main() {
         .queue(QUEUE, workers.parse().expect("WORKERS"))
         .batch_size(batch.parse().expect("BATCH_SIZE"))
         .poll_interval(Duration::from_millis(poll_ms.parse().expect("POLL_MS")))
+        .slow_job_threshold(Duration::from_millis(slow_ms.parse().expect("SLOW_JOB_MS")))
         .build()
         .expect("runner");
     let _running = runner.start();
