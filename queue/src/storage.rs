@@ -164,7 +164,7 @@ pub(crate) fn queues_with_ready_jobs(
     Ok(Statement::new(
         "SELECT q AS queue FROM unnest($1::text[]) AS q \
          WHERE EXISTS (SELECT 1 FROM queue_jobs j \
-                       WHERE j.queue = q AND j.dead_at IS NULL AND NOT j.scheduled AND j.run_at <= now())",
+                       WHERE j.queue = q AND j.dead_at IS NULL AND NOT j.scheduled)",
     )
     .bind::<Array<Text>, _>(queues)
     .load::<Ready>(conn)?
@@ -248,9 +248,13 @@ pub(crate) fn claim_jobs(
     j::queue_jobs
         .select((j::id, j::job_type, j::payload, j::attempts))
         .filter(j::queue.eq(queue))
+        // Literal conditions, matching the ready index's predicate, so that
+        // even a generic plan of this prepared statement can use it. (Ready
+        // jobs are due by construction: a job waiting for its time is
+        // `scheduled` until promoted, so no `run_at` test is needed, and one
+        // would mislead the planner's row estimates.)
         .filter(j::dead_at.is_null())
-        .filter(j::scheduled.eq(false))
-        .filter(j::run_at.le(now))
+        .filter(diesel::dsl::not(j::scheduled))
         .filter(j::id.ne_all(exclude))
         .order((j::priority.desc(), j::id.asc()))
         .limit(limit)
@@ -283,6 +287,8 @@ pub(crate) fn record_failure(
             j::run_at
                 .eq(sql::<Timestamptz>("clock_timestamp() + ")
                     .bind::<Interval, _>(interval(retry_in))),
+            // The retry waits in the scheduled set until `promote_due_jobs`.
+            j::scheduled.eq(true),
         ))
         .execute(conn)?;
     Ok(())
