@@ -1026,3 +1026,50 @@ fn a_slow_job_releases_the_rest_of_its_batch_to_other_workers() {
     });
     running.shutdown(PATIENCE);
 }
+
+// --- completions without waiting for the disk, when asked -------------------
+
+#[derive(Serialize, Deserialize)]
+struct ReadDurability;
+test_job!(
+    ReadDurability,
+    "read_durability",
+    queue = "durability",
+    context = Mutex<Vec<String>>,
+    [const CONNECTION: ConnectionMode = ConnectionMode::JobTransaction;],
+    |self, ctx, db| {
+        #[derive(QueryableByName)]
+        struct Setting {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            value: String,
+        }
+        let setting: Setting =
+            diesel::sql_query("SELECT current_setting('synchronous_commit') AS value").get_result(db.get()?)?;
+        ctx.lock().unwrap().push(setting.value);
+        Ok(())
+    }
+);
+
+#[test]
+fn completions_skip_the_disk_flush_only_when_configured() {
+    let db = TestDb::create();
+    for wait_for_disk in [true, false] {
+        ReadDurability.enqueue(&mut db.conn()).unwrap();
+        let runner = runner_with(
+            &db,
+            Mutex::new(Vec::<String>::new()),
+            &[("durability", 1)],
+            |b| b.synchronous_commit(wait_for_disk),
+        );
+        assert_eq!(runner.run_pending().unwrap().succeeded.len(), 1);
+        let expected = if wait_for_disk { "on" } else { "off" };
+        assert_eq!(*runner.context().lock().unwrap(), [expected]);
+    }
+    // The caller's enqueue keeps its own durability.
+    let mut conn = db.conn();
+    let setting = count(
+        &mut conn,
+        "SELECT (current_setting('synchronous_commit') = 'on')::int::int8 AS n",
+    );
+    assert_eq!(setting, 1);
+}
