@@ -68,6 +68,11 @@ fn release_if_slow<C>(shared: &Shared<C>, slot: &Slot) {
         Ok(Some(fresh)) => {
             // The old connection, its transaction committed, goes back to the pool.
             *guard = Some(fresh);
+            drop(guard);
+            // Idle workers of the queue take the released jobs now.
+            if let Some(wakeup) = shared.signals.queue(&slot.queue) {
+                wakeup.wake_all();
+            }
         }
         Ok(None) => {}
         Err(error) => warn!(job, %error, "could not release the batch of a slow job"),

@@ -320,7 +320,7 @@ impl<C: Any + Send + Sync> Runner<C> {
         for (queue, count) in &self.queues {
             for index in 0..*count {
                 let shared = Arc::clone(&self.shared);
-                let slot = Arc::new(Slot::default());
+                let slot = Arc::new(Slot::new(queue));
                 slots.push(Arc::clone(&slot));
                 let queue = queue.clone();
                 let handle = thread::Builder::new()

@@ -51,8 +51,19 @@ pub(crate) enum Outcome {
 /// batch of a slow job (see [`crate::handover`]).
 #[derive(Default)]
 pub(crate) struct Slot {
+    /// The worker's queue, whose idle workers are woken for released jobs.
+    pub(crate) queue: String,
     pub(crate) conn: Mutex<Option<PooledConn>>,
     pub(crate) batch: Mutex<BatchState>,
+}
+
+impl Slot {
+    pub(crate) fn new(queue: &str) -> Self {
+        Slot {
+            queue: queue.to_owned(),
+            ..Slot::default()
+        }
+    }
 }
 
 impl std::fmt::Debug for Slot {

@@ -1003,8 +1003,10 @@ fn a_slow_job_releases_the_rest_of_its_batch_to_other_workers() {
     let (handshake, started, release) = Handshake::new();
     let context = Arc::new((handshake, AtomicUsize::new(0)));
     // One claim takes all 51 jobs; the first never ends until released.
+    // A long poll interval: the release itself must wake the idle worker.
     let running = runner_with(&db, Arc::clone(&context), &[("hostage", 2)], |b| {
         b.slow_job_threshold(Duration::from_millis(50))
+            .poll_interval(Duration::from_secs(60))
     })
     .start();
     started.recv_timeout(PATIENCE).unwrap();
