@@ -71,8 +71,8 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
 
     /// Connects to this database with a pool the runner sizes itself (two
     /// connections per worker, one holding the worker's job locks and one
-    /// for the running job's own queries, plus one for the wake-up thread),
-    /// and listens there for new jobs.
+    /// for the running job's own queries, plus one for the wake-up thread
+    /// and one to move a slow job's lock), and listens there for new jobs.
     pub fn database_url(mut self, url: impl Into<String>) -> Self {
         let url = url.into();
         self.listener_url.get_or_insert_with(|| url.clone());
@@ -81,7 +81,7 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
     }
 
     /// Uses this pool instead. It must hold at least two connections per
-    /// worker plus one, or [`build`](Self::build) refuses it. Give
+    /// worker plus two, or [`build`](Self::build) refuses it. Give
     /// [`listen_url`](Self::listen_url) too, or idle workers only poll.
     pub fn pool(mut self, pool: PgPool) -> Self {
         self.pool = Some(pool);
