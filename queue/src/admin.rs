@@ -5,7 +5,7 @@ use diesel::prelude::*;
 
 use crate::errors::AdminError;
 use crate::job::JobId;
-use crate::storage::{self, JobRecord};
+use crate::storage::{self, JobRecord, QueueStatus, RunnerRecord};
 
 /// Jobs that have failed at least once and will be retried, the longest
 /// failing first (at most `limit`).
@@ -56,4 +56,65 @@ fn with_idle_job(
         change(conn, id.0)?;
         Ok(())
     })
+}
+
+/// Per queue and job type: how many jobs are ready, scheduled, running,
+/// failing and dead, the age of the oldest ready job and how long the
+/// longest failing job has been failing. Running jobs are those that live
+/// runners (seen within `runner_fresh_secs`) announced as running.
+pub fn queue_status(
+    conn: &mut PgConnection,
+    runner_fresh_secs: f64,
+) -> Result<Vec<QueueStatus>, AdminError> {
+    require_schema(conn)?;
+    Ok(storage::status(conn, runner_fresh_secs)?)
+}
+
+/// The runners that announced themselves, most recently seen first.
+pub fn runners(conn: &mut PgConnection) -> Result<Vec<RunnerRecord>, AdminError> {
+    require_schema(conn)?;
+    Ok(storage::runners(conn)?)
+}
+
+/// Which jobs a bulk operation selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobState {
+    /// Dead jobs.
+    Dead,
+    /// Failing jobs (failed at least once, still retried).
+    Failing,
+    /// Dead or failing.
+    Failed,
+    /// Every job.
+    Any,
+}
+
+/// The ids of the jobs in `state`, of `job_type` and on `queue` when given.
+pub fn select_jobs(
+    conn: &mut PgConnection,
+    state: JobState,
+    job_type: Option<&str>,
+    queue: Option<&str>,
+) -> Result<Vec<JobId>, AdminError> {
+    require_schema(conn)?;
+    let state = match state {
+        JobState::Dead => "dead",
+        JobState::Failing => "failing",
+        JobState::Failed => "failed",
+        JobState::Any => "any",
+    };
+    Ok(storage::select_jobs(conn, state, job_type, queue)?
+        .into_iter()
+        .map(JobId)
+        .collect())
+}
+
+/// Fails with [`AdminError::NoSchema`] when the queue's tables are missing.
+pub fn require_schema(conn: &mut PgConnection) -> Result<(), AdminError> {
+    if storage::schema_exists(conn)? {
+        Ok(())
+    } else {
+        Err(AdminError::NoSchema)
+    }
 }

@@ -266,6 +266,9 @@ pub enum AdminError {
     /// No job has this id (it may have completed, or been discarded).
     #[error("no job with id {0}")]
     NotFound(JobId),
+    /// The database has no queue tables.
+    #[error("this database has no queue schema (no queue_jobs table); run `queue migrate` first")]
+    NoSchema,
     /// The job is being run by a worker right now; try again when it finishes.
     #[error("job {0} is running right now; retry or discard it once it has finished")]
     Running(JobId),

@@ -28,7 +28,10 @@ mod worker;
 #[doc = include_str!("background_job.md")]
 pub use queue_derive::background_job;
 
-pub use crate::admin::{dead_jobs, discard_job, failing_jobs, find_job, retry_job};
+pub use crate::admin::{
+    dead_jobs, discard_job, failing_jobs, find_job, queue_status, require_schema, retry_job,
+    runners, select_jobs, JobState,
+};
 pub use crate::connection::{ConnectionMode, JobConnection, PgPool};
 pub use crate::errors::{
     AdminError, BoxError, EnqueueError, MigrationError, PerformError, RunnerError,
@@ -39,7 +42,7 @@ pub use crate::retry::RetryPolicy;
 pub use crate::runner::{
     FailedRun, RunSummary, Runner, RunnerBuilder, RunningRunner, ShutdownReport,
 };
-pub use crate::storage::JobRecord;
+pub use crate::storage::{JobRecord, QueueStatus, RunnerRecord};
 
 /// Registers a hand-written [`Job`] implementation so runners find it by
 /// its [`Job::JOB_TYPE`]. `#[background_job]` does this itself.

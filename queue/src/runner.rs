@@ -223,6 +223,14 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
                 batch_size: i64::from(self.batch_size),
                 synchronous_commit: self.synchronous_commit,
                 slow_job_threshold: self.slow_job_threshold,
+                runner_id: format!(
+                    "{}-{}-{}",
+                    scheduler::hostname(),
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_nanos())
+                ),
                 signals: Signals::new(self.queues.iter().map(|(q, _)| q.as_str())),
                 listener_url: self.listener_url,
             }),
@@ -331,17 +339,18 @@ impl<C: Any + Send + Sync> Runner<C> {
             }
         }
         let shared = Arc::clone(&self.shared);
+        let watched = slots.clone();
         workers.push(
             thread::Builder::new()
                 .name("queue-watchdog".into())
-                .spawn(move || handover::watch(shared, slots))
+                .spawn(move || handover::watch(shared, watched))
                 .expect("the OS refused to start the watchdog thread"),
         );
         let shared = Arc::clone(&self.shared);
         workers.push(
             thread::Builder::new()
                 .name("queue-wakeups".into())
-                .spawn(move || scheduler::run(shared))
+                .spawn(move || scheduler::run(shared, slots))
                 .expect("the OS refused to start the wake-up thread"),
         );
         info!(queues = ?self.queues, "runner started");

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::listener::Listener;
 use crate::storage;
-use crate::worker::Shared;
+use crate::worker::{lock, Shared, Slot};
 
 /// The longest the thread sleeps between looks at the stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(50);
@@ -24,7 +24,7 @@ const STOP_CHECK: Duration = Duration::from_millis(50);
 /// How many scheduled jobs one promotion statement makes ready.
 const PROMOTION_BATCH: i64 = 1_000;
 
-pub(crate) fn run<C: Any + Send + Sync>(shared: Arc<Shared<C>>) {
+pub(crate) fn run<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slots: Vec<Arc<Slot>>) {
     let queues: Vec<String> = shared.signals.queue_names().map(str::to_owned).collect();
     let mut listener: Option<Listener> = None;
     let mut next_connect = Instant::now();
@@ -48,7 +48,7 @@ pub(crate) fn run<C: Any + Send + Sync>(shared: Arc<Shared<C>>) {
             }
         }
         if Instant::now() >= next_check {
-            next_check = Instant::now() + check(&shared, &queues).min(shared.poll_interval);
+            next_check = Instant::now() + check(&shared, &queues, &slots).min(shared.poll_interval);
         }
         let wait = next_check
             .saturating_duration_since(Instant::now())
@@ -71,13 +71,31 @@ pub(crate) fn run<C: Any + Send + Sync>(shared: Arc<Shared<C>>) {
             None => thread::sleep(wait),
         }
     }
+    if let Ok(mut conn) = shared.pool.get() {
+        let _ = storage::retire_runner(&mut conn, &shared.runner_id);
+    }
+}
+
+/// This machine's name, for the runner's announcement.
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Promotes due jobs, wakes queues that have ready jobs, and returns how
 /// long until the next scheduled job falls due.
-fn check<C>(shared: &Shared<C>, queues: &[String]) -> Duration {
+fn check<C>(shared: &Shared<C>, queues: &[String], slots: &[Arc<Slot>]) -> Duration {
     let result = (|| -> Result<Duration, Box<dyn std::error::Error>> {
         let mut conn = shared.pool.get()?;
+        let running: Vec<i64> = slots
+            .iter()
+            .filter_map(|slot| lock(&slot.batch).running.map(|job| job.id))
+            .collect();
+        storage::announce_runner(&mut conn, &shared.runner_id, &hostname(), queues, &running)?;
         while storage::promote_due_jobs(&mut conn, PROMOTION_BATCH)? == PROMOTION_BATCH as usize {}
         for queue in storage::queues_with_ready_jobs(&mut conn, queues)? {
             if let Some(wakeup) = shared.signals.queue(&queue) {

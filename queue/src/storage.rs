@@ -312,7 +312,7 @@ pub(crate) fn record_death(conn: &mut PgConnection, id: i64, error: &str) -> Que
 }
 
 /// A stored job as operators see it.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = queue_jobs)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub struct JobRecord {
@@ -457,4 +457,168 @@ pub(crate) fn forget_migration(conn: &mut PgConnection, version: &str) -> QueryR
         .bind::<Text, _>(version)
         .execute(conn)?;
     Ok(())
+}
+
+/// Records that runner `id` is alive, serving `queues`, running `running`.
+pub(crate) fn announce_runner(
+    conn: &mut PgConnection,
+    id: &str,
+    hostname: &str,
+    queues: &[String],
+    running: &[i64],
+) -> QueryResult<()> {
+    Statement::new(
+        "INSERT INTO queue_runners (id, hostname, pid, queues, running) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (id) DO UPDATE SET last_seen_at = now(), running = EXCLUDED.running",
+    )
+    .bind::<Text, _>(id)
+    .bind::<Text, _>(hostname)
+    .bind::<diesel::sql_types::Integer, _>(std::process::id() as i32)
+    .bind::<Array<Text>, _>(queues)
+    .bind::<Array<BigInt>, _>(running)
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Removes a stopped runner's announcement.
+pub(crate) fn retire_runner(conn: &mut PgConnection, id: &str) -> QueryResult<()> {
+    Statement::new("DELETE FROM queue_runners WHERE id = $1")
+        .bind::<Text, _>(id)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Counts of one job type on one queue, as `queue status` shows them.
+#[derive(Debug, Clone, PartialEq, QueryableByName, serde::Serialize)]
+pub struct QueueStatus {
+    /// The queue.
+    #[diesel(sql_type = Text)]
+    pub queue: String,
+    /// The job type.
+    #[diesel(sql_type = Text)]
+    pub job_type: String,
+    /// Due and waiting for a worker (not running).
+    #[diesel(sql_type = BigInt)]
+    pub ready: i64,
+    /// Waiting for a later time (a delay, or a retry's backoff).
+    #[diesel(sql_type = BigInt)]
+    pub scheduled: i64,
+    /// Being run by a worker now (as its runner last announced).
+    #[diesel(sql_type = BigInt)]
+    pub running: i64,
+    /// Failed at least once and still retried.
+    #[diesel(sql_type = BigInt)]
+    pub failing: i64,
+    /// Dead: out of attempts or failed permanently.
+    #[diesel(sql_type = BigInt)]
+    pub dead: i64,
+    /// Seconds the oldest ready (not running) job has been due, if any.
+    #[diesel(sql_type = Nullable<diesel::sql_types::Double>)]
+    pub oldest_ready_secs: Option<f64>,
+    /// Seconds since the longest failing job first failed, if any.
+    #[diesel(sql_type = Nullable<diesel::sql_types::Double>)]
+    pub failing_for_secs: Option<f64>,
+}
+
+/// Per queue and job type: ready, scheduled, running, failing, dead.
+/// "Running" trusts runners seen within `fresh_secs`.
+pub(crate) fn status(conn: &mut PgConnection, fresh_secs: f64) -> QueryResult<Vec<QueueStatus>> {
+    Statement::new(
+        "WITH running AS ( \
+             SELECT DISTINCT unnest(running) AS id FROM queue_runners \
+             WHERE last_seen_at > now() - $1 * interval '1 second'), \
+         jobs AS ( \
+             SELECT j.*, r.id IS NOT NULL AS is_running FROM queue_jobs j LEFT JOIN running r ON r.id = j.id) \
+         SELECT queue, job_type, \
+             count(*) FILTER (WHERE dead_at IS NULL AND NOT scheduled AND NOT is_running) AS ready, \
+             count(*) FILTER (WHERE dead_at IS NULL AND scheduled) AS scheduled, \
+             count(*) FILTER (WHERE is_running) AS running, \
+             count(*) FILTER (WHERE dead_at IS NULL AND attempts > 0) AS failing, \
+             count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead, \
+             EXTRACT(EPOCH FROM now() - min(run_at) FILTER ( \
+                 WHERE dead_at IS NULL AND NOT scheduled AND NOT is_running))::float8 AS oldest_ready_secs, \
+             EXTRACT(EPOCH FROM now() - min(first_failed_at) FILTER ( \
+                 WHERE dead_at IS NULL AND attempts > 0))::float8 AS failing_for_secs \
+         FROM jobs GROUP BY queue, job_type ORDER BY queue, job_type",
+    )
+    .bind::<diesel::sql_types::Double, _>(fresh_secs)
+    .load(conn)
+}
+
+/// A runner as it last announced itself.
+#[derive(Debug, Clone, PartialEq, QueryableByName, serde::Serialize)]
+pub struct RunnerRecord {
+    /// The runner's id (host, pid, start).
+    #[diesel(sql_type = Text)]
+    pub id: String,
+    /// Its machine.
+    #[diesel(sql_type = Text)]
+    pub hostname: String,
+    /// Its process id.
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub pid: i32,
+    /// The queues it serves.
+    #[diesel(sql_type = Array<Text>)]
+    pub queues: Vec<String>,
+    /// Seconds since it last announced itself.
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    pub last_seen_secs: f64,
+    /// The jobs it was running then.
+    #[diesel(sql_type = Array<BigInt>)]
+    pub running: Vec<i64>,
+}
+
+/// Every announced runner, most recently seen first.
+pub(crate) fn runners(conn: &mut PgConnection) -> QueryResult<Vec<RunnerRecord>> {
+    Statement::new(
+        "SELECT id, hostname, pid, queues, running, \
+             EXTRACT(EPOCH FROM now() - last_seen_at)::float8 AS last_seen_secs \
+         FROM queue_runners ORDER BY last_seen_at DESC",
+    )
+    .load(conn)
+}
+
+/// Whether the queue's tables exist in this database.
+pub(crate) fn schema_exists(conn: &mut PgConnection) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+    Ok(
+        Statement::new("SELECT to_regclass('queue_jobs') IS NOT NULL AS exists")
+            .get_result::<Exists>(conn)?
+            .exists,
+    )
+}
+
+/// Ids of the jobs matching a filter (dead only, or failing only, or all),
+/// by type and queue when given.
+pub(crate) fn select_jobs(
+    conn: &mut PgConnection,
+    state: &str,
+    job_type: Option<&str>,
+    queue: Option<&str>,
+) -> QueryResult<Vec<i64>> {
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    Ok(Statement::new(
+        "SELECT id FROM queue_jobs \
+         WHERE ($1 = 'any' OR ($1 = 'dead' AND dead_at IS NOT NULL) \
+                OR ($1 = 'failing' AND dead_at IS NULL AND attempts > 0) \
+                OR ($1 = 'failed' AND (dead_at IS NOT NULL OR attempts > 0))) \
+           AND ($2::text IS NULL OR job_type = $2) AND ($3::text IS NULL OR queue = $3) \
+         ORDER BY id",
+    )
+    .bind::<Text, _>(state)
+    .bind::<Nullable<Text>, _>(job_type)
+    .bind::<Nullable<Text>, _>(queue)
+    .load::<Id>(conn)?
+    .into_iter()
+    .map(|row| row.id)
+    .collect())
 }

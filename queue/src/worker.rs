@@ -33,6 +33,8 @@ pub(crate) struct Shared<C> {
     pub(crate) listener_url: Option<String>,
     /// After this long, a running job's unstarted batch is released.
     pub(crate) slow_job_threshold: Duration,
+    /// This runner's name in `queue_runners`.
+    pub(crate) runner_id: String,
 }
 
 /// What happened to one claimed job.

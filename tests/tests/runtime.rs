@@ -857,12 +857,12 @@ fn migrate_is_idempotent_and_records_the_schema_version() {
     let mut conn = db.conn();
     let again = queue::migrate(&mut conn).unwrap();
     assert!(again.applied.is_empty());
-    assert_eq!(again.current_version, "20261126000002");
+    assert_eq!(again.current_version, "20261126000003");
     let versions = count(
         &mut conn,
         "SELECT count(*) AS n FROM queue_schema_migrations",
     );
-    assert_eq!(versions, 2);
+    assert_eq!(versions, 3);
 }
 
 #[test]
@@ -881,7 +881,7 @@ fn migrate_upgrades_a_live_table_of_the_first_schema_in_place() {
            ('noop', 'rollback', 'null', now() + interval '1 hour')",
     );
     let report = queue::migrate(&mut db.conn()).unwrap();
-    assert_eq!(report.applied, ["20261126000002"]);
+    assert_eq!(report.applied, ["20261126000002", "20261126000003"]);
     assert_eq!(
         db.count_jobs("scheduled"),
         1,
@@ -1074,4 +1074,46 @@ fn completions_skip_the_disk_flush_only_when_configured() {
         "SELECT (current_setting('synchronous_commit') = 'on')::int::int8 AS n",
     );
     assert_eq!(setting, 1);
+}
+
+// --- runners announce themselves and their running jobs ------------------
+
+#[derive(Serialize, Deserialize)]
+struct Announced;
+test_job!(
+    Announced,
+    "announced",
+    queue = "announce",
+    context = Handshake,
+    [],
+    |self, ctx, db| { ctx.started_then_wait() }
+);
+
+#[test]
+fn runners_announce_themselves_with_their_running_jobs_and_retire_on_shutdown() {
+    let db = TestDb::create();
+    let id = Announced.enqueue(&mut db.conn()).unwrap();
+    let (handshake, started, release) = Handshake::new();
+    let running = runner(&db, handshake, &[("announce", 1)]).start();
+    started.recv_timeout(PATIENCE).unwrap();
+    wait_until("the runner announced the running job", PATIENCE, || {
+        let runners = queue::runners(&mut db.conn()).unwrap();
+        runners.len() == 1 && runners[0].running == [id.0]
+    });
+    let runners = queue::runners(&mut db.conn()).unwrap();
+    assert_eq!(runners[0].queues, ["announce"]);
+    assert_eq!(runners[0].pid, std::process::id() as i32);
+    let status = queue::queue_status(&mut db.conn(), 60.0).unwrap();
+    assert_eq!((status[0].running, status[0].ready), (1, 0), "{status:?}");
+    assert_eq!(
+        status[0].oldest_ready_secs, None,
+        "a running job is not waiting"
+    );
+
+    release.send(()).unwrap();
+    running.shutdown(PATIENCE);
+    assert!(
+        queue::runners(&mut db.conn()).unwrap().is_empty(),
+        "retired on shutdown"
+    );
 }

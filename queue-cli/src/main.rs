@@ -1,0 +1,434 @@
+//! `queue`: operate a job queue from the command line.
+//!
+//! Every command reads `DATABASE_URL` (or `--database-url`). Read commands
+//! print tables for people and `--json` for scripts. `monitor` is the check
+//! a pager runs: exit 0 healthy, 1 warning, 2 critical, with a one-line
+//! summary first.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use diesel::{Connection, PgConnection};
+use queue::{AdminError, JobId, JobRecord, JobState, QueueStatus, RunnerRecord};
+
+mod monitor;
+mod table;
+
+use table::{age, shorten, when, Table};
+
+/// Inspect and operate the job queue in a PostgreSQL database.
+#[derive(Debug, Parser)]
+#[command(name = "queue", version)]
+struct Cli {
+    /// The database holding the queue.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or upgrade the queue's tables (idempotent).
+    Migrate,
+    /// Jobs per queue and type: ready, scheduled, running, failing, dead.
+    Status(Output),
+    /// Jobs that failed and will be retried.
+    Failed(Listing),
+    /// Dead jobs: never run again until retried.
+    Dead(Listing),
+    /// One job, whole.
+    Show {
+        /// The job's id.
+        id: i64,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// The runners that announced themselves, and what they run.
+    Runners(Output),
+    /// Run jobs again now: by id, or every failed (dead or failing) job matching the filters.
+    Retry(Selection),
+    /// Delete jobs for good: by id, or every failed (dead or failing) job matching the filters.
+    Discard(Selection),
+    /// Check the queue's health for a pager: exit 0 ok, 1 warning, 2 critical.
+    Monitor(monitor::Thresholds),
+}
+
+#[derive(Debug, Args)]
+struct Output {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct Listing {
+    #[command(flatten)]
+    output: Output,
+    /// Show whole error texts.
+    #[arg(long, short)]
+    verbose: bool,
+    /// At most this many jobs.
+    #[arg(long, default_value_t = 100)]
+    limit: i64,
+}
+
+#[derive(Debug, Args)]
+struct Selection {
+    /// Job ids.
+    ids: Vec<i64>,
+    /// Every failed job (with --type / --queue: those matching).
+    #[arg(long, conflicts_with = "ids")]
+    all: bool,
+    /// Failed jobs of this type.
+    #[arg(long = "type", conflicts_with = "ids")]
+    job_type: Option<String>,
+    /// Failed jobs on this queue.
+    #[arg(long, conflicts_with = "ids")]
+    queue: Option<String>,
+    /// Do not ask for confirmation of a bulk change.
+    #[arg(long, short)]
+    yes: bool,
+}
+
+/// A failure of the command, printed as `queue: {0}`.
+struct Failure(String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_monitor = matches!(cli.command, Command::Monitor(_));
+    match run(cli) {
+        Ok(code) => code,
+        Err(Failure(message)) if is_monitor => {
+            // A check that cannot look is a page.
+            println!("CRITICAL: cannot check the queue: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure(message)) => {
+            eprintln!("queue: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn connect(url: Option<&str>) -> Result<PgConnection, Failure> {
+    let url = url.ok_or_else(|| {
+        Failure("no database: set DATABASE_URL or pass --database-url postgres://...".into())
+    })?;
+    PgConnection::establish(url).map_err(|e| {
+        Failure(format!(
+            "cannot connect to the database at {}: {e}",
+            redact(url)
+        ))
+    })
+}
+
+/// The URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    let mut conn = connect(cli.database_url.as_deref())?;
+    match cli.command {
+        Command::Migrate => {
+            let report = queue::migrate(&mut conn)?;
+            if report.applied.is_empty() {
+                println!(
+                    "the queue schema is up to date (version {})",
+                    report.current_version
+                );
+            } else {
+                println!(
+                    "applied {} migration(s): {}; the queue schema is now at version {}",
+                    report.applied.len(),
+                    report.applied.join(", "),
+                    report.current_version
+                );
+            }
+        }
+        Command::Status(output) => {
+            let status = queue::queue_status(&mut conn, monitor::RUNNER_FRESH_SECS)?;
+            if output.json {
+                print_json(&status)?;
+            } else {
+                print_status(&status);
+            }
+        }
+        Command::Failed(listing) => {
+            queue::require_schema(&mut conn)?;
+            list(queue::failing_jobs(&mut conn, listing.limit)?, &listing)?;
+        }
+        Command::Dead(listing) => {
+            queue::require_schema(&mut conn)?;
+            list(queue::dead_jobs(&mut conn, listing.limit)?, &listing)?;
+        }
+        Command::Show { id, output } => {
+            queue::require_schema(&mut conn)?;
+            let job = queue::find_job(&mut conn, JobId(id))?;
+            if output.json {
+                print_json(&job)?;
+            } else {
+                print_job(&job)?;
+            }
+        }
+        Command::Runners(output) => {
+            let runners = queue::runners(&mut conn)?;
+            if output.json {
+                print_json(&runners)?;
+            } else {
+                print_runners(&runners);
+            }
+        }
+        Command::Retry(selection) => {
+            return change(&mut conn, &selection, "retry", queue::retry_job)
+        }
+        Command::Discard(selection) => {
+            return change(&mut conn, &selection, "discard", queue::discard_job)
+        }
+        Command::Monitor(thresholds) => return monitor::check(&mut conn, &thresholds),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(status: &[QueueStatus]) {
+    let mut table = Table::new([
+        "queue",
+        "job type",
+        "ready",
+        "scheduled",
+        "running",
+        "failing",
+        "dead",
+        "oldest ready",
+    ]);
+    for row in status {
+        table.row([
+            row.queue.clone(),
+            row.job_type.clone(),
+            row.ready.to_string(),
+            row.scheduled.to_string(),
+            row.running.to_string(),
+            row.failing.to_string(),
+            row.dead.to_string(),
+            row.oldest_ready_secs.map_or("-".into(), age),
+        ]);
+    }
+    if status.is_empty() {
+        println!("no jobs");
+    } else {
+        print!("{table}");
+    }
+}
+
+fn list(jobs: Vec<JobRecord>, listing: &Listing) -> Result<(), Failure> {
+    if listing.output.json {
+        return print_json(&jobs);
+    }
+    if jobs.is_empty() {
+        println!("no jobs");
+        return Ok(());
+    }
+    let mut table = Table::new([
+        "id",
+        "type",
+        "queue",
+        "attempts",
+        "first failure",
+        "next attempt",
+        "last error",
+    ]);
+    for job in &jobs {
+        let error = job.last_error.as_deref().unwrap_or("");
+        table.row([
+            job.id.to_string(),
+            job.job_type.clone(),
+            job.queue.clone(),
+            job.attempts.to_string(),
+            job.first_failed_at.map_or("-".into(), when),
+            if job.dead_at.is_some() {
+                "never (dead)".into()
+            } else {
+                when(job.run_at)
+            },
+            if listing.verbose {
+                error.to_owned()
+            } else {
+                shorten(error, 60)
+            },
+        ]);
+    }
+    print!("{table}");
+    Ok(())
+}
+
+fn print_job(job: &JobRecord) -> Result<(), Failure> {
+    let state = if job.dead_at.is_some() {
+        "dead"
+    } else if job.attempts > 0 {
+        "failing"
+    } else {
+        "queued"
+    };
+    println!("job {} ({state})", job.id);
+    println!("  type:          {}", job.job_type);
+    println!("  queue:         {}", job.queue);
+    println!("  priority:      {}", job.priority);
+    println!("  created:       {}", when(job.created_at));
+    println!(
+        "  next attempt:  {}",
+        if job.dead_at.is_some() {
+            "never (dead)".into()
+        } else {
+            when(job.run_at)
+        }
+    );
+    println!("  attempts:      {}", job.attempts);
+    if let Some(at) = job.first_failed_at {
+        println!("  first failure: {}", when(at));
+    }
+    if let Some(at) = job.last_failed_at {
+        println!("  last failure:  {}", when(at));
+    }
+    if let Some(at) = job.dead_at {
+        println!("  dead since:    {}", when(at));
+    }
+    if let Some(error) = &job.last_error {
+        println!("  last error:    {error}");
+    }
+    println!("  payload:");
+    for line in serde_json::to_string_pretty(&job.payload)?.lines() {
+        println!("    {line}");
+    }
+    Ok(())
+}
+
+fn print_runners(runners: &[RunnerRecord]) {
+    if runners.is_empty() {
+        println!("no runner has announced itself");
+        return;
+    }
+    let mut table = Table::new(["runner", "host", "pid", "queues", "last seen", "running"]);
+    for runner in runners {
+        table.row([
+            runner.id.clone(),
+            runner.hostname.clone(),
+            runner.pid.to_string(),
+            runner.queues.join(","),
+            format!("{} ago", age(runner.last_seen_secs)),
+            runner
+                .running
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ]);
+    }
+    print!("{table}");
+}
+
+/// Retries or discards the selected jobs; asks first for a bulk change.
+fn change(
+    conn: &mut PgConnection,
+    selection: &Selection,
+    verb: &str,
+    apply: fn(&mut PgConnection, JobId) -> Result<(), AdminError>,
+) -> Result<ExitCode, Failure> {
+    queue::require_schema(conn)?;
+    let bulk = selection.ids.is_empty();
+    if bulk && !selection.all && selection.job_type.is_none() && selection.queue.is_none() {
+        return Err(Failure(format!(
+            "name the jobs to {verb}: ids, or --all, --type TYPE or --queue QUEUE (failed jobs only)"
+        )));
+    }
+    let ids: Vec<JobId> = if bulk {
+        queue::select_jobs(
+            conn,
+            JobState::Failed,
+            selection.job_type.as_deref(),
+            selection.queue.as_deref(),
+        )?
+    } else {
+        selection.ids.iter().copied().map(JobId).collect()
+    };
+    if ids.is_empty() {
+        println!("no matching job: nothing to {verb}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if bulk && !selection.yes && !confirm(&format!("{verb} {} job(s)?", ids.len()))? {
+        return Err(Failure(format!(
+            "nothing changed (confirm, or pass --yes to {verb} without asking)"
+        )));
+    }
+    let (mut changed, mut refused) = (0, 0);
+    for id in ids {
+        match apply(conn, id) {
+            Ok(()) => changed += 1,
+            Err(e @ (AdminError::NotFound(_) | AdminError::Running(_))) => {
+                eprintln!("queue: {e}");
+                refused += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let past = if verb == "retry" {
+        "retried"
+    } else {
+        "discarded"
+    };
+    println!("{past} {changed} job(s)");
+    Ok(if refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn confirm(question: &str) -> Result<bool, Failure> {
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// Parses `30s`, `10m`, `2h`, `1d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}`: write a number and a unit, like 30s, 10m, 2h or 1d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(number * seconds))
+}

@@ -1,0 +1,287 @@
+//! The `queue` command end to end: a real process against a real database
+//! holding ready, scheduled, failing and dead jobs.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use queue_tests::TestDb;
+
+fn queue_cmd(db_url: &str, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_queue"))
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn run(db: &TestDb, args: &[&str]) -> (i32, String, String) {
+    let out = queue_cmd(db.url(), args, "");
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// A queue with one job in each state; returns (ready, scheduled, failing, dead) ids.
+fn prepared_queue(db: &TestDb, failing_for: &str) -> (i64, i64, i64, i64) {
+    db.execute(&format!(
+        "INSERT INTO queue_jobs (id, job_type, queue, payload) VALUES (1, 'send_mail', 'mail', '{{\"to\": \"ada@example.com\"}}'); \
+         INSERT INTO queue_jobs (id, job_type, queue, payload, run_at, scheduled) \
+             VALUES (2, 'send_mail', 'mail', '{{}}', now() + interval '1 hour', true); \
+         INSERT INTO queue_jobs (id, job_type, queue, payload, run_at, scheduled, attempts, first_failed_at, last_failed_at, last_error) \
+             VALUES (3, 'sync_crm', 'default', '{{}}', now() + interval '5 minutes', true, 2, now() - interval '{failing_for}', now(), \
+                     'CRM answered 503 Service Unavailable: the upstream is down for maintenance until further notice, retry later'); \
+         INSERT INTO queue_jobs (id, job_type, queue, payload, attempts, first_failed_at, last_failed_at, last_error, dead_at) \
+             VALUES (4, 'charge_card', 'default', '{{\"cents\": 100}}', 1, now(), now(), 'card declined', now()); \
+         SELECT setval('queue_jobs_id_seq', 10); \
+         INSERT INTO queue_runners (id, hostname, pid, queues) VALUES ('r1', 'host-a', 42, '{{mail,default}}');"
+    ));
+    (1, 2, 3, 4)
+}
+
+#[test]
+fn read_commands_show_each_state_as_tables_and_json() {
+    let db = TestDb::create();
+    prepared_queue(&db, "20 minutes");
+
+    let (code, out, _) = run(&db, &["status"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("QUEUE") && lines[0].contains("OLDEST READY"),
+        "{out}"
+    );
+    assert!(
+        out.contains("charge_card") && out.contains("send_mail") && out.contains("sync_crm"),
+        "{out}"
+    );
+
+    let (code, json, _) = run(&db, &["status", "--json"]);
+    assert_eq!(code, 0);
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let row = |t: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["job_type"] == t)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        (
+            row("send_mail")["ready"].as_i64(),
+            row("send_mail")["scheduled"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(row("sync_crm")["failing"], 1);
+    assert_eq!(row("charge_card")["dead"], 1);
+    assert!(row("send_mail")["oldest_ready_secs"].as_f64().unwrap() >= 0.0);
+
+    let (code, out, _) = run(&db, &["failed"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("sync_crm") && out.contains("CRM answered 503") && out.contains('…'),
+        "{out}"
+    );
+    assert!(
+        !out.contains("until further notice"),
+        "shortened by default: {out}"
+    );
+    let (_, out, _) = run(&db, &["failed", "--verbose"]);
+    assert!(out.contains("until further notice, retry later"), "{out}");
+
+    let (code, json, _) = run(&db, &["dead", "--json"]);
+    assert_eq!(code, 0);
+    let dead: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(dead[0]["id"], 4);
+    assert_eq!(dead[0]["last_error"], "card declined");
+
+    let (code, out, _) = run(&db, &["show", "1"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("job 1 (queued)") && out.contains("\"to\": \"ada@example.com\""),
+        "{out}"
+    );
+    let (code, json, _) = run(&db, &["show", "4", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&json).unwrap()["payload"]["cents"],
+        100
+    );
+
+    let (code, out, _) = run(&db, &["runners"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("host-a") && out.contains("mail,default"),
+        "{out}"
+    );
+}
+
+#[test]
+fn retry_and_discard_change_exactly_what_they_say() {
+    let db = TestDb::create();
+    prepared_queue(&db, "20 minutes");
+
+    let (code, out, _) = run(&db, &["retry", "4"]);
+    assert_eq!((code, out.trim()), (0, "retried 1 job(s)"));
+    assert_eq!(
+        db.count_jobs("id = 4 AND dead_at IS NULL AND attempts = 0 AND NOT scheduled"),
+        1
+    );
+    assert_eq!(
+        db.count_jobs("id = 3 AND attempts = 2"),
+        1,
+        "another job changed"
+    );
+
+    // A bulk change asks first; no answer changes nothing.
+    let out = queue_cmd(db.url(), &["discard", "--type", "sync_crm"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("discard 1 job(s)? [y/N]"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing changed"));
+    assert_eq!(db.count_jobs("true"), 4);
+    let out = queue_cmd(db.url(), &["discard", "--type", "sync_crm"], "y\n");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(db.count_jobs("id = 3"), 0);
+    assert_eq!(db.count_jobs("true"), 3);
+
+    // --all selects failed jobs only: none left.
+    let (code, out, _) = run(&db, &["retry", "--all", "--yes"]);
+    assert_eq!((code, out.trim()), (0, "no matching job: nothing to retry"));
+    assert_eq!(db.count_jobs("true"), 3);
+
+    // Unknown ids are reported, the rest is done.
+    let (code, out, err) = run(&db, &["discard", "2", "999"]);
+    assert_eq!(code, 1);
+    assert_eq!(out.trim(), "discarded 1 job(s)");
+    assert!(err.contains("no job with id 999"), "{err}");
+    assert_eq!(db.count_jobs("true"), 2);
+
+    let (code, _, err) = run(&db, &["retry"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("name the jobs to retry"), "{err}");
+}
+
+#[test]
+fn monitor_exits_0_1_or_2_with_a_summary_line_fit_for_a_page() {
+    // Healthy: a fresh ready job, a live runner.
+    let db = TestDb::create();
+    db.execute(
+        "INSERT INTO queue_jobs (job_type, queue, payload) VALUES ('send_mail', 'mail', '{}'); \
+         INSERT INTO queue_runners (id, hostname, pid, queues) VALUES ('r1', 'h', 1, '{mail}')",
+    );
+    let (code, out, _) = run(&db, &["monitor"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("OK: 1 ready"), "{out}");
+
+    // Warning: a job failing for 20 minutes (warn at 10 m, page at 1 h).
+    db.execute(
+        "INSERT INTO queue_jobs (job_type, queue, payload, attempts, first_failed_at, scheduled, run_at) \
+         VALUES ('sync_crm', 'mail', '{}', 3, now() - interval '20 minutes', true, now() + interval '1 minute')",
+    );
+    let (code, out, _) = run(&db, &["monitor"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with("WARNING: `sync_crm` on `mail` has been failing for 20m"),
+        "{out}"
+    );
+    let (code, _, _) = run(&db, &["monitor", "--failing-warning", "30m"]);
+    assert_eq!(code, 0, "thresholds come from flags");
+
+    // Critical: a dead job.
+    db.execute(
+        "INSERT INTO queue_jobs (job_type, queue, payload, attempts, dead_at, last_error) \
+         VALUES ('charge_card', 'mail', '{}', 1, now(), 'declined')",
+    );
+    let (code, out, _) = run(&db, &["monitor", "--json"]);
+    assert_eq!(code, 2, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["level"], "critical");
+    assert!(report["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("CRITICAL: 1 dead job(s): charge_card"));
+
+    // Critical: ready jobs and no runner alive; a long-running job is not "waiting".
+    let db = TestDb::create();
+    db.execute(
+        "INSERT INTO queue_jobs (id, job_type, queue, payload, run_at) VALUES (1, 'reindex', 'index', '{}', now() - interval '2 hours'); \
+         INSERT INTO queue_runners (id, hostname, pid, queues, running) VALUES ('r1', 'h', 1, '{index}', '{1}')",
+    );
+    let (code, out, _) = run(&db, &["monitor"]);
+    assert_eq!(
+        code, 0,
+        "a job running for 2 hours is running, not waiting: {out}"
+    );
+    db.execute("UPDATE queue_runners SET last_seen_at = now() - interval '10 minutes'");
+    let (code, out, _) = run(&db, &["monitor"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("no runner serving `index` was seen in the last 5m00s"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_input_gives_a_clear_message_and_a_nonzero_exit_without_changing_anything() {
+    let db = TestDb::create();
+    prepared_queue(&db, "1 minute");
+
+    let (code, _, err) = run(&db, &["show", "12345"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.trim(), "queue: no job with id 12345");
+
+    let out = queue_cmd("postgres://nobody:s3cret@127.0.0.1:1/none", &["status"], "");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot connect to the database at postgres://nobody:***@127.0.0.1:1/none"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+
+    let out = queue_cmd("not a url", &["status"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to the database"));
+
+    let out = queue_cmd("postgres://nobody@127.0.0.1:1/none", &["monitor"], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("CRITICAL: cannot check the queue"));
+
+    let empty = TestDb::create_empty();
+    for command in [
+        &["status"][..],
+        &["dead"],
+        &["retry", "1"],
+        &["discard", "--all", "--yes"],
+    ] {
+        let (code, _, err) = run(&empty, command);
+        assert_eq!(code, 1, "{command:?}");
+        assert!(
+            err.contains("no queue schema") && err.contains("queue migrate"),
+            "{err}"
+        );
+    }
+    let (code, out, _) = run(&empty, &["migrate"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("applied 3 migration(s)"), "{out}");
+    let (_, out, _) = run(&empty, &["migrate"]);
+    assert!(out.starts_with("the queue schema is up to date"), "{out}");
+
+    let (code, _, err) = run(&db, &["monitor", "--failing-warning", "ten minutes"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("write a number and a unit"), "{err}");
+    assert_eq!(db.count_jobs("true"), 4, "nothing changed");
+}
