@@ -14,6 +14,7 @@ mod errors;
 mod handover;
 mod job;
 mod listener;
+mod metrics;
 mod migrate;
 mod prepared;
 mod registry;

@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::collections::HashSet;
 use std::fmt;
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use crate::connection::PgPool;
 use crate::errors::RunnerError;
 use crate::handover;
 use crate::job::JobId;
+use crate::metrics::{self, Gauge, Metrics};
 use crate::registry::Registry;
 use crate::scheduler;
 use crate::shutdown::Signals;
@@ -48,6 +50,7 @@ pub struct RunnerBuilder<C> {
     batch_size: u16,
     synchronous_commit: bool,
     slow_job_threshold: Duration,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl<C> fmt::Debug for RunnerBuilder<C> {
@@ -122,6 +125,14 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
     /// transaction (`transaction`) are not moved: keep them short.
     pub fn slow_job_threshold(mut self, threshold: Duration) -> Self {
         self.slow_job_threshold = threshold;
+        self
+    }
+
+    /// Serves the runner's metrics (Prometheus text format) at `/metrics`
+    /// on this listener while the runner runs. Without it, an application
+    /// serves [`RunningRunner::metrics`] from its own HTTP server.
+    pub fn metrics_listener(mut self, listener: TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
         self
     }
 
@@ -223,6 +234,7 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
                 batch_size: i64::from(self.batch_size),
                 synchronous_commit: self.synchronous_commit,
                 slow_job_threshold: self.slow_job_threshold,
+                metrics: Metrics::default(),
                 runner_id: format!(
                     "{}-{}-{}",
                     scheduler::hostname(),
@@ -235,6 +247,7 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
                 listener_url: self.listener_url,
             }),
             queues: self.queues,
+            metrics_listener: self.metrics_listener,
         })
     }
 }
@@ -250,6 +263,7 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
 pub struct Runner<C> {
     shared: Arc<Shared<C>>,
     queues: Vec<(String, usize)>,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl<C> fmt::Debug for Runner<C> {
@@ -274,6 +288,7 @@ impl<C: Any + Send + Sync> Runner<C> {
             batch_size: 100,
             synchronous_commit: true,
             slow_job_threshold: Duration::from_millis(100),
+            metrics_listener: None,
         }
     }
 
@@ -338,6 +353,7 @@ impl<C: Any + Send + Sync> Runner<C> {
                 workers.push(handle);
             }
         }
+        let slots_for_metrics = slots.clone();
         let shared = Arc::clone(&self.shared);
         let watched = slots.clone();
         workers.push(
@@ -353,28 +369,96 @@ impl<C: Any + Send + Sync> Runner<C> {
                 .spawn(move || scheduler::run(shared, slots))
                 .expect("the OS refused to start the wake-up thread"),
         );
+        let control: Arc<dyn Control> = self.shared;
+        if let Some(listener) = self.metrics_listener {
+            let (control, slots) = (Arc::clone(&control), slots_for_metrics.clone());
+            workers.push(
+                thread::Builder::new()
+                    .name("queue-metrics".into())
+                    .spawn(move || {
+                        metrics::serve(
+                            listener,
+                            || control.metrics(&slots),
+                            || control.is_stopped(),
+                        )
+                    })
+                    .expect("the OS refused to start the metrics thread"),
+            );
+        }
         info!(queues = ?self.queues, "runner started");
-        let stopper: Arc<dyn Stop> = self.shared;
-        RunningRunner { stopper, workers }
+        RunningRunner {
+            control,
+            workers,
+            slots: slots_for_metrics,
+        }
     }
 }
 
-/// Lets [`RunningRunner`] stop workers without naming the context type.
-trait Stop: Send + Sync {
+/// Lets [`RunningRunner`] stop workers and read metrics without naming the context type.
+trait Control: Send + Sync {
     fn stop(&self);
+    fn is_stopped(&self) -> bool;
+    fn metrics(&self, slots: &[Arc<Slot>]) -> String;
 }
 
-impl<C: Send + Sync> Stop for Shared<C> {
+impl<C: Send + Sync> Control for Shared<C> {
     fn stop(&self) {
         self.signals.stop();
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.signals.is_stopped()
+    }
+
+    fn metrics(&self, slots: &[Arc<Slot>]) -> String {
+        let queues: Vec<String> = self.signals.queue_names().map(str::to_owned).collect();
+        let mut busy: Vec<(String, f64)> = queues.iter().map(|q| (q.clone(), 0.0)).collect();
+        for slot in slots {
+            if worker::lock(&slot.batch).running.is_some() {
+                if let Some(entry) = busy.iter_mut().find(|(q, _)| *q == slot.queue) {
+                    entry.1 += 1.0;
+                }
+            }
+        }
+        let depths = self
+            .pool
+            .get()
+            .ok()
+            .and_then(|mut conn| storage::queue_depths(&mut conn, &queues).ok())
+            .unwrap_or_default();
+        let ready = depths
+            .iter()
+            .map(|(q, n, _)| (q.clone(), *n as f64))
+            .collect();
+        let oldest = depths.iter().map(|(q, _, age)| (q.clone(), *age)).collect();
+        let gauge = |name, help, values| Gauge {
+            name,
+            help,
+            label: "queue",
+            values,
+        };
+        self.metrics.render(&[
+            gauge(
+                "queue_ready_jobs",
+                "Jobs due and waiting for a worker.",
+                ready,
+            ),
+            gauge(
+                "queue_oldest_ready_age_seconds",
+                "How long the oldest ready job has been due.",
+                oldest,
+            ),
+            gauge("queue_workers_busy", "Workers running a job now.", busy),
+        ])
     }
 }
 
 /// The handle of a started runner. Dropping it asks the workers to stop
 /// without waiting for them; call [`shutdown`](Self::shutdown) to wait.
 pub struct RunningRunner {
-    stopper: Arc<dyn Stop>,
+    control: Arc<dyn Control>,
     workers: Vec<JoinHandle<()>>,
+    slots: Vec<Arc<Slot>>,
 }
 
 impl fmt::Debug for RunningRunner {
@@ -386,6 +470,13 @@ impl fmt::Debug for RunningRunner {
 }
 
 impl RunningRunner {
+    /// The runner's metrics in the Prometheus text format: jobs completed,
+    /// failed, retried and dead by type, job durations by type, and, by
+    /// queue, ready jobs, the age of the oldest one, and busy workers.
+    pub fn metrics(&self) -> String {
+        self.control.metrics(&self.slots)
+    }
+
     /// Graceful shutdown: workers stop claiming, finish the job they are
     /// running, and release the rest of their batch. Waits at most `timeout`.
     ///
@@ -393,7 +484,7 @@ impl RunningRunner {
     /// the background; if the process exits first, their row locks are
     /// released by the database and the jobs run again elsewhere.
     pub fn shutdown(mut self, timeout: Duration) -> ShutdownReport {
-        self.stopper.stop();
+        self.control.stop();
         let deadline = Instant::now() + timeout;
         loop {
             let running = self.workers.iter().filter(|w| !w.is_finished()).count();
@@ -415,7 +506,7 @@ impl RunningRunner {
 
 impl Drop for RunningRunner {
     fn drop(&mut self) {
-        self.stopper.stop();
+        self.control.stop();
     }
 }
 

@@ -622,3 +622,31 @@ pub(crate) fn select_jobs(
     .map(|row| row.id)
     .collect())
 }
+
+/// Per queue: ready jobs, and seconds since the oldest of them fell due.
+pub(crate) fn queue_depths(
+    conn: &mut PgConnection,
+    queues: &[String],
+) -> QueryResult<Vec<(String, i64, f64)>> {
+    #[derive(QueryableByName)]
+    struct Depth {
+        #[diesel(sql_type = Text)]
+        queue: String,
+        #[diesel(sql_type = BigInt)]
+        ready: i64,
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        oldest_secs: f64,
+    }
+    Ok(Statement::new(
+        "SELECT q AS queue, count(j.id) AS ready, \
+             COALESCE(EXTRACT(EPOCH FROM now() - min(j.run_at)), 0)::float8 AS oldest_secs \
+         FROM unnest($1::text[]) AS q \
+         LEFT JOIN queue_jobs j ON j.queue = q AND j.dead_at IS NULL AND NOT j.scheduled \
+         GROUP BY q ORDER BY q",
+    )
+    .bind::<Array<Text>, _>(queues)
+    .load::<Depth>(conn)?
+    .into_iter()
+    .map(|d| (d.queue, d.ready, d.oldest_secs))
+    .collect())
+}

@@ -14,6 +14,7 @@ use tracing::{debug, error, info_span, warn};
 use crate::connection::{ConnectionMode, JobConnection, PgPool};
 use crate::errors::PerformError;
 use crate::job::JobId;
+use crate::metrics::{Ended, Metrics};
 use crate::registry::{JobDescriptor, Registry, RunFailure};
 use crate::retry::RetryPolicy;
 use crate::shutdown::Signals;
@@ -35,6 +36,7 @@ pub(crate) struct Shared<C> {
     pub(crate) slow_job_threshold: Duration,
     /// This runner's name in `queue_runners`.
     pub(crate) runner_id: String,
+    pub(crate) metrics: Metrics,
 }
 
 /// What happened to one claimed job.
@@ -166,6 +168,9 @@ fn run_batch_inner<C: Any + Send + Sync>(
         storage::claim_jobs(conn, queue, limit, exclude)
     })?;
     let claimed = jobs.len();
+    if claimed > 0 {
+        debug!(queue, claimed, "claimed jobs");
+    }
     lock(&slot.batch).pending = jobs.into();
 
     let mut started = 0;
@@ -211,6 +216,12 @@ fn run_batch_inner<C: Any + Send + Sync>(
             })?,
         };
         lock(&slot.batch).running = None;
+        let ended = match &outcome {
+            Outcome::Succeeded => Ended::Completed,
+            Outcome::Failed { dead: false, .. } => Ended::Retried,
+            Outcome::Failed { dead: true, .. } => Ended::Dead,
+        };
+        shared.metrics.record(&job.job_type, ended, begun.elapsed());
         report(JobId(job.id), &job.job_type, &outcome);
     }
 

@@ -1117,3 +1117,101 @@ fn runners_announce_themselves_with_their_running_jobs_and_retire_on_shutdown() 
         "retired on shutdown"
     );
 }
+
+// --- metrics ---------------------------------------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct Measured {
+    outcome: String,
+}
+test_job!(
+    Measured,
+    "measured",
+    queue = "metrics",
+    context = (),
+    [],
+    |self, ctx, db| {
+        match self.outcome.as_str() {
+            "ok" => Ok(()),
+            "retry" => Err(PerformError::msg("try again")),
+            _ => Err(PerformError::permanent("never")),
+        }
+    }
+);
+
+fn scrape(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// `name{labels}` -> value, from a Prometheus text exposition.
+fn samples(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (key, value) = l.rsplit_once(' ').unwrap();
+            (key.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn a_running_runner_serves_prometheus_metrics() {
+    let db = TestDb::create();
+    let mut batch = JobBatch::new();
+    for outcome in ["ok", "ok", "ok", "retry", "dead"] {
+        batch
+            .push(&Measured {
+                outcome: outcome.into(),
+            })
+            .unwrap();
+    }
+    batch.enqueue(&mut db.conn()).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let running = runner_with(&db, (), &[("metrics", 2)], |b| b.metrics_listener(listener)).start();
+    wait_until("all ran once", PATIENCE, || {
+        db.count_jobs("attempts = 0") == 0
+    });
+
+    let response = scrape(addr, "/metrics");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 200 OK") && head.contains("text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let metrics = samples(body);
+    let get = |key: &str| {
+        metrics
+            .get(key)
+            .copied()
+            .unwrap_or_else(|| panic!("no {key} in\n{body}"))
+    };
+    assert_eq!(
+        get("queue_jobs_completed_total{job_type=\"measured\"}"),
+        3.0
+    );
+    assert_eq!(get("queue_jobs_failed_total{job_type=\"measured\"}"), 2.0);
+    assert_eq!(get("queue_job_retries_total{job_type=\"measured\"}"), 1.0);
+    assert_eq!(get("queue_jobs_dead_total{job_type=\"measured\"}"), 1.0);
+    assert_eq!(
+        get("queue_job_duration_seconds_count{job_type=\"measured\"}"),
+        5.0
+    );
+    assert_eq!(
+        get("queue_job_duration_seconds_bucket{job_type=\"measured\",le=\"+Inf\"}"),
+        5.0
+    );
+    assert_eq!(get("queue_ready_jobs{queue=\"metrics\"}"), 0.0);
+    assert_eq!(get("queue_workers_busy{queue=\"metrics\"}"), 0.0);
+    assert!(body.contains("# TYPE queue_job_duration_seconds histogram"));
+    assert!(running
+        .metrics()
+        .contains("queue_jobs_completed_total{job_type=\"measured\"} 3"));
+    assert!(scrape(addr, "/other").starts_with("HTTP/1.1 404"));
+    running.shutdown(PATIENCE);
+}

@@ -1,0 +1,212 @@
+//! Counters of a running runner, rendered in the Prometheus text format.
+//!
+//! [`RunningRunner::metrics`](crate::RunningRunner::metrics) returns the
+//! text for an application to serve from its own HTTP server;
+//! [`RunnerBuilder::metrics_listener`](crate::RunnerBuilder::metrics_listener)
+//! serves it at `/metrics` by itself.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::worker::lock;
+
+/// Upper bounds of the job duration histogram, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0,
+];
+
+/// Counts for one job type.
+#[derive(Debug, Default, Clone)]
+struct TypeCounts {
+    completed: u64,
+    failed: u64,
+    retries: u64,
+    dead: u64,
+    /// Cumulative bucket counts, then the sum of seconds.
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum_seconds: f64,
+}
+
+/// What the runner counts as it runs jobs.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    by_type: Mutex<BTreeMap<String, TypeCounts>>,
+}
+
+/// A counter: name, help, and its value in a type's counts.
+type Counter = (&'static str, &'static str, fn(&TypeCounts) -> u64);
+
+/// A gauge measured at scrape time, one value per label value.
+#[derive(Debug)]
+pub(crate) struct Gauge {
+    pub(crate) name: &'static str,
+    pub(crate) help: &'static str,
+    pub(crate) label: &'static str,
+    pub(crate) values: Vec<(String, f64)>,
+}
+
+/// How a run ended, for the counters.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ended {
+    Completed,
+    Retried,
+    Dead,
+}
+
+impl Metrics {
+    pub(crate) fn record(&self, job_type: &str, ended: Ended, took: Duration) {
+        let mut by_type = lock(&self.by_type);
+        let counts = by_type.entry(job_type.to_owned()).or_default();
+        match ended {
+            Ended::Completed => counts.completed += 1,
+            Ended::Retried => {
+                counts.failed += 1;
+                counts.retries += 1;
+            }
+            Ended::Dead => {
+                counts.failed += 1;
+                counts.dead += 1;
+            }
+        }
+        let seconds = took.as_secs_f64();
+        for (bucket, bound) in counts.buckets.iter_mut().zip(BUCKETS) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+        counts.count += 1;
+        counts.sum_seconds += seconds;
+    }
+
+    /// The Prometheus text: per-type counters and durations, then `gauges`.
+    pub(crate) fn render(&self, gauges: &[Gauge]) -> String {
+        let by_type = lock(&self.by_type).clone();
+        let mut out = String::new();
+        let counters: [Counter; 4] = [
+            (
+                "queue_jobs_completed_total",
+                "Jobs that ran to success.",
+                |c| c.completed,
+            ),
+            (
+                "queue_jobs_failed_total",
+                "Job runs that failed (errors and panics).",
+                |c| c.failed,
+            ),
+            (
+                "queue_job_retries_total",
+                "Failed runs that scheduled a retry.",
+                |c| c.retries,
+            ),
+            (
+                "queue_jobs_dead_total",
+                "Failed runs that made the job dead.",
+                |c| c.dead,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (job_type, counts) in &by_type {
+                let _ = writeln!(
+                    out,
+                    "{name}{{job_type=\"{}\"}} {}",
+                    escape(job_type),
+                    value(counts)
+                );
+            }
+        }
+        let name = "queue_job_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} How long job runs took.\n# TYPE {name} histogram"
+        );
+        for (job_type, counts) in &by_type {
+            let job_type = escape(job_type);
+            for (bound, bucket) in BUCKETS.iter().zip(counts.buckets) {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{job_type=\"{job_type}\",le=\"{bound}\"}} {bucket}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{job_type=\"{job_type}\",le=\"+Inf\"}} {}",
+                counts.count
+            );
+            let _ = writeln!(
+                out,
+                "{name}_sum{{job_type=\"{job_type}\"}} {}",
+                counts.sum_seconds
+            );
+            let _ = writeln!(
+                out,
+                "{name}_count{{job_type=\"{job_type}\"}} {}",
+                counts.count
+            );
+        }
+        for gauge in gauges {
+            let (name, label) = (gauge.name, gauge.label);
+            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} gauge", gauge.help);
+            for (value_label, value) in &gauge.values {
+                let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {value}", escape(value_label));
+            }
+        }
+        out
+    }
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Serves `render()` at `/metrics` on `listener` until `stopped()`.
+pub(crate) fn serve(
+    listener: TcpListener,
+    render: impl Fn() -> String,
+    stopped: impl Fn() -> bool,
+) {
+    if listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    while !stopped() {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut request_line = String::new();
+                let mut reader = BufReader::new(&stream);
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                // Skip the headers.
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    header.clear();
+                }
+                let response = if request_line.starts_with("GET /metrics ") {
+                    let body = render();
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_owned()
+                };
+                let _ = stream.write_all(response.as_bytes());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
