@@ -6,7 +6,7 @@
 //! another server; the demo drops and creates its own `queue_demo` database).
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
@@ -65,15 +65,19 @@ fn main() -> DemoResult<()> {
         .poll_interval(Duration::from_millis(100))
         .build()?;
     let running = runner.start();
-    wait_for(
+    let finished = queue_examples::wait_for_zero(
         &mut conn,
         "SELECT count(*) AS n FROM queue_jobs WHERE dead_at IS NULL",
+        Duration::from_secs(30),
     )?;
     let report = running.shutdown(Duration::from_secs(10));
     println!(
         "  runner stopped ({} workers still busy)",
         report.workers_still_running
     );
+    if !finished {
+        return Ok(());
+    }
 
     println!("\nwhat is left for an operator:");
     for job in queue::dead_jobs(&mut conn, 10)? {
@@ -137,17 +141,6 @@ fn signup(conn: &mut PgConnection, email: &str, commit: bool) -> DemoResult<Opti
         Err(_) if !commit => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-fn wait_for(conn: &mut PgConnection, sql: &str) -> DemoResult<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count(conn, sql)? > 0 {
-        if Instant::now() > deadline {
-            return Err("the demo's jobs did not finish within 30 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }
 
 /// `DATABASE_URL` (default: the local server) with the database `queue_demo`,

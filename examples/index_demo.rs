@@ -7,7 +7,7 @@
 //! use another server; the demo drops and creates its own `queue_index_demo`
 //! database).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Text};
@@ -75,14 +75,15 @@ fn main() -> DemoResult<()> {
         .poll_interval(Duration::from_millis(50))
         .build()?
         .start();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count(&mut conn, "SELECT count(*) AS n FROM queue_jobs")? > 0 {
-        if Instant::now() > deadline {
-            return Err("the index jobs did not finish within 60 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let finished = queue_examples::wait_for_zero(
+        &mut conn,
+        "SELECT count(*) AS n FROM queue_jobs",
+        Duration::from_secs(60),
+    )?;
     running.shutdown(Duration::from_secs(30));
+    if !finished {
+        return Ok(());
+    }
 
     let repo = git2::Repository::open_bare(&upstream)?;
     let head = repo.find_commit(repo.refname_to_id("refs/heads/master")?)?;

@@ -71,6 +71,38 @@ pub fn count(conn: &mut PgConnection, sql: &str) -> QueryResult<i64> {
     Ok(diesel::sql_query(sql).get_result::<Count>(conn)?.n)
 }
 
+/// Waits until `sql` (a `SELECT count(*) AS n ...`) counts 0, polling every
+/// 50 ms. Returns `Ok(false)` early when SIGTERM or SIGINT arrives, so the
+/// caller can shut its runner down gracefully; an error after `timeout`.
+pub fn wait_for_zero(
+    conn: &mut PgConnection,
+    sql: &str,
+    timeout: std::time::Duration,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, OnceLock};
+    static SIGNALLED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    let signalled = SIGNALLED.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            let _ = signal_hook::flag::register(signal, Arc::clone(&flag));
+        }
+        flag
+    });
+    let deadline = Instant::now() + timeout;
+    while count(conn, sql)? > 0 {
+        if signalled.load(Ordering::SeqCst) {
+            println!("  signal received: stopping gracefully (running jobs finish first)");
+            return Ok(false);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the jobs did not finish within {timeout:?}").into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(true)
+}
+
 /// `url` with its database name replaced by `database`
 /// (`postgres://u@h:5432/app?sslmode=x` -> `postgres://u@h:5432/DATABASE?sslmode=x`).
 pub fn with_database(url: &str, database: &str) -> String {
