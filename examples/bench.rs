@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release -p queue-examples --example bench` (a few minutes;
 //! `-- --quick` for a smoke run, `-- --million` adds the memory run over a
-//! million jobs). Uses `DATABASE_URL`'s server and (re)creates the database
+//! million jobs, `-- --claims` runs only the claim measurements). Uses `DATABASE_URL`'s server and (re)creates the database
 //! `queue_bench`.
 
 use std::sync::mpsc;
@@ -34,6 +34,7 @@ fn main() -> BenchResult<()> {
         .with_writer(std::io::stderr)
         .init();
     let args: Vec<String> = std::env::args().collect();
+    let claims_only = args.iter().any(|a| a == "--claims");
     let quick = args.iter().any(|a| a == "--quick");
     let settings = Settings {
         url: bench_database()?,
@@ -44,6 +45,9 @@ fn main() -> BenchResult<()> {
         million: args.iter().any(|a| a == "--million"),
     };
     queue::migrate(&mut connect(&settings)?)?;
+    if claims_only {
+        return claim_scaling(&settings);
+    }
     println!(
         "queue benchmark: {} ({} repetitions, median)",
         settings.url, settings.reps
@@ -527,36 +531,65 @@ fn claim_scaling(settings: &Settings) -> BenchResult<()> {
             _ => {}
         }
         conn.batch_execute("VACUUM ANALYZE queue_jobs")?;
-        let mut times = Vec::new();
-        for _ in 0..20 {
-            let started = Instant::now();
-            conn.transaction(|c| {
-                diesel::sql_query(CLAIM).execute(c)?;
-                Err::<(), _>(diesel::result::Error::RollbackTransaction)
-            })
-            .ok();
-            times.push(started.elapsed().as_secs_f64() * 1000.0);
-        }
-        times.sort_by(f64::total_cmp);
-        #[derive(QueryableByName)]
-        struct Plan {
-            #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
-            line: String,
-        }
-        let plan: Vec<Plan> = conn.transaction(|c| {
-            diesel::sql_query(format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {CLAIM}")).load(c)
-        })?;
-        let scan = plan
-            .iter()
-            .map(|p| p.line.trim())
-            .find(|l| l.contains("Scan"))
-            .unwrap_or("?")
-            .trim_start_matches("-> ")
-            .to_owned();
-        println!("| {label} | {:.2} | {scan} |", times[10]);
+        let (millis, scan) = time_claim(&mut conn)?;
+        println!("| {label} | {millis:.2} | {scan} |");
     }
+
+    // Completed jobs leave dead rows that VACUUM cannot remove while any
+    // transaction older than them is open (FIELD-NOTES: claims slowed from
+    // 2-3 ms to 180 ms at 24 k dead tuples elsewhere).
+    clear(&mut conn)?;
+    conn.batch_execute(
+        "INSERT INTO queue_jobs (job_type, queue, payload) \
+         SELECT 'noop', 'bench', '{}' FROM generate_series(1, 110000)",
+    )?;
+    let mut long = connect(settings)?;
+    long.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM queue_jobs")?;
+    conn.batch_execute(
+        "DELETE FROM queue_jobs WHERE id IN (SELECT id FROM queue_jobs ORDER BY id LIMIT 100000)",
+    )?;
+    conn.batch_execute("VACUUM ANALYZE queue_jobs")?;
+    let (millis, scan) = time_claim(&mut conn)?;
+    println!(
+        "| 10 k ready behind 100 k dead rows, a long transaction open | {millis:.2} | {scan} |"
+    );
+    long.batch_execute("COMMIT")?;
+    conn.batch_execute("VACUUM ANALYZE queue_jobs")?;
+    let (millis, scan) = time_claim(&mut conn)?;
+    println!("| the same once the transaction ended and VACUUM ran | {millis:.2} | {scan} |");
     clear(&mut conn)?;
     Ok(())
+}
+
+/// The median of 20 claims (rolled back), and the claim's scan node.
+fn time_claim(conn: &mut PgConnection) -> BenchResult<(f64, String)> {
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        conn.transaction(|c| {
+            diesel::sql_query(CLAIM).execute(c)?;
+            Err::<(), _>(diesel::result::Error::RollbackTransaction)
+        })
+        .ok();
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    #[derive(QueryableByName)]
+    struct Plan {
+        #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+    let plan: Vec<Plan> = conn.transaction(|c| {
+        diesel::sql_query(format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {CLAIM}")).load(c)
+    })?;
+    let scan = plan
+        .iter()
+        .map(|p| p.line.trim())
+        .find(|l| l.contains("Scan"))
+        .unwrap_or("?")
+        .trim_start_matches("-> ")
+        .to_owned();
+    Ok((times[10], scan))
 }
 
 /// Peak RSS of this process (a runner with 8 workers) over a million jobs.
