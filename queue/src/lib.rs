@@ -4,9 +4,17 @@
 //!
 //! - Defining jobs: [`background_job`], or by hand [`Job`] and [`register_job!`]; [`RetryPolicy`], [`PerformError`].
 //! - Enqueueing: [`Job::enqueue`], [`EnqueueOptions`], [`JobBatch`].
-//! - Running: [`Runner`], [`RunnerBuilder`], [`RunningRunner`], [`JobConnection`].
+//! - Running: [`Runner`], [`RunnerBuilder`], [`RunningRunner`] (and its
+//!   [`metrics`](RunningRunner::metrics)), [`JobConnection`], [`ConnectionMode`].
 //! - Schema: [`migrate`].
-//! - Operations: [`failing_jobs`], [`dead_jobs`], [`find_job`], [`retry_job`], [`discard_job`].
+//! - Operations: [`queue_status`], [`runners`], [`failing_jobs`], [`dead_jobs`], [`find_job`],
+//!   [`retry_job`], [`discard_job`], [`select_jobs`]; the `queue` command (crate `queue-cli`)
+//!   is built on these.
+//!
+//! Inside: `storage` holds every SQL statement; `worker` claims and runs
+//! batches; `handover` releases a slow job's batch; `scheduler` is the
+//! wake-up thread (LISTEN, promotions, poll fallback, announcements);
+//! `listener` the libpq LISTEN session; `metrics` the Prometheus counters.
 
 mod admin;
 mod connection;
