@@ -18,7 +18,9 @@
 //!    open transaction, to the worker, which completes the job there.
 //!
 //! The row is locked at every moment, so a worker that dies still releases
-//! it at once. Jobs on the lock transaction (`ConnectionMode::JobTransaction`)
+//! it at once. While a move is under way the worker cannot start its next
+//! job (it takes the connection's lock to pick one), so a move never
+//! releases a job that has just started. Jobs on the lock transaction (`ConnectionMode::JobTransaction`)
 //! are never moved: keep them short.
 
 use std::any::Any;
@@ -63,6 +65,15 @@ fn release_if_slow<C>(shared: &Shared<C>, slot: &Slot) {
     let Ok(mut guard) = slot.conn.try_lock() else {
         return;
     };
+    // Now that no job can start, check again: the slow job may have ended
+    // (then there is nothing to move, and moving would release whatever
+    // the worker runs next).
+    {
+        let batch = lock(&slot.batch);
+        if batch.running.map(|r| r.id) != Some(job) || batch.pending.is_empty() {
+            return;
+        }
+    }
     let Some(old) = guard.as_mut() else { return };
     match hand_over(shared, old, slot, job) {
         Ok(Some(fresh)) => {

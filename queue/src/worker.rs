@@ -176,6 +176,11 @@ fn run_batch_inner<C: Any + Send + Sync>(
     let mut started = 0;
     loop {
         let job = {
+            // Holding the connection's lock while choosing the next job means
+            // no job starts while the watchdog is moving locks (it holds the
+            // connection for the whole move), so a move never releases a job
+            // that has just started.
+            let _no_move_in_progress = lock(&slot.conn);
             let mut batch = lock(&slot.batch);
             if started > 0 && shared.signals.is_stopped() {
                 batch.pending.clear();
