@@ -25,7 +25,7 @@ fn main() -> DemoResult<()> {
         .with_ansi(false)
         .init();
 
-    let url = demo_database()?;
+    let url = queue_examples::fresh_database("queue_demo")?;
     let mut conn = PgConnection::establish(&url)?;
     let report = queue::migrate(&mut conn)?;
     println!(
@@ -141,16 +141,4 @@ fn signup(conn: &mut PgConnection, email: &str, commit: bool) -> DemoResult<Opti
         Err(_) if !commit => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-/// `DATABASE_URL` (default: the local server) with the database `queue_demo`,
-/// dropped and created afresh so every run starts empty.
-fn demo_database() -> DemoResult<String> {
-    let server = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let mut admin = PgConnection::establish(&server)
-        .map_err(|e| format!("cannot connect to {server}: {e} (set DATABASE_URL)"))?;
-    diesel::sql_query("DROP DATABASE IF EXISTS queue_demo WITH (FORCE)").execute(&mut admin)?;
-    diesel::sql_query("CREATE DATABASE queue_demo").execute(&mut admin)?;
-    Ok(queue_examples::with_database(&server, "queue_demo"))
 }

@@ -38,7 +38,7 @@ fn main() -> DemoResult<()> {
     create_bare_index(&upstream, &config, "master")?;
     println!("upstream index: {}", upstream.display());
 
-    let url = demo_database("queue_index_demo")?;
+    let url = queue_examples::fresh_database("queue_index_demo")?;
     let mut conn = PgConnection::establish(&url)?;
     queue::migrate(&mut conn)?;
     diesel::sql_query(
@@ -151,17 +151,4 @@ fn version(name: &str, vers: &str, deps: &[(&str, &str)]) -> IndexVersion {
             .collect(),
         ..IndexVersion::new(name, vers, cksum)
     }
-}
-
-/// `DATABASE_URL` (default: the local server) with the database `name`,
-/// dropped and created afresh so every run starts empty.
-fn demo_database(name: &str) -> DemoResult<String> {
-    let server = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let mut admin = PgConnection::establish(&server)
-        .map_err(|e| format!("cannot connect to {server}: {e} (set DATABASE_URL)"))?;
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)?;
-    diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin)?;
-    Ok(queue_examples::with_database(&server, name))
 }

@@ -103,6 +103,19 @@ pub fn wait_for_zero(
     Ok(true)
 }
 
+/// `DATABASE_URL` (default: the local server) with the database `name`,
+/// dropped and created afresh so every demo run starts empty.
+pub fn fresh_database(name: &str) -> Result<String, Box<dyn std::error::Error>> {
+    use diesel::connection::SimpleConnection;
+    let server = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let mut admin = PgConnection::establish(&server)
+        .map_err(|e| format!("cannot connect to {server}: {e} (set DATABASE_URL)"))?;
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
+    admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
+    Ok(with_database(&server, name))
+}
+
 /// `url` with its database name replaced by `database`
 /// (`postgres://u@h:5432/app?sslmode=x` -> `postgres://u@h:5432/DATABASE?sslmode=x`).
 pub fn with_database(url: &str, database: &str) -> String {

@@ -84,31 +84,27 @@ pub(crate) fn check(conn: &mut PgConnection, limits: &Thresholds) -> Result<Exit
         );
     }
     for s in &status {
-        if let Some(failing) = s.failing_for_secs {
-            let level = grade(failing, limits.failing_warning, limits.failing_critical);
+        let checks = [
+            (
+                s.failing_for_secs,
+                limits.failing_warning,
+                limits.failing_critical,
+                "has been failing for",
+            ),
+            (
+                s.oldest_ready_secs,
+                limits.waiting_warning,
+                limits.waiting_critical,
+                "has a ready job waiting for",
+            ),
+        ];
+        for (seconds, warning, critical, what) in checks {
+            let Some(seconds) = seconds else { continue };
+            let level = grade(seconds, warning, critical);
             if level > Level::Ok {
                 flag(
                     level,
-                    format!(
-                        "`{}` on `{}` has been failing for {}",
-                        s.job_type,
-                        s.queue,
-                        age(failing)
-                    ),
-                );
-            }
-        }
-        if let Some(waiting) = s.oldest_ready_secs {
-            let level = grade(waiting, limits.waiting_warning, limits.waiting_critical);
-            if level > Level::Ok {
-                flag(
-                    level,
-                    format!(
-                        "a ready `{}` job on `{}` has waited {}",
-                        s.job_type,
-                        s.queue,
-                        age(waiting)
-                    ),
+                    format!("`{}` on `{}` {what} {}", s.job_type, s.queue, age(seconds)),
                 );
             }
         }
