@@ -1,7 +1,7 @@
 //! Throughput and latency of the queue, next to raw SQL on the same server
 //! in the same run.
 //!
-//! `cargo run --release -p queue-examples --example bench` (a few minutes;
+//! `cargo run --release -p skiplock-examples --example bench` (a few minutes;
 //! `-- --quick` for a smoke run, `-- --million` adds the memory run over a
 //! million jobs, `-- --claims` runs only the claim measurements). Uses `DATABASE_URL`'s server and (re)creates the database
 //! `queue_bench`.
@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Text};
-use queue::{Job, JobBatch, Runner};
-use queue_examples::bench::{noop, sleep_ms, stamp, Stamps};
+use skiplock::{Job, JobBatch, Runner};
+use skiplock_examples::bench::{noop, sleep_ms, stamp, Stamps};
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -30,7 +30,7 @@ struct Settings {
 
 fn main() -> BenchResult<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "queue=warn".into()))
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "skiplock=warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let args: Vec<String> = std::env::args().collect();
@@ -44,12 +44,12 @@ fn main() -> BenchResult<()> {
         reps: if quick { 1 } else { 3 },
         million: args.iter().any(|a| a == "--million"),
     };
-    queue::migrate(&mut connect(&settings)?)?;
+    skiplock::migrate(&mut connect(&settings)?)?;
     if claims_only {
         return claim_scaling(&settings);
     }
     println!(
-        "queue benchmark: {} ({} repetitions, median)",
+        "skiplock benchmark: {} ({} repetitions, median)",
         settings.url, settings.reps
     );
 
@@ -142,7 +142,7 @@ fn main() -> BenchResult<()> {
         million_jobs_memory(&settings)?;
     }
 
-    println!("\n| measure | queue | raw SQL reference | ratio |\n|---|---|---|---|");
+    println!("\n| measure | skiplock | raw SQL reference | ratio |\n|---|---|---|---|");
     for (what, ours, reference, ratio) in rows {
         println!("| {what} | {ours} | {reference} | {ratio} |");
     }
@@ -206,7 +206,7 @@ fn rate(jobs: usize, elapsed: Duration) -> f64 {
 /// its own transaction, alternating in chunks of 50 so that both see the
 /// same disk: a single commit costs 0.4 to 4 ms here, and drifts.
 fn enqueue_one_by_one_vs_insert(settings: &Settings) -> BenchResult<(f64, f64)> {
-    use queue_examples::bench_schema::queue_jobs::dsl as j;
+    use skiplock_examples::bench_schema::queue_jobs::dsl as j;
     let mut conn = connect(settings)?;
     clear(&mut conn)?;
     let payload = serde_json::json!({});
@@ -247,7 +247,7 @@ fn enqueue_batches(settings: &Settings) -> BenchResult<f64> {
 }
 
 fn raw_insert_batches(settings: &Settings) -> BenchResult<f64> {
-    use queue_examples::bench_schema::queue_jobs::dsl as j;
+    use skiplock_examples::bench_schema::queue_jobs::dsl as j;
     let mut conn = connect(settings)?;
     clear(&mut conn)?;
     let payload = serde_json::json!({});
@@ -645,5 +645,5 @@ fn bench_database() -> BenchResult<String> {
     let mut admin = PgConnection::establish(&server)?;
     admin.batch_execute("DROP DATABASE IF EXISTS queue_bench WITH (FORCE)")?;
     admin.batch_execute("CREATE DATABASE queue_bench")?;
-    Ok(queue_examples::with_database(&server, "queue_bench"))
+    Ok(skiplock_examples::with_database(&server, "queue_bench"))
 }

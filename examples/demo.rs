@@ -2,7 +2,7 @@
 //! jobs in one transaction, a runner works through them (a retry, a dead
 //! job, a delayed job, a batch), and an operator retries the dead one.
 //!
-//! `cargo run -p queue-examples --example demo` (set `DATABASE_URL` to use
+//! `cargo run -p skiplock-examples --example demo` (set `DATABASE_URL` to use
 //! another server; the demo drops and creates its own `queue_demo` database).
 
 use std::sync::atomic::Ordering;
@@ -10,24 +10,24 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
-use queue::{EnqueueOptions, Job, JobBatch, Runner};
-use queue_examples::billing::charge_card;
-use queue_examples::images::resize;
-use queue_examples::signup::{count_signup, send_welcome_mail, sync_to_crm};
-use queue_examples::{count, create_app_tables, App};
+use skiplock::{EnqueueOptions, Job, JobBatch, Runner};
+use skiplock_examples::billing::charge_card;
+use skiplock_examples::images::resize;
+use skiplock_examples::signup::{count_signup, send_welcome_mail, sync_to_crm};
+use skiplock_examples::{count, create_app_tables, App};
 
 type DemoResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> DemoResult<()> {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "queue=info".into());
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "skiplock=info".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
         .init();
 
-    let url = queue_examples::fresh_database("queue_demo")?;
+    let url = skiplock_examples::fresh_database("queue_demo")?;
     let mut conn = PgConnection::establish(&url)?;
-    let report = queue::migrate(&mut conn)?;
+    let report = skiplock::migrate(&mut conn)?;
     println!(
         "migrated {url}: applied {:?}, schema at {}",
         report.applied, report.current_version
@@ -65,7 +65,7 @@ fn main() -> DemoResult<()> {
         .poll_interval(Duration::from_millis(100))
         .build()?;
     let running = runner.start();
-    let finished = queue_examples::wait_for_zero(
+    let finished = skiplock_examples::wait_for_zero(
         &mut conn,
         "SELECT count(*) AS n FROM queue_jobs WHERE dead_at IS NULL",
         Duration::from_secs(30),
@@ -80,7 +80,7 @@ fn main() -> DemoResult<()> {
     }
 
     println!("\nwhat is left for an operator:");
-    for job in queue::dead_jobs(&mut conn, 10)? {
+    for job in skiplock::dead_jobs(&mut conn, 10)? {
         println!(
             "  dead job {} `{}` after {} attempt(s): {}",
             job.id,
@@ -92,7 +92,7 @@ fn main() -> DemoResult<()> {
             "  the customer updates the card; the operator retries job {}",
             job.id
         );
-        queue::retry_job(&mut conn, queue::JobId(job.id))?;
+        skiplock::retry_job(&mut conn, skiplock::JobId(job.id))?;
     }
     let app = App::new();
     app.card_fixed.store(true, Ordering::SeqCst);

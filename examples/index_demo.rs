@@ -3,7 +3,7 @@
 //! job in the same transaction; a runner with one worker on the `index` queue
 //! updates a git index (a throwaway bare repository here) and pushes it.
 //!
-//! `cargo run -p queue-examples --example index-demo` (set `DATABASE_URL` to
+//! `cargo run -p skiplock-examples --example index-demo` (set `DATABASE_URL` to
 //! use another server; the demo drops and creates its own `queue_index_demo`
 //! database).
 
@@ -15,13 +15,14 @@ use index_jobs::{
     add_crate, create_bare_index, unyank, yank, Credentials, Index, IndexConfig, IndexDependency,
     IndexVersion, RepoConfig, INDEX_QUEUE,
 };
-use queue::{Job, Runner};
-use queue_examples::count;
+use skiplock::{Job, Runner};
+use skiplock_examples::count;
 
 type DemoResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> DemoResult<()> {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "index_jobs=info,queue=info".into());
+    let filter =
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "index_jobs=info,skiplock=info".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
@@ -38,9 +39,9 @@ fn main() -> DemoResult<()> {
     create_bare_index(&upstream, &config, "master")?;
     println!("upstream index: {}", upstream.display());
 
-    let url = queue_examples::fresh_database("queue_index_demo")?;
+    let url = skiplock_examples::fresh_database("queue_index_demo")?;
     let mut conn = PgConnection::establish(&url)?;
-    queue::migrate(&mut conn)?;
+    skiplock::migrate(&mut conn)?;
     diesel::sql_query(
         "CREATE TABLE versions (crate_name TEXT NOT NULL, num TEXT NOT NULL, \
          yanked BOOLEAN NOT NULL DEFAULT false, PRIMARY KEY (crate_name, num))",
@@ -75,7 +76,7 @@ fn main() -> DemoResult<()> {
         .poll_interval(Duration::from_millis(50))
         .build()?
         .start();
-    let finished = queue_examples::wait_for_zero(
+    let finished = skiplock_examples::wait_for_zero(
         &mut conn,
         "SELECT count(*) AS n FROM queue_jobs",
         Duration::from_secs(60),

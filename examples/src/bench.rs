@@ -5,7 +5,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 
 /// Does nothing: the queue's own cost per job.
 #[background_job(queue = "bench")]

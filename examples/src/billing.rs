@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 
 use crate::App;
 

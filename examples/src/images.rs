@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 use diesel::sql_types::{Integer, Text};
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 
 use crate::App;
 

@@ -1,7 +1,7 @@
 //! A small application's jobs, defined with `#[background_job]` in modules
 //! of their own: the demo's runner finds them without listing them anywhere.
 //!
-//! This crate depends on `queue` and diesel only: no serde, no inventory.
+//! This crate depends on `skiplock` and diesel only: no serde, no inventory.
 
 use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, AtomicU32};

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 
 use crate::App;
 

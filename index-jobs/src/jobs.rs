@@ -1,7 +1,7 @@
 //! The index jobs. They run on the [`INDEX_QUEUE`] queue, which must have
 //! exactly one worker: two would fight over the working clone.
 
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 use tracing::info;
 
 use crate::index::{Change, Index, IndexError, Outcome};

@@ -19,7 +19,7 @@
 //!     author_email: "registry@example.com".into(),
 //!     credentials: Credentials::from_env("https://git.example.com"),
 //! })?;
-//! let runner = queue::Runner::builder(index)
+//! let runner = skiplock::Runner::builder(index)
 //!     .database_url("postgres://registry@db/registry")
 //!     .queue(INDEX_QUEUE, 1)
 //!     .build()?;

@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use index_jobs::{add_crate, create_bare_index, IndexConfig, IndexVersion};
-use queue::Job;
-use queue_tests::{wait_until, TestDb};
+use skiplock::Job;
+use skiplock_tests::{wait_until, TestDb};
 
 fn version(name: &str) -> IndexVersion {
     IndexVersion::new(name, "0.1.0", "0".repeat(64))

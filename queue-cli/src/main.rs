@@ -1,4 +1,4 @@
-//! `queue`: operate a job queue from the command line.
+//! `skiplock`: operate the skiplock job queue from the command line.
 //!
 //! Every command reads `DATABASE_URL` (or `--database-url`). Read commands
 //! print tables for people and `--json` for scripts. `monitor` is the check
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use diesel::{Connection, PgConnection};
-use queue::{AdminError, JobId, JobRecord, JobState, QueueStatus, RunnerRecord};
+use skiplock::{AdminError, JobId, JobRecord, JobState, QueueStatus, RunnerRecord};
 
 mod monitor;
 mod table;
@@ -20,7 +20,7 @@ use table::{age, shorten, when, Table};
 
 /// Inspect and operate the job queue in a PostgreSQL database.
 #[derive(Debug, Parser)]
-#[command(name = "queue", version)]
+#[command(name = "skiplock", version)]
 struct Cli {
     /// The database holding the queue.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
@@ -93,7 +93,7 @@ struct Selection {
     yes: bool,
 }
 
-/// A failure of the command, printed as `queue: {0}`.
+/// A failure of the command, printed as `skiplock: {0}`.
 struct Failure(String);
 
 impl<E: std::fmt::Display> From<E> for Failure {
@@ -113,7 +113,7 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(Failure(message)) => {
-            eprintln!("queue: {message}");
+            eprintln!("skiplock: {message}");
             ExitCode::FAILURE
         }
     }
@@ -154,7 +154,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let mut conn = connect(cli.database_url.as_deref())?;
     match cli.command {
         Command::Migrate => {
-            let report = queue::migrate(&mut conn)?;
+            let report = skiplock::migrate(&mut conn)?;
             if report.applied.is_empty() {
                 println!(
                     "the queue schema is up to date (version {})",
@@ -170,7 +170,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
         }
         Command::Status(output) => {
-            let status = queue::queue_status(&mut conn, monitor::RUNNER_FRESH_SECS)?;
+            let status = skiplock::queue_status(&mut conn, monitor::RUNNER_FRESH_SECS)?;
             if output.json {
                 print_json(&status)?;
             } else {
@@ -178,16 +178,16 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
         }
         Command::Failed(listing) => {
-            queue::require_schema(&mut conn)?;
-            list(queue::failing_jobs(&mut conn, listing.limit)?, &listing)?;
+            skiplock::require_schema(&mut conn)?;
+            list(skiplock::failing_jobs(&mut conn, listing.limit)?, &listing)?;
         }
         Command::Dead(listing) => {
-            queue::require_schema(&mut conn)?;
-            list(queue::dead_jobs(&mut conn, listing.limit)?, &listing)?;
+            skiplock::require_schema(&mut conn)?;
+            list(skiplock::dead_jobs(&mut conn, listing.limit)?, &listing)?;
         }
         Command::Show { id, output } => {
-            queue::require_schema(&mut conn)?;
-            let job = queue::find_job(&mut conn, JobId(id))?;
+            skiplock::require_schema(&mut conn)?;
+            let job = skiplock::find_job(&mut conn, JobId(id))?;
             if output.json {
                 print_json(&job)?;
             } else {
@@ -195,7 +195,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
         }
         Command::Runners(output) => {
-            let runners = queue::runners(&mut conn)?;
+            let runners = skiplock::runners(&mut conn)?;
             if output.json {
                 print_json(&runners)?;
             } else {
@@ -203,10 +203,10 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
         }
         Command::Retry(selection) => {
-            return change(&mut conn, &selection, "retry", queue::retry_job)
+            return change(&mut conn, &selection, "retry", skiplock::retry_job)
         }
         Command::Discard(selection) => {
-            return change(&mut conn, &selection, "discard", queue::discard_job)
+            return change(&mut conn, &selection, "discard", skiplock::discard_job)
         }
         Command::Monitor(thresholds) => return monitor::check(&mut conn, &thresholds),
     }
@@ -356,7 +356,7 @@ fn change(
     verb: &str,
     apply: fn(&mut PgConnection, JobId) -> Result<(), AdminError>,
 ) -> Result<ExitCode, Failure> {
-    queue::require_schema(conn)?;
+    skiplock::require_schema(conn)?;
     let bulk = selection.ids.is_empty();
     if bulk && !selection.all && selection.job_type.is_none() && selection.queue.is_none() {
         return Err(Failure(format!(
@@ -364,7 +364,7 @@ fn change(
         )));
     }
     let ids: Vec<JobId> = if bulk {
-        queue::select_jobs(
+        skiplock::select_jobs(
             conn,
             JobState::Failed,
             selection.job_type.as_deref(),
@@ -387,7 +387,7 @@ fn change(
         match apply(conn, id) {
             Ok(()) => changed += 1,
             Err(e @ (AdminError::NotFound(_) | AdminError::Running(_))) => {
-                eprintln!("queue: {e}");
+                eprintln!("skiplock: {e}");
                 refused += 1;
             }
             Err(e) => return Err(e.into()),

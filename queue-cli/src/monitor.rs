@@ -1,4 +1,4 @@
-//! `queue monitor`: the check a pager runs.
+//! `skiplock monitor`: the check a pager runs.
 //!
 //! Critical (exit 2): any dead job; a job failing for longer than
 //! `--failing-critical`; a ready job waiting longer than `--waiting-critical`;
@@ -61,13 +61,13 @@ struct Report {
     level: Level,
     summary: String,
     problems: Vec<Problem>,
-    queues: Vec<queue::QueueStatus>,
+    queues: Vec<skiplock::QueueStatus>,
 }
 
 pub(crate) fn check(conn: &mut PgConnection, limits: &Thresholds) -> Result<ExitCode, Failure> {
     let fresh = limits.no_runner.as_secs_f64();
-    let status = queue::queue_status(conn, fresh)?;
-    let runners = queue::runners(conn)?;
+    let status = skiplock::queue_status(conn, fresh)?;
+    let runners = skiplock::runners(conn)?;
     let mut problems = Vec::new();
     let mut flag = |level, message: String| problems.push(Problem { level, message });
 
@@ -131,7 +131,7 @@ pub(crate) fn check(conn: &mut PgConnection, limits: &Thresholds) -> Result<Exit
     }
 
     let level = problems.iter().map(|p| p.level).max().unwrap_or(Level::Ok);
-    let total = |f: fn(&queue::QueueStatus) -> i64| -> i64 { status.iter().map(f).sum() };
+    let total = |f: fn(&skiplock::QueueStatus) -> i64| -> i64 { status.iter().map(f).sum() };
     let summary = match level {
         Level::Ok => format!(
             "OK: {} ready, {} running, {} scheduled, {} failing, 0 dead",

@@ -1,13 +1,13 @@
-//! The `queue` command end to end: a real process against a real database
+//! The `skiplock` command end to end: a real process against a real database
 //! holding ready, scheduled, failing and dead jobs.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use queue_tests::TestDb;
+use skiplock_tests::TestDb;
 
 fn queue_cmd(db_url: &str, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_queue"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skiplock"))
         .args(args)
         .env("DATABASE_URL", db_url)
         .stdin(Stdio::piped())
@@ -241,7 +241,7 @@ fn bad_input_gives_a_clear_message_and_a_nonzero_exit_without_changing_anything(
 
     let (code, _, err) = run(&db, &["show", "12345"]);
     assert_eq!(code, 1);
-    assert_eq!(err.trim(), "queue: no job with id 12345");
+    assert_eq!(err.trim(), "skiplock: no job with id 12345");
 
     let out = queue_cmd("postgres://nobody:s3cret@127.0.0.1:1/none", &["status"], "");
     assert_eq!(out.status.code(), Some(1));
@@ -270,7 +270,7 @@ fn bad_input_gives_a_clear_message_and_a_nonzero_exit_without_changing_anything(
         let (code, _, err) = run(&empty, command);
         assert_eq!(code, 1, "{command:?}");
         assert!(
-            err.contains("no queue schema") && err.contains("queue migrate"),
+            err.contains("no queue schema") && err.contains("skiplock migrate"),
             "{err}"
         );
     }

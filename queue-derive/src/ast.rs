@@ -296,14 +296,16 @@ fn names_pg_connection(ty: &Type) -> bool {
 fn check_output(sig: &syn::Signature, errors: &mut Errors) -> Span {
     let output = &sig.output;
     const EXPECTED: &str = "a #[background_job] returns `Result<(), E>`, where `E` is \
-        `queue::PerformError` or any `std::error::Error + Send + Sync + 'static`";
+        `skiplock::PerformError` or any `std::error::Error + Send + Sync + 'static`";
     let ty = match output {
         ReturnType::Type(_, ty) => ty,
         ReturnType::Default => {
             let after_params = sig.paren_token.span.close();
             errors.push(syn::Error::new(
                 after_params,
-                format!("{EXPECTED}; add `-> Result<(), queue::PerformError>` and return `Ok(())`"),
+                format!(
+                    "{EXPECTED}; add `-> Result<(), skiplock::PerformError>` and return `Ok(())`"
+                ),
             ));
             return after_params;
         }

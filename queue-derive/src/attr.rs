@@ -265,7 +265,7 @@ fn flag(meta: &Meta) -> Result<Option<Span>, String> {
 }
 
 fn crate_path(meta: &Meta) -> Result<syn::Path, String> {
-    let expected = "`crate` takes the path under which your crate sees `queue`: `crate = my_queue`";
+    let expected = "`crate` takes the path under which your crate sees `skiplock`: `crate = jobs` for `jobs = { package = \"skiplock\", .. }`";
     match value_of(meta, "path")? {
         Expr::Path(ExprPath {
             path, qself: None, ..

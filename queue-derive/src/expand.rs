@@ -51,7 +51,7 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
     let krate = args
         .krate
         .clone()
-        .unwrap_or_else(|| syn::parse_quote!(::queue));
+        .unwrap_or_else(|| syn::parse_quote!(::skiplock));
     let serde_path = attr::path_string(&syn::parse_quote!(#krate::__private::serde));
     let item = &job.item;
     let vis = &item.vis;
@@ -155,7 +155,7 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
     let struct_doc =
         format!("The job built by [`{fn_ident}`], stored under the job type name `{job_type}`.");
     let constructor_doc_note =
-        format!("\n\nBuilds the `{job_type}` job; store it with `queue::Job::enqueue`.");
+        format!("\n\nBuilds the `{job_type}` job; store it with `skiplock::Job::enqueue`.");
 
     quote! {
         #(#constructor_attrs)*
@@ -172,7 +172,7 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
 
         impl #struct_ident {
             /// Runs the job's body directly, as the function was written
-            /// (for unit tests; runners call it through `queue::Job::run`).
+            /// (for unit tests; runners call it through `skiplock::Job::run`).
             #(#body_attrs)*
             #vis fn perform(#perform_inputs) #perform_output #block
         }

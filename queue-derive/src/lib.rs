@@ -1,6 +1,6 @@
-//! The `#[background_job]` attribute of the `queue` crate.
+//! The `#[background_job]` attribute of the `skiplock` crate.
 //!
-//! Use it through `queue::background_job`; its documentation lives there.
+//! Use it through `skiplock::background_job`; its documentation lives there.
 //! This crate is only the shim: `attr.rs` parses the arguments, `ast.rs`
 //! checks the function, `expand.rs` writes the job.
 
@@ -11,7 +11,7 @@ mod attr;
 mod duration;
 mod expand;
 
-/// Turns a function into a background job. Documented at `queue::background_job`,
+/// Turns a function into a background job. Documented at `skiplock::background_job`,
 /// the path to use it by.
 #[proc_macro_attribute]
 pub fn background_job(args: TokenStream, item: TokenStream) -> TokenStream {

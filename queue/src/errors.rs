@@ -20,7 +20,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// followed by each `source()` in turn, separated by `: `.
 ///
 /// ```
-/// use queue::PerformError;
+/// use skiplock::PerformError;
 ///
 /// fn parse_port(s: &str) -> Result<u16, PerformError> {
 ///     // Retrying will not make this parse: fail permanently.
@@ -114,7 +114,7 @@ impl fmt::Debug for PerformError {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be recorded as a job failure",
     label = "the error type of this #[background_job]",
-    note = "a #[background_job] returns `Result<(), E>` where `E` is `queue::PerformError` \
+    note = "a #[background_job] returns `Result<(), E>` where `E` is `skiplock::PerformError` \
             or implements `std::error::Error + Send + Sync + 'static`"
 )]
 pub trait IntoPerformError {
@@ -267,7 +267,7 @@ pub enum AdminError {
     #[error("no job with id {0}")]
     NotFound(JobId),
     /// The database has no queue tables.
-    #[error("this database has no queue schema (no queue_jobs table); run `queue migrate` first")]
+    #[error("this database has no queue schema (no queue_jobs table); run `skiplock migrate` (or `skiplock::migrate`) first")]
     NoSchema,
     /// The job is being run by a worker right now; try again when it finishes.
     #[error("job {0} is running right now; retry or discard it once it has finished")]

@@ -38,7 +38,7 @@ impl fmt::Display for JobId {
 /// hand must also be registered with [`register_job!`](crate::register_job).
 ///
 /// ```
-/// use queue::{Job, JobConnection, PerformError};
+/// use skiplock::{Job, JobConnection, PerformError};
 ///
 /// #[derive(serde::Serialize, serde::Deserialize)]
 /// struct SendWelcomeMail {
@@ -56,7 +56,7 @@ impl fmt::Display for JobId {
 ///         Ok(())
 ///     }
 /// }
-/// queue::register_job!(SendWelcomeMail);
+/// skiplock::register_job!(SendWelcomeMail);
 /// ```
 pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     /// The name stored with each queued job and used to find its handler.
@@ -109,7 +109,7 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
 ///
 /// ```
 /// use std::time::Duration;
-/// let options = queue::EnqueueOptions::new()
+/// let options = skiplock::EnqueueOptions::new()
 ///     .queue("mail")
 ///     .priority(10)
 ///     .delay(Duration::from_secs(60));
@@ -157,8 +157,8 @@ impl EnqueueOptions {
 /// Many jobs, of any types, inserted with one statement.
 ///
 /// ```no_run
-/// # use queue::{Job, JobBatch};
-/// # fn demo(conn: &mut diesel::PgConnection, jobs: Vec<impl Job>) -> Result<(), queue::EnqueueError> {
+/// # use skiplock::{Job, JobBatch};
+/// # fn demo(conn: &mut diesel::PgConnection, jobs: Vec<impl Job>) -> Result<(), skiplock::EnqueueError> {
 /// let mut batch = JobBatch::new();
 /// for job in &jobs {
 ///     batch.push(job)?;

@@ -8,7 +8,7 @@
 //!   [`metrics`](RunningRunner::metrics)), [`JobConnection`], [`ConnectionMode`].
 //! - Schema: [`migrate`].
 //! - Operations: [`queue_status`], [`runners`], [`failing_jobs`], [`dead_jobs`], [`find_job`],
-//!   [`retry_job`], [`discard_job`], [`select_jobs`]; the `queue` command (crate `queue-cli`)
+//!   [`retry_job`], [`discard_job`], [`select_jobs`]; the `skiplock` command (crate `skiplock-cli`)
 //!   is built on these.
 //!
 //! Inside: `storage` holds every SQL statement; `worker` claims and runs
@@ -35,7 +35,7 @@ mod storage;
 mod worker;
 
 #[doc = include_str!("background_job.md")]
-pub use queue_derive::background_job;
+pub use skiplock_derive::background_job;
 
 pub use crate::admin::{
     dead_jobs, discard_job, failing_jobs, find_job, queue_status, require_schema, retry_job,
@@ -57,14 +57,14 @@ pub use crate::storage::{JobRecord, QueueStatus, RunnerRecord};
 /// its [`Job::JOB_TYPE`]. `#[background_job]` does this itself.
 ///
 /// ```
-/// # use queue::{Job, JobConnection, PerformError};
+/// # use skiplock::{Job, JobConnection, PerformError};
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct Cleanup;
 /// # impl Job for Cleanup {
 /// #     const JOB_TYPE: &'static str = "cleanup";
 /// #     type Context = ();
 /// #     fn run(self, _: &(), _: &mut JobConnection<'_>) -> Result<(), PerformError> { Ok(()) }
 /// # }
-/// queue::register_job!(Cleanup);
+/// skiplock::register_job!(Cleanup);
 /// ```
 #[macro_export]
 macro_rules! register_job {

@@ -35,7 +35,7 @@ pub struct MigrationReport {
 /// ```no_run
 /// # use diesel::prelude::*;
 /// let mut conn = PgConnection::establish("postgres://postgres@127.0.0.1/app")?;
-/// let report = queue::migrate(&mut conn)?;
+/// let report = skiplock::migrate(&mut conn)?;
 /// println!("queue schema at version {}", report.current_version);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```

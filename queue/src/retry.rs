@@ -21,7 +21,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use queue::RetryPolicy;
+/// use skiplock::RetryPolicy;
 ///
 /// const POLICY: RetryPolicy = RetryPolicy::DEFAULT
 ///     .max_attempts(5)

@@ -29,7 +29,7 @@ use crate::worker::{self, Outcome, Shared, Slot};
 /// ```no_run
 /// use std::time::Duration;
 /// # struct AppContext;
-/// let runner = queue::Runner::builder(AppContext)
+/// let runner = skiplock::Runner::builder(AppContext)
 ///     .database_url("postgres://postgres@127.0.0.1/app")
 ///     .queue("default", 4)
 ///     .queue("index", 1) // never two index jobs at once
@@ -38,7 +38,7 @@ use crate::worker::{self, Outcome, Shared, Slot};
 /// let running = runner.start();
 /// // ... until SIGTERM:
 /// running.shutdown(Duration::from_secs(30));
-/// # Ok::<(), queue::RunnerError>(())
+/// # Ok::<(), skiplock::RunnerError>(())
 /// ```
 pub struct RunnerBuilder<C> {
     context: C,

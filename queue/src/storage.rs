@@ -489,7 +489,7 @@ pub(crate) fn retire_runner(conn: &mut PgConnection, id: &str) -> QueryResult<()
     Ok(())
 }
 
-/// Counts of one job type on one queue, as `queue status` shows them.
+/// Counts of one job type on one queue, as `skiplock status` shows them.
 #[derive(Debug, Clone, PartialEq, QueryableByName, serde::Serialize)]
 pub struct QueueStatus {
     /// The queue.

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use diesel::prelude::*;
-use queue::{Job, JobConnection, PerformError};
 use serde::{Deserialize, Serialize};
+use skiplock::{Job, JobConnection, PerformError};
 
 /// The queue of the crash test.
 pub const QUEUE: &str = "crash";
@@ -46,7 +46,7 @@ impl Job for HangOnce {
         Ok(())
     }
 }
-queue::register_job!(HangOnce);
+skiplock::register_job!(HangOnce);
 
 /// Logs `done`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -65,7 +65,7 @@ impl Job for Record {
         Ok(())
     }
 }
-queue::register_job!(Record);
+skiplock::register_job!(Record);
 
 fn log(conn: &mut PgConnection, key: &str, event: &str) -> QueryResult<usize> {
     diesel::sql_query("INSERT INTO crash_log (key, event, pid) VALUES ($1, $2, $3)")

@@ -44,7 +44,7 @@ impl TestDb {
     /// Creates and migrates a new database on the test server.
     pub fn create() -> TestDb {
         let db = Self::create_empty();
-        queue::migrate(&mut db.conn()).expect("migrate test database");
+        skiplock::migrate(&mut db.conn()).expect("migrate test database");
         db
     }
 
@@ -85,7 +85,7 @@ impl TestDb {
     }
 
     /// A pool on the test database.
-    pub fn pool(&self, size: u32) -> queue::PgPool {
+    pub fn pool(&self, size: u32) -> skiplock::PgPool {
         Pool::builder()
             .max_size(size)
             .min_idle(Some(0))
@@ -223,13 +223,13 @@ impl Drop for GaugeGuard<'_> {
     }
 }
 
-/// Implements and registers a `queue::Job` tersely, for tests:
+/// Implements and registers a `skiplock::Job` tersely, for tests:
 /// `test_job!(Type, "name", queue = "q", context = Ctx, [consts], |self, ctx, db| body);`
 #[macro_export]
 macro_rules! test_job {
     ($ty:ty, $name:literal, queue = $queue:literal, context = $ctx:ty, [$($item:item)*],
      |$this:ident, $c:ident, $db:ident| $body:block) => {
-        impl ::queue::Job for $ty {
+        impl ::skiplock::Job for $ty {
             const JOB_TYPE: &'static str = $name;
             const QUEUE: &'static str = $queue;
             $($item)*
@@ -238,9 +238,9 @@ macro_rules! test_job {
             fn run(
                 $this,
                 $c: &$ctx,
-                $db: &mut ::queue::JobConnection<'_>,
-            ) -> ::std::result::Result<(), ::queue::PerformError> $body
+                $db: &mut ::skiplock::JobConnection<'_>,
+            ) -> ::std::result::Result<(), ::skiplock::PerformError> $body
         }
-        ::queue::register_job!($ty);
+        ::skiplock::register_job!($ty);
     };
 }

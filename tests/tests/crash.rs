@@ -5,9 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use queue::{Job, JobBatch};
-use queue_tests::crash_jobs::{HangOnce, Record};
-use queue_tests::{count, wait_until, TestDb};
+use skiplock::{Job, JobBatch};
+use skiplock_tests::crash_jobs::{HangOnce, Record};
+use skiplock_tests::{count, wait_until, TestDb};
 
 /// A worker process, killed when dropped (so a failing test leaves none behind).
 struct WorkerProcess(Child);
@@ -65,7 +65,7 @@ fn sigkilled_worker_releases_a_slow_jobs_moved_lock_at_once() {
 /// Worker A claims the hanging job with 4 quick ones (one batch), worker B
 /// runs what it can; then A is SIGKILLed and B must finish everything.
 fn sigkill_mid_job(a_slow_job_ms: u32, done_before_kill: i64, held_before_kill: i64) {
-    queue_tests::init_tracing();
+    skiplock_tests::init_tracing();
     let db = TestDb::create();
     db.execute("CREATE TABLE crash_log (key TEXT NOT NULL, event TEXT NOT NULL, pid INT NOT NULL)");
 

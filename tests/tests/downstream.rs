@@ -1,4 +1,4 @@
-//! Jobs defined with `#[background_job]` in another crate (`queue-examples`,
+//! Jobs defined with `#[background_job]` in another crate (`skiplock-examples`,
 //! in modules of its own) are found by runners that link it, in this process
 //! and in others.
 
@@ -7,15 +7,15 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use queue::{Job, Runner};
-use queue_examples::{billing, images, signup, App};
-use queue_tests::{count, wait_until, TestDb};
+use skiplock::{Job, Runner};
+use skiplock_examples::{billing, images, signup, App};
+use skiplock_tests::{count, wait_until, TestDb};
 
 #[test]
 fn a_runner_finds_and_runs_jobs_from_another_crates_modules_without_listing_them() {
     let db = TestDb::create();
     let mut conn = db.conn();
-    queue_examples::create_app_tables(&mut conn).unwrap();
+    skiplock_examples::create_app_tables(&mut conn).unwrap();
     db.execute("INSERT INTO users (email) VALUES ('ada@example.com')");
     signup::send_welcome_mail(1).enqueue(&mut conn).unwrap();
     signup::count_signup().enqueue(&mut conn).unwrap();
@@ -54,7 +54,7 @@ fn a_runner_finds_and_runs_jobs_from_another_crates_modules_without_listing_them
 #[test]
 fn a_job_enqueued_by_one_process_is_run_by_another_processs_runner() {
     let db = TestDb::create();
-    queue_examples::create_app_tables(&mut db.conn()).unwrap();
+    skiplock_examples::create_app_tables(&mut db.conn()).unwrap();
 
     // Process 1 only builds and enqueues the jobs (no runner, no context).
     let enqueue = Command::new(env!("CARGO_BIN_EXE_demo-enqueue"))

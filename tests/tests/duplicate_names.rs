@@ -2,8 +2,8 @@
 //! a binary that links both, and the error names both Rust types. (Its own
 //! test binary, since the registry is global to a binary.)
 
-use queue::{Runner, RunnerError};
-use queue_tests::TestDb;
+use skiplock::{Runner, RunnerError};
+use skiplock_tests::TestDb;
 
 #[test]
 fn a_runner_refuses_to_start_when_two_crates_register_the_same_job_name_and_names_both() {

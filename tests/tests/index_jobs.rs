@@ -10,8 +10,8 @@ use index_jobs::{
     add_crate, create_bare_index, unyank, yank, Credentials, Index, IndexConfig, IndexDependency,
     IndexVersion, RepoConfig, INDEX_QUEUE,
 };
-use queue::{Job, RunSummary, Runner};
-use queue_tests::TestDb;
+use skiplock::{Job, RunSummary, Runner};
+use skiplock_tests::TestDb;
 use tempfile::TempDir;
 
 /// A bare upstream index and a place for clones.
@@ -94,7 +94,7 @@ fn version(name: &str, vers: &str) -> IndexVersion {
 }
 
 fn runner(db: &TestDb, index: Index) -> Runner<Index> {
-    queue_tests::init_tracing();
+    skiplock_tests::init_tracing();
     Runner::builder(index)
         .database_url(db.url())
         .queue(INDEX_QUEUE, 1)

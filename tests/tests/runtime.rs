@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
-use queue::{
+use serde::{Deserialize, Serialize};
+use skiplock::{
     AdminError, ConnectionMode, EnqueueError, EnqueueOptions, Job, JobBatch, JobId, PerformError,
     RetryPolicy, Runner, RunnerError,
 };
-use queue_tests::{count, test_job, wait_until, Gauge, Rendezvous, TestDb};
-use serde::{Deserialize, Serialize};
+use skiplock_tests::{count, test_job, wait_until, Gauge, Rendezvous, TestDb};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -29,9 +29,9 @@ fn runner_with<C: Send + Sync + 'static>(
     db: &TestDb,
     context: C,
     queues: &[(&str, usize)],
-    configure: impl FnOnce(queue::RunnerBuilder<C>) -> queue::RunnerBuilder<C>,
+    configure: impl FnOnce(skiplock::RunnerBuilder<C>) -> skiplock::RunnerBuilder<C>,
 ) -> Runner<C> {
-    queue_tests::init_tracing();
+    skiplock_tests::init_tracing();
     let mut builder = configure(
         Runner::builder(context)
             .database_url(db.url())
@@ -44,7 +44,7 @@ fn runner_with<C: Send + Sync + 'static>(
 }
 
 fn last_error(db: &TestDb, id: JobId) -> String {
-    queue::find_job(&mut db.conn(), id)
+    skiplock::find_job(&mut db.conn(), id)
         .unwrap()
         .last_error
         .unwrap_or_default()
@@ -167,7 +167,7 @@ fn a_failed_job_is_not_rerun_before_its_backoff_and_is_rerun_after_it() {
     assert_eq!(summary.failed.len(), 1);
 
     // The row says when the next attempt is due: 1 s (+ up to 10 %) later.
-    let record = queue::find_job(&mut db.conn(), id).unwrap();
+    let record = skiplock::find_job(&mut db.conn(), id).unwrap();
     assert_eq!(record.attempts, 1);
     let wait = record.run_at - record.last_failed_at.unwrap();
     assert!(
@@ -279,7 +279,7 @@ fn a_panicking_job_is_recorded_as_failed_and_other_jobs_keep_running() {
         db.count_jobs("true") == 1 && db.count_jobs("attempts = 1") == 1
     });
     running.shutdown(PATIENCE);
-    let record = queue::find_job(&mut conn, panicked).unwrap();
+    let record = skiplock::find_job(&mut conn, panicked).unwrap();
     assert_eq!(record.attempts, 1);
     assert_eq!(record.last_error.as_deref(), Some("job panicked: boom 42"));
     assert!(record.dead_at.is_none(), "a panic is retryable");
@@ -392,7 +392,7 @@ fn max_attempts_and_permanent_errors_make_jobs_dead_and_operators_retry_or_disca
             .collect::<Vec<_>>(),
         [(strikes, false), (hopeless, true)]
     );
-    let failing = queue::failing_jobs(&mut conn, 10).unwrap();
+    let failing = skiplock::failing_jobs(&mut conn, 10).unwrap();
     assert_eq!(
         failing.iter().map(|j| j.id).collect::<Vec<_>>(),
         [strikes.0]
@@ -407,10 +407,10 @@ fn max_attempts_and_permanent_errors_make_jobs_dead_and_operators_retry_or_disca
             .collect::<Vec<_>>(),
         [(strikes, true)]
     );
-    let dead = queue::dead_jobs(&mut conn, 10).unwrap();
+    let dead = skiplock::dead_jobs(&mut conn, 10).unwrap();
     assert_eq!(dead.len(), 2);
-    assert!(queue::failing_jobs(&mut conn, 10).unwrap().is_empty());
-    let record = queue::find_job(&mut conn, hopeless).unwrap();
+    assert!(skiplock::failing_jobs(&mut conn, 10).unwrap().is_empty());
+    let record = skiplock::find_job(&mut conn, hopeless).unwrap();
     assert_eq!(record.attempts, 1);
     assert_eq!(
         record.last_error.as_deref(),
@@ -423,15 +423,15 @@ fn max_attempts_and_permanent_errors_make_jobs_dead_and_operators_retry_or_disca
 
     // The operator fixes the cause, retries one and discards the other.
     runner.context().store(true, Ordering::SeqCst);
-    queue::retry_job(&mut conn, hopeless).unwrap();
-    queue::discard_job(&mut conn, strikes).unwrap();
+    skiplock::retry_job(&mut conn, hopeless).unwrap();
+    skiplock::discard_job(&mut conn, strikes).unwrap();
     assert_eq!(runner.run_pending().unwrap().succeeded, vec![hopeless]);
     assert_eq!(db.count_jobs("true"), 0);
     assert!(
-        matches!(queue::retry_job(&mut conn, strikes), Err(AdminError::NotFound(id)) if id == strikes)
+        matches!(skiplock::retry_job(&mut conn, strikes), Err(AdminError::NotFound(id)) if id == strikes)
     );
     assert!(matches!(
-        queue::discard_job(&mut conn, JobId(-1)),
+        skiplock::discard_job(&mut conn, JobId(-1)),
         Err(AdminError::NotFound(_))
     ));
 }
@@ -486,8 +486,8 @@ fn operators_cannot_retry_or_discard_a_running_job() {
     let (handshake, started, release) = Handshake::new();
     let running = runner(&db, handshake, &[("admin_running", 1)]).start();
     started.recv_timeout(PATIENCE).unwrap();
-    assert!(matches!(queue::retry_job(&mut conn, id), Err(AdminError::Running(r)) if r == id));
-    assert!(matches!(queue::discard_job(&mut conn, id), Err(AdminError::Running(r)) if r == id));
+    assert!(matches!(skiplock::retry_job(&mut conn, id), Err(AdminError::Running(r)) if r == id));
+    assert!(matches!(skiplock::discard_job(&mut conn, id), Err(AdminError::Running(r)) if r == id));
     assert_eq!(db.count_jobs("attempts = 0"), 1, "the job was changed");
     release.send(()).unwrap();
     wait_until("the job completed", PATIENCE, || db.count_jobs("true") == 0);
@@ -558,7 +558,7 @@ struct Write {
 }
 
 fn write_effect(
-    db: &mut queue::JobConnection<'_>,
+    db: &mut skiplock::JobConnection<'_>,
     key: &str,
     fail: bool,
 ) -> Result<(), PerformError> {
@@ -701,7 +701,7 @@ fn a_batch_is_inserted_in_one_statement_with_each_jobs_options() {
 
     let jobs: Vec<_> = ids
         .iter()
-        .map(|id| queue::find_job(&mut conn, *id).unwrap())
+        .map(|id| skiplock::find_job(&mut conn, *id).unwrap())
         .collect();
     assert_eq!(
         (jobs[0].job_type.as_str(), jobs[0].queue.as_str()),
@@ -775,7 +775,7 @@ fn a_runner_refuses_to_build_when_a_job_on_its_queues_needs_another_context() {
 #[test]
 fn a_runner_refuses_bad_configurations_with_what_to_do() {
     let db = TestDb::create();
-    let build = |builder: queue::RunnerBuilder<()>| builder.build().unwrap_err().to_string();
+    let build = |builder: skiplock::RunnerBuilder<()>| builder.build().unwrap_err().to_string();
     let base = || Runner::builder(()).database_url(db.url());
     assert!(build(base()).contains("no queue to serve"));
     assert!(build(base().queue("rollback", 0)).contains("give it at least 1"));
@@ -826,11 +826,11 @@ fn shutdown_stops_claiming_and_lets_the_running_job_finish() {
     let report = stopper.join().unwrap();
     assert_eq!(report.workers_still_running, 0);
     assert!(
-        queue::find_job(&mut conn, first).is_err(),
+        skiplock::find_job(&mut conn, first).is_err(),
         "the running job completed"
     );
     assert_eq!(
-        queue::find_job(&mut conn, second).unwrap().attempts,
+        skiplock::find_job(&mut conn, second).unwrap().attempts,
         0,
         "not claimed"
     );
@@ -855,7 +855,7 @@ fn shutdown_gives_up_waiting_after_its_timeout() {
 fn migrate_is_idempotent_and_records_the_schema_version() {
     let db = TestDb::create();
     let mut conn = db.conn();
-    let again = queue::migrate(&mut conn).unwrap();
+    let again = skiplock::migrate(&mut conn).unwrap();
     assert!(again.applied.is_empty());
     assert_eq!(again.current_version, "20261126000003");
     let versions = count(
@@ -880,7 +880,7 @@ fn migrate_upgrades_a_live_table_of_the_first_schema_in_place() {
            ('noop', 'rollback', 'null', now() - interval '1 minute'), \
            ('noop', 'rollback', 'null', now() + interval '1 hour')",
     );
-    let report = queue::migrate(&mut db.conn()).unwrap();
+    let report = skiplock::migrate(&mut db.conn()).unwrap();
     assert_eq!(report.applied, ["20261126000002", "20261126000003"]);
     assert_eq!(
         db.count_jobs("scheduled"),
@@ -1019,7 +1019,7 @@ fn a_slow_job_releases_the_rest_of_its_batch_to_other_workers() {
     // The slow job's row is still locked (moved, not released).
     let slow = JobId(count(&mut db.conn(), "SELECT min(id) AS n FROM queue_jobs"));
     assert!(matches!(
-        queue::discard_job(&mut db.conn(), slow),
+        skiplock::discard_job(&mut db.conn(), slow),
         Err(AdminError::Running(_))
     ));
     release.send(()).unwrap();
@@ -1097,13 +1097,13 @@ fn runners_announce_themselves_with_their_running_jobs_and_retire_on_shutdown() 
     let running = runner(&db, handshake, &[("announce", 1)]).start();
     started.recv_timeout(PATIENCE).unwrap();
     wait_until("the runner announced the running job", PATIENCE, || {
-        let runners = queue::runners(&mut db.conn()).unwrap();
+        let runners = skiplock::runners(&mut db.conn()).unwrap();
         runners.len() == 1 && runners[0].running == [id.0]
     });
-    let runners = queue::runners(&mut db.conn()).unwrap();
+    let runners = skiplock::runners(&mut db.conn()).unwrap();
     assert_eq!(runners[0].queues, ["announce"]);
     assert_eq!(runners[0].pid, std::process::id() as i32);
-    let status = queue::queue_status(&mut db.conn(), 60.0).unwrap();
+    let status = skiplock::queue_status(&mut db.conn(), 60.0).unwrap();
     assert_eq!((status[0].running, status[0].ready), (1, 0), "{status:?}");
     assert_eq!(
         status[0].oldest_ready_secs, None,
@@ -1113,7 +1113,7 @@ fn runners_announce_themselves_with_their_running_jobs_and_retire_on_shutdown() 
     release.send(()).unwrap();
     running.shutdown(PATIENCE);
     assert!(
-        queue::runners(&mut db.conn()).unwrap().is_empty(),
+        skiplock::runners(&mut db.conn()).unwrap().is_empty(),
         "retired on shutdown"
     );
 }

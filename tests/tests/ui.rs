@@ -1,7 +1,7 @@
 //! Compile tests of `#[background_job]`: every accepted shape compiles
 //! (`ui/pass`), and every misuse fails with the reviewed message, spanned on
 //! the offending tokens (`ui/fail/*.stderr`). Regenerate with
-//! `TRYBUILD=overwrite cargo test -p queue-tests --test ui`, then read every diff.
+//! `TRYBUILD=overwrite cargo test -p skiplock-tests --test ui`, then read every diff.
 
 #[test]
 fn ui() {

@@ -74,7 +74,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         credentials,
     })
     .map_err(|e| format!("cannot open the index: {e}"))?;
-    let runner = queue::Runner::builder(index)
+    let runner = skiplock::Runner::builder(index)
         .database_url(args.database_url)
         .queue(INDEX_QUEUE, 1)
         .poll_interval(Duration::from_millis(args.poll_ms))

@@ -2,8 +2,8 @@
 //! runner or a context: `demo-enqueue DATABASE_URL IMAGE...`. Prints the ids.
 
 use diesel::{Connection, PgConnection};
-use queue::Job;
-use queue_examples::images::resize;
+use skiplock::Job;
+use skiplock_examples::images::resize;
 
 fn main() {
     let mut args = std::env::args().skip(1);

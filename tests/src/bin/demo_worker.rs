@@ -5,11 +5,11 @@ use std::io::Read;
 use std::time::Duration;
 
 fn main() {
-    queue_tests::init_tracing();
+    skiplock_tests::init_tracing();
     let url = std::env::args()
         .nth(1)
         .expect("usage: demo-worker DATABASE_URL");
-    let runner = queue::Runner::builder(queue_examples::App::new())
+    let runner = skiplock::Runner::builder(skiplock_examples::App::new())
         .database_url(url)
         .queue("images", 1)
         .poll_interval(Duration::from_millis(50))

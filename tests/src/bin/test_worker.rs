@@ -4,16 +4,16 @@
 
 use std::time::Duration;
 
-use queue_tests::crash_jobs::{WorkerContext, QUEUE};
+use skiplock_tests::crash_jobs::{WorkerContext, QUEUE};
 
 fn main() {
-    queue_tests::init_tracing();
+    skiplock_tests::init_tracing();
     let args: Vec<String> = std::env::args().collect();
     let [_, url, workers, batch, poll_ms, slow_ms] = &args[..] else {
         eprintln!("usage: test-worker DATABASE_URL WORKERS BATCH_SIZE POLL_MS SLOW_JOB_MS");
         std::process::exit(2);
     };
-    let runner = queue::Runner::builder(WorkerContext)
+    let runner = skiplock::Runner::builder(WorkerContext)
         .database_url(url.as_str())
         .queue(QUEUE, workers.parse().expect("WORKERS"))
         .batch_size(batch.parse().expect("BATCH_SIZE"))

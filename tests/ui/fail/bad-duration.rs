@@ -1,4 +1,4 @@
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 
 #[background_job(backoff = "10 seconds")]
 fn send() -> Result<(), PerformError> {

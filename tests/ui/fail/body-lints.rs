@@ -1,6 +1,6 @@
 #![deny(unused_variables, unused_imports)]
 
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 
 #[background_job]
 fn add_crate(name: String) -> Result<(), PerformError> {

@@ -1,4 +1,4 @@
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 
 #[background_job(max_attempts = 0)]
 fn send() -> Result<(), PerformError> {

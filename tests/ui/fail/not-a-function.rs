@@ -1,4 +1,4 @@
-use queue::background_job;
+use skiplock::background_job;
 
 #[background_job]
 struct AddCrate {

@@ -1,4 +1,4 @@
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 
 #[background_job(priority = 40000)]
 fn send() -> Result<(), PerformError> {

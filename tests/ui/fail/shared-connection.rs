@@ -1,5 +1,5 @@
 use diesel::PgConnection;
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 
 #[background_job]
 fn count_users(conn: &PgConnection) -> Result<(), PerformError> {

@@ -1,4 +1,4 @@
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 
 #[background_job(transaction)]
 fn send(to: String) -> Result<(), PerformError> {

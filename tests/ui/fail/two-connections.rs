@@ -1,5 +1,5 @@
 use diesel::PgConnection;
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 
 #[background_job]
 fn copy(from: &mut PgConnection, to: &mut PgConnection) -> Result<(), PerformError> {

@@ -1,4 +1,4 @@
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 
 struct Git;
 struct Mailer;

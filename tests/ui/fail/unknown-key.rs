@@ -1,4 +1,4 @@
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 
 #[background_job(queue = "mail", retries = 3)]
 fn send() -> Result<(), PerformError> {

@@ -1,4 +1,4 @@
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 
 #[background_job]
 unsafe fn poke() -> Result<(), PerformError> {

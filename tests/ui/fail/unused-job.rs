@@ -1,6 +1,6 @@
 #![deny(dead_code)]
 
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 
 // Never enqueued anywhere: warned about like any unused function.
 #[background_job]

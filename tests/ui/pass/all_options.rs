@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use diesel::PgConnection;
-use queue::{background_job, ConnectionMode, Job, PerformError, RetryPolicy};
+use skiplock::{background_job, ConnectionMode, Job, PerformError, RetryPolicy};
 
 #[background_job(
     name = "index.yank-v2",

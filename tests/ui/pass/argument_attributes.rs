@@ -1,7 +1,7 @@
 //! `#[serde(..)]` on an argument reaches the stored field (say, a default
 //! for an argument added after jobs were queued); `mut` parameters work.
 
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 
 #[background_job]
 fn resize(path: String, #[serde(default)] width: Option<u32>, mut retries: u8) -> Result<(), PerformError> {

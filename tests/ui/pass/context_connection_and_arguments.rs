@@ -1,7 +1,7 @@
 //! The common shape: a context, a connection and owned arguments, in any order.
 
 use diesel::PgConnection;
-use queue::{background_job, ConnectionMode, Job, PerformError};
+use skiplock::{background_job, ConnectionMode, Job, PerformError};
 
 pub struct IndexEnv {
     pub prefix: String,

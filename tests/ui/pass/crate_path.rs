@@ -1,6 +1,6 @@
-//! `crate = ...` for users who see `queue` under another name.
+//! `crate = ...` for users who see `skiplock` under another name.
 
-extern crate queue as jobs_runtime;
+extern crate skiplock as jobs_runtime;
 
 use jobs_runtime::{background_job, Job, PerformError};
 

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 
 #[derive(Debug)]
 pub struct MailError;

@@ -1,6 +1,6 @@
 //! Where the type alone does not show a parameter's role, `#[job(..)]` says it.
 
-use queue::{background_job, Job, PerformError};
+use skiplock::{background_job, Job, PerformError};
 
 mod db {
     pub type Conn = diesel::PgConnection;

@@ -3,7 +3,7 @@
 #![deny(missing_debug_implementations)]
 
 use diesel::PgConnection;
-use queue::{background_job, PerformError};
+use skiplock::{background_job, PerformError};
 
 /// The context.
 #[derive(Debug)]

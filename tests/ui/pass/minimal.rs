@@ -1,6 +1,6 @@
 //! No context, no connection, no arguments: the unit context.
 
-use queue::{background_job, Job, PerformError};
+use skiplock::{background_job, Job, PerformError};
 
 #[background_job]
 fn rebuild_caches() -> Result<(), PerformError> {
@@ -12,7 +12,7 @@ fn main() {
     assert_eq!(RebuildCachesJob::JOB_TYPE, "rebuild_caches");
     assert_eq!(RebuildCachesJob::QUEUE, "default");
     assert_eq!(RebuildCachesJob::PRIORITY, 0);
-    assert_eq!(RebuildCachesJob::RETRY_POLICY, queue::RetryPolicy::DEFAULT);
+    assert_eq!(RebuildCachesJob::RETRY_POLICY, skiplock::RetryPolicy::DEFAULT);
     let _: &dyn Fn(&()) = &|_: &<RebuildCachesJob as Job>::Context| {};
     assert!(RebuildCachesJob::perform().is_ok());
     let _ = job;
