@@ -1,3 +1,5 @@
+//! One job, enqueued in the application's transaction and run by a worker.
+
 use std::sync::mpsc::{channel, Sender};
 use std::time::Duration;
 
