@@ -39,19 +39,18 @@ pub fn discard_job(conn: &mut PgConnection, id: JobId) -> Result<(), AdminError>
     with_idle_job(conn, id, storage::delete_job)
 }
 
-/// Runs `change` on the job while holding its row lock, so no worker runs it meanwhile.
+/// Runs `change` on the job while holding its lock, so no worker claims it meanwhile.
 fn with_idle_job(
     conn: &mut PgConnection,
     id: JobId,
     change: fn(&mut PgConnection, i64) -> QueryResult<usize>,
 ) -> Result<(), AdminError> {
     conn.transaction(|conn| {
-        if storage::lock_idle_job(conn, id.0)?.is_none() {
-            return Err(if storage::job_exists(conn, id.0)? {
-                AdminError::Running(id)
-            } else {
-                AdminError::NotFound(id)
-            });
+        if !storage::job_exists(conn, id.0)? {
+            return Err(AdminError::NotFound(id));
+        }
+        if !storage::lock_idle_job(conn, id.0)? {
+            return Err(AdminError::Running(id));
         }
         change(conn, id.0)?;
         Ok(())

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use diesel::connection::SimpleConnection;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use diesel::PgConnection;
 
@@ -23,10 +24,11 @@ pub enum ConnectionMode {
     /// The connection is only taken from the pool when the job first calls
     /// [`JobConnection::get`], and returned when the job ends.
     Pooled,
-    /// The transaction that holds the job's row lock, inside a savepoint.
-    /// The job's writes commit in the same commit that deletes the job, and
-    /// are rolled back if the job fails or panics: exactly-once for a job
-    /// whose only effects are in this database.
+    /// A transaction of the job's own, on a connection from the runner's
+    /// pool, which also deletes the job's row: the job's writes commit in
+    /// the same commit as its completion, and are rolled back if the job
+    /// fails or panics (or its worker dies). Exactly once, for a job whose
+    /// only effects are in this database.
     ///
     /// The writes stay invisible to others, and their row locks held, until
     /// the job ends: use it for short, database-only jobs. A long job that
@@ -70,7 +72,7 @@ impl<'a> JobConnection<'a> {
             Source::Transaction(conn) => Ok(conn),
             Source::Pool { pool, taken } => {
                 if taken.is_none() {
-                    *taken = Some(pool.get()?);
+                    *taken = Some(checked_get(pool)?);
                 }
                 Ok(taken.as_mut().expect("just filled"))
             }
@@ -92,4 +94,26 @@ impl fmt::Debug for JobConnection<'_> {
             .field("mode", &self.mode())
             .finish_non_exhaustive()
     }
+}
+
+/// A connection from the pool that is not known to be dead.
+///
+/// A pool keeps idle connections that the server may have closed meanwhile
+/// (a restart, an outage, a proxy's timeout); handing one to a job would
+/// fail its first query. Whatever the server sent before closing is read
+/// here without a round trip: the first read takes its farewell message, the
+/// second sees the end of the stream. A dead connection is marked broken (a
+/// query on it fails at once, which diesel records) so the pool drops it.
+pub(crate) fn checked_get(
+    pool: &PgPool,
+) -> Result<PooledConnection<ConnectionManager<PgConnection>>, diesel::r2d2::PoolError> {
+    for _ in 0..pool.max_size() {
+        let mut conn = pool.get()?;
+        let alive = (0..2).all(|_| conn.notifications_iter().all(|n| n.is_ok()));
+        if alive {
+            return Ok(conn);
+        }
+        let _ = conn.batch_execute("SELECT 1");
+    }
+    pool.get()
 }

@@ -236,9 +236,9 @@ pub enum RunnerError {
     /// The connection pool is smaller than the runner needs.
     #[error(
         "the connection pool holds at most {pool_size} connections but {workers} workers need \
-         {needed} (one to hold each worker's job locks, one for each job's own queries, one for \
-         the wake-up thread, one to move a slow job's lock); \
-         raise the pool's max_size or build the runner with `Runner::builder(..).database_url(..)`"
+         {needed} (one for each job's own queries, one for the wake-up thread, one for metrics \
+         and recovery); raise the pool's max_size, or leave out `.pool(..)` and let the runner \
+         build its own"
     )]
     PoolTooSmall {
         /// The pool's `max_size`.
@@ -257,6 +257,9 @@ pub enum RunnerError {
     /// A query of the runner failed.
     #[error("database error in the runner: {0}")]
     Database(#[from] diesel::result::Error),
+    /// A worker's lock session failed (it was closed, and its jobs released).
+    #[error("{0}")]
+    Session(String),
 }
 
 /// An operator action on a stored job failed.

@@ -11,19 +11,22 @@
 //!   [`retry_job`], [`discard_job`], [`select_jobs`]; the `skiplock` command (crate `skiplock-cli`)
 //!   is built on these.
 //!
-//! Inside: `storage` holds every SQL statement; `worker` claims and runs
-//! batches; `handover` releases a slow job's batch; `scheduler` is the
-//! wake-up thread (LISTEN, promotions, poll fallback, announcements);
-//! `listener` the libpq LISTEN session; `metrics` the Prometheus counters.
+//! Inside: `storage` holds every SQL statement (`storage::claims` those of
+//! a worker's lock session); `worker` is the engine that claims, runs and
+//! completes jobs; `watchdog` commits completions and releases a slow job's
+//! batch while a job runs; `state` is what the runner's threads share;
+//! `scheduler` is the wake-up thread (LISTEN, promotions, poll fallback,
+//! announcements); `pq` the libpq sessions of the runner's own (lock
+//! sessions, `listener`); `metrics` the Prometheus counters.
 
 mod admin;
 mod connection;
 mod errors;
-mod handover;
 mod job;
 mod listener;
 mod metrics;
 mod migrate;
+mod pq;
 mod prepared;
 mod registry;
 mod retry;
@@ -31,7 +34,9 @@ mod runner;
 mod scheduler;
 mod schema;
 mod shutdown;
+mod state;
 mod storage;
+mod watchdog;
 mod worker;
 
 #[doc = include_str!("background_job.md")]

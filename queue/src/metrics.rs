@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::worker::lock;
+use crate::state::lock;
 
 /// Upper bounds of the job duration histogram, in seconds.
 const BUCKETS: [f64; 12] = [

@@ -22,11 +22,7 @@ pub struct JobDescriptor {
     run: RunFn,
 }
 
-type RunFn = fn(
-    &(dyn Any + Send + Sync),
-    serde_json::Value,
-    &mut JobConnection<'_>,
-) -> Result<(), RunFailure>;
+type RunFn = fn(&(dyn Any + Send + Sync), &str, &mut JobConnection<'_>) -> Result<(), RunFailure>;
 
 impl JobDescriptor {
     /// The descriptor of `J`.
@@ -62,7 +58,7 @@ impl JobDescriptor {
     pub(crate) fn run(
         &self,
         ctx: &(dyn Any + Send + Sync),
-        payload: serde_json::Value,
+        payload: &str,
         conn: &mut JobConnection<'_>,
     ) -> Result<(), RunFailure> {
         (self.run)(ctx, payload, conn)
@@ -101,6 +97,9 @@ pub(crate) enum RunFailure {
         expected: &'static str,
         actual: &'static str,
     },
+    /// A worker died (or lost its database session) while running the job;
+    /// the text says which worker, as it signed the job.
+    WorkerDied(String),
 }
 
 impl RunFailure {
@@ -125,13 +124,17 @@ impl RunFailure {
                 "job type `{job_type}` needs context `{expected}` but the runner serving queue \
                  `{queue}` has context `{actual}`"
             ),
+            RunFailure::WorkerDied(worker) => format!(
+                "the worker running this job died ({worker}), or lost its database session, \
+                 before the job ended"
+            ),
         }
     }
 }
 
 fn run_erased<J: Job>(
     ctx: &(dyn Any + Send + Sync),
-    payload: serde_json::Value,
+    payload: &str,
     conn: &mut JobConnection<'_>,
 ) -> Result<(), RunFailure> {
     let Some(ctx) = ctx.downcast_ref::<J::Context>() else {
@@ -140,7 +143,7 @@ fn run_erased<J: Job>(
             actual: "another type",
         });
     };
-    let job: J = serde_json::from_value(payload).map_err(|error| RunFailure::Payload {
+    let job: J = serde_json::from_str(payload).map_err(|error| RunFailure::Payload {
         rust_type: std::any::type_name::<J>(),
         error,
     })?;

@@ -12,16 +12,17 @@ use diesel::r2d2::{ConnectionManager, Pool};
 use diesel::{Connection, PgConnection};
 use tracing::info;
 
-use crate::connection::PgPool;
+use crate::connection::{self, PgPool};
 use crate::errors::RunnerError;
-use crate::handover;
 use crate::job::JobId;
 use crate::metrics::{self, Gauge, Metrics};
 use crate::registry::Registry;
 use crate::scheduler;
 use crate::shutdown::Signals;
+use crate::state::{lock, Settings, Shared, Slot};
 use crate::storage;
-use crate::worker::{self, Outcome, Shared, Slot};
+use crate::watchdog;
+use crate::worker::{self, Outcome};
 
 /// Builds a [`Runner`]: its context, its queues and their worker counts,
 /// and its database.
@@ -49,6 +50,7 @@ pub struct RunnerBuilder<C> {
     poll_interval: Duration,
     batch_size: u16,
     synchronous_commit: bool,
+    completion_window: Duration,
     slow_job_threshold: Duration,
     metrics_listener: Option<TcpListener>,
 }
@@ -72,10 +74,12 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         self
     }
 
-    /// Connects to this database with a pool the runner sizes itself (two
-    /// connections per worker, one holding the worker's job locks and one
-    /// for the running job's own queries, plus one for the wake-up thread
-    /// and one to move a slow job's lock), and listens there for new jobs.
+    /// The database. Required: each worker holds the locks of its jobs in a
+    /// session of its own opened here, and the runner listens here for new
+    /// jobs; give it a direct connection (or a pooler in session mode: the
+    /// locks are session state). Unless [`pool`](Self::pool) is given, the
+    /// jobs' own connections come from a pool the runner builds here too
+    /// (one connection per worker, plus two for the runner's short queries).
     pub fn database_url(mut self, url: impl Into<String>) -> Self {
         let url = url.into();
         self.listener_url.get_or_insert_with(|| url.clone());
@@ -83,9 +87,11 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         self
     }
 
-    /// Uses this pool instead. It must hold at least two connections per
-    /// worker plus two, or [`build`](Self::build) refuses it. Give
-    /// [`listen_url`](Self::listen_url) too, or idle workers only poll.
+    /// Takes the jobs' own connections (and the runner's short queries)
+    /// from this pool instead of building one. It must hold at least one
+    /// connection per worker plus two, or [`build`](Self::build) refuses it.
+    /// The workers' lock sessions still connect with
+    /// [`database_url`](Self::database_url).
     pub fn pool(mut self, pool: PgPool) -> Self {
         self.pool = Some(pool);
         self
@@ -110,19 +116,30 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         self
     }
 
-    /// How many jobs a worker claims in one transaction (default 100). The
-    /// jobs of a batch run one after the other and complete in one commit;
-    /// jobs not started when the runner stops are released unrun.
+    /// The most jobs a worker claims at once (default 100). A claim takes
+    /// about one [`completion_window`](Self::completion_window) of work, by
+    /// how long the worker's recent jobs ran, and never more than this. The
+    /// jobs of a batch run one after the other; those not started when the
+    /// runner stops are released unrun.
     pub fn batch_size(mut self, jobs: u16) -> Self {
         self.batch_size = jobs;
         self
     }
 
+    /// How long a completed job waits, at most, before its completion
+    /// commits (default 50 ms). Completions commit together, so a shorter
+    /// window costs more commits; and a worker that dies runs again, beside
+    /// the job it was running, only the jobs it completed in its last
+    /// window. A job that failed, or whose worker died, commits its outcome
+    /// at once on its next runs.
+    pub fn completion_window(mut self, window: Duration) -> Self {
+        self.completion_window = window;
+        self
+    }
+
     /// When a job has run this long and jobs of its batch have not started
     /// yet, they are released for other workers (default 100 ms), so a slow
-    /// job holds no ready job hostage. The slow job's row lock moves to
-    /// another connection without a gap. Jobs that run on the lock
-    /// transaction (`transaction`) are not moved: keep them short.
+    /// job holds no ready job hostage. The slow job keeps its own lock.
     pub fn slow_job_threshold(mut self, threshold: Duration) -> Self {
         self.slow_job_threshold = threshold;
         self
@@ -136,13 +153,14 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         self
     }
 
-    /// Whether the commit that completes a batch waits for its WAL to reach
-    /// the disk (default `true`). With `false` completions are faster, and a
-    /// crash of the *database server* can forget the completions of the
-    /// last moments (up to three times `wal_writer_delay`, 600 ms by
-    /// default): those jobs run again. No job is ever lost by this: enqueues
-    /// keep the durability of the caller's transaction, and a failure or a
-    /// retry forgotten the same way simply happens again.
+    /// Whether the commits of completions and failures wait for their WAL
+    /// to reach the disk (default `true`). With `false` completions are
+    /// faster, and a crash of the *database server* can forget the
+    /// completions of the last moments (up to three times
+    /// `wal_writer_delay`, 600 ms by default): those jobs run again. No job
+    /// is ever lost by this: enqueues keep the durability of the caller's
+    /// transaction, and a failure forgotten the same way simply happens
+    /// again.
     pub fn synchronous_commit(mut self, wait_for_disk: bool) -> Self {
         self.synchronous_commit = wait_for_disk;
         self
@@ -179,6 +197,19 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         if self.batch_size == 0 {
             return Err(RunnerError::Config("batch size 0; use at least 1".into()));
         }
+        if self.completion_window.is_zero() {
+            return Err(RunnerError::Config(
+                "completion window 0; use at least 1 ms (the default is 50 ms)".into(),
+            ));
+        }
+        let Some(database_url) = self.database_url else {
+            return Err(RunnerError::Config(
+                "no database; give one with `.database_url(..)` (the workers hold their job \
+                 locks in sessions of their own there; `.pool(..)` only serves the jobs' \
+                 connections)"
+                    .into(),
+            ));
+        };
 
         let registry = Registry::collect()?;
         for (queue, _) in &self.queues {
@@ -196,24 +227,21 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         }
 
         let workers: usize = self.queues.iter().map(|(_, n)| n).sum();
-        let needed = u32::try_from(workers * 2 + 2).unwrap_or(u32::MAX);
-        let pool = match (self.pool, self.database_url) {
-            (Some(pool), _) => pool,
-            (None, Some(url)) => {
-                // Connect once directly: an unreachable database is reported
-                // with its real cause at once, not after the pool's timeout.
-                PgConnection::establish(&url)?;
-                Pool::builder()
-                    .max_size(needed)
-                    .min_idle(Some(0))
-                    .test_on_check_out(false)
-                    .build(ConnectionManager::new(url))?
-            }
-            (None, None) => {
-                return Err(RunnerError::Config(
-                    "no database; give one with `.database_url(..)` or `.pool(..)`".into(),
-                ))
-            }
+        let needed = u32::try_from(workers + 2).unwrap_or(u32::MAX);
+        // Connect once directly: an unreachable database is reported with
+        // its real cause at once, not after a pool's timeout.
+        PgConnection::establish(&database_url)?;
+        let pool = match self.pool {
+            Some(pool) => pool,
+            None => Pool::builder()
+                .max_size(needed)
+                .min_idle(Some(0))
+                .test_on_check_out(false)
+                // While the database is down, the pool retries connecting
+                // with a growing delay capped at half this timeout: 1 s, so
+                // jobs get connections within a second of it coming back.
+                .connection_timeout(Duration::from_secs(2))
+                .build(ConnectionManager::new(database_url.clone()))?,
         };
         if pool.max_size() < needed {
             return Err(RunnerError::PoolTooSmall {
@@ -230,11 +258,16 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
                 registry,
                 context: self.context,
                 pool,
-                poll_interval: self.poll_interval,
-                batch_size: i64::from(self.batch_size),
-                synchronous_commit: self.synchronous_commit,
-                slow_job_threshold: self.slow_job_threshold,
+                database_url,
+                settings: Settings {
+                    poll_interval: self.poll_interval,
+                    batch_size: i64::from(self.batch_size),
+                    synchronous_commit: self.synchronous_commit,
+                    completion_window: self.completion_window,
+                    slow_job_threshold: self.slow_job_threshold,
+                },
                 metrics: Metrics::default(),
+                worker_name: format!("host {}, pid {}", scheduler::hostname(), std::process::id()),
                 runner_id: format!(
                     "{}-{}-{}",
                     scheduler::hostname(),
@@ -287,6 +320,7 @@ impl<C: Any + Send + Sync> Runner<C> {
             poll_interval: Duration::from_secs(1),
             batch_size: 100,
             synchronous_commit: true,
+            completion_window: Duration::from_millis(50),
             slow_job_threshold: Duration::from_millis(100),
             metrics_listener: None,
         }
@@ -313,7 +347,7 @@ impl<C: Any + Send + Sync> Runner<C> {
         let mut summary = RunSummary::default();
         let mut tried = Vec::new();
         loop {
-            storage::promote_due_jobs(&mut *self.shared.pool.get()?, i64::MAX)?;
+            storage::promote_due_jobs(&mut *connection::checked_get(&self.shared.pool)?, i64::MAX)?;
             let mut claimed = 0;
             for (queue, _) in &self.queues {
                 let mut ran = Vec::new();
@@ -321,13 +355,15 @@ impl<C: Any + Send + Sync> Runner<C> {
                     &self.shared,
                     &slot,
                     queue,
-                    1,
+                    Some(1),
                     &tried,
                     |id, job_type, outcome| {
                         ran.push(id.0);
                         summary.record(id, job_type, outcome);
                     },
-                )?;
+                )
+                .map_err(|e| RunnerError::Session(e.to_string()))?
+                .claimed;
                 tried.extend(ran);
             }
             if claimed == 0 {
@@ -359,7 +395,7 @@ impl<C: Any + Send + Sync> Runner<C> {
         workers.push(
             thread::Builder::new()
                 .name("queue-watchdog".into())
-                .spawn(move || handover::watch(shared, watched))
+                .spawn(move || watchdog::watch(shared, watched))
                 .expect("the OS refused to start the watchdog thread"),
         );
         let shared = Arc::clone(&self.shared);
@@ -414,7 +450,7 @@ impl<C: Send + Sync> Control for Shared<C> {
         let queues: Vec<String> = self.signals.queue_names().map(str::to_owned).collect();
         let mut busy: Vec<(String, f64)> = queues.iter().map(|q| (q.clone(), 0.0)).collect();
         for slot in slots {
-            if worker::lock(&slot.batch).running.is_some() {
+            if lock(&slot.batch).running.is_some() {
                 if let Some(entry) = busy.iter_mut().find(|(q, _)| *q == slot.queue) {
                     entry.1 += 1.0;
                 }

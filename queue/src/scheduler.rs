@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
+use crate::connection;
 use crate::listener::Listener;
+use crate::state::{lock, Shared, Slot};
 use crate::storage;
-use crate::worker::{lock, Shared, Slot};
 
 /// The longest the thread sleeps between looks at the stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(50);
@@ -26,29 +27,39 @@ const PROMOTION_BATCH: i64 = 1_000;
 
 pub(crate) fn run<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slots: Vec<Arc<Slot>>) {
     let queues: Vec<String> = shared.signals.queue_names().map(str::to_owned).collect();
+    let poll_interval = shared.settings.poll_interval;
     let mut listener: Option<Listener> = None;
     let mut next_connect = Instant::now();
     let mut next_check = Instant::now();
+    // Failures are logged when they start (and recoveries when they end),
+    // not at every retry.
+    let mut listen_failing = false;
+    let mut check_failing = false;
     while !shared.signals.is_stopped() {
         if let (None, Some(url)) = (&listener, &shared.listener_url) {
             if Instant::now() >= next_connect {
                 match Listener::connect(url) {
                     Ok(connected) => {
                         info!("listening for new jobs");
+                        listen_failing = false;
                         listener = Some(connected);
                         // Jobs may have arrived while nobody listened.
                         shared.signals.wake_all_queues();
                     }
                     Err(error) => {
-                        warn!(%error, retry_in_ms = shared.poll_interval.as_millis() as u64,
-                            "cannot listen for new jobs; polling meanwhile");
-                        next_connect = Instant::now() + shared.poll_interval;
+                        if !std::mem::replace(&mut listen_failing, true) {
+                            warn!(%error, retry_in_ms = poll_interval.as_millis() as u64,
+                                "cannot listen for new jobs; polling meanwhile, and retrying \
+                                 every poll interval (logged once)");
+                        }
+                        next_connect = Instant::now() + poll_interval;
                     }
                 }
             }
         }
         if Instant::now() >= next_check {
-            next_check = Instant::now() + check(&shared, &queues, &slots).min(shared.poll_interval);
+            next_check = Instant::now()
+                + check(&shared, &queues, &slots, &mut check_failing).min(poll_interval);
         }
         let wait = next_check
             .saturating_duration_since(Instant::now())
@@ -71,7 +82,7 @@ pub(crate) fn run<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slots: Vec<Arc<S
             None => thread::sleep(wait),
         }
     }
-    if let Ok(mut conn) = shared.pool.get() {
+    if let Ok(mut conn) = connection::checked_get(&shared.pool) {
         let _ = storage::retire_runner(&mut conn, &shared.runner_id);
     }
 }
@@ -88,9 +99,14 @@ pub(crate) fn hostname() -> String {
 
 /// Promotes due jobs, wakes queues that have ready jobs, and returns how
 /// long until the next scheduled job falls due.
-fn check<C>(shared: &Shared<C>, queues: &[String], slots: &[Arc<Slot>]) -> Duration {
+fn check<C>(
+    shared: &Shared<C>,
+    queues: &[String],
+    slots: &[Arc<Slot>],
+    failing: &mut bool,
+) -> Duration {
     let result = (|| -> Result<Duration, Box<dyn std::error::Error>> {
-        let mut conn = shared.pool.get()?;
+        let mut conn = connection::checked_get(&shared.pool)?;
         let running: Vec<i64> = slots
             .iter()
             .filter_map(|slot| lock(&slot.batch).running.map(|job| job.id))
@@ -111,11 +127,17 @@ fn check<C>(shared: &Shared<C>, queues: &[String], slots: &[Arc<Slot>]) -> Durat
     })();
     match result {
         Ok(until_due) => {
+            if std::mem::take(failing) {
+                info!("checking for due and ready jobs again");
+            }
             debug!(?until_due, "checked for due and ready jobs");
             until_due
         }
         Err(error) => {
-            warn!(%error, "cannot check for due and ready jobs; trying again after the poll interval");
+            if !std::mem::replace(failing, true) {
+                warn!(%error, "cannot check for due and ready jobs; trying again every poll \
+                    interval (logged once)");
+            }
             Duration::MAX
         }
     }

@@ -17,5 +17,7 @@ diesel::table! {
         last_error -> Nullable<Text>,
         dead_at -> Nullable<Timestamptz>,
         scheduled -> Bool,
+        locked_by -> Nullable<Text>,
+        running_by -> Nullable<Text>,
     }
 }

@@ -1,43 +1,48 @@
-//! Claiming jobs and running them under their row locks.
+//! The engine: claiming jobs, running them, and recording what happened.
+//!
+//! A worker claims a batch of ready jobs in one statement on its own lock
+//! session, taking a session-level advisory lock on each (see
+//! `storage::claims`). It then runs them one after the other:
+//!
+//! 1. Before each job starts, it checks, without a round trip, that the
+//!    session is still alive ([`Session::is_lost`]). Once the session is
+//!    gone, so are its locks and other workers may claim the jobs: none of
+//!    the unstarted rest of the batch starts here.
+//! 2. A job that ran to success joins the completions, which commit (the
+//!    rows deleted, the locks released) once the oldest has waited about
+//!    three quarters of the completion window: between jobs by the worker,
+//!    during a long job by the watchdog. Nothing else waits for the batch
+//!    to end, so a crash re-runs only the job that was running and the
+//!    completions of the last window.
+//! 3. A job whose claim shows that its previous holder never let it go
+//!    (`abandoned_by`), or that has failed before, runs carefully: its row
+//!    says who runs it before it starts (`running_by`), and its success
+//!    commits at once. A claimer that finds `running_by` on a free job knows
+//!    the worker running it died, and records that as a failed attempt with
+//!    the job's backoff, so a job that kills its worker ends dead instead of
+//!    crash-looping every worker.
+//!
+//! A job that fails has its failure recorded (and its lock released) at
+//! once. When the runner stops, the unstarted jobs are released unrun.
 
 use std::any::Any;
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use diesel::connection::{AnsiTransactionManager, TransactionManager};
-use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, PooledConnection};
-use tracing::{debug, error, info_span, warn};
+use diesel::Connection;
+use tracing::{debug, error, info, info_span, warn};
 
-use crate::connection::{ConnectionMode, JobConnection, PgPool};
+use crate::connection::{self, ConnectionMode, JobConnection};
 use crate::errors::PerformError;
 use crate::job::JobId;
-use crate::metrics::{Ended, Metrics};
-use crate::registry::{JobDescriptor, Registry, RunFailure};
+use crate::metrics::Ended;
+use crate::pq::{Session, SessionError};
+use crate::registry::{JobDescriptor, RunFailure};
 use crate::retry::RetryPolicy;
-use crate::shutdown::Signals;
-use crate::storage::{self, ClaimedJob};
-
-/// What the workers of one runner share.
-#[derive(Debug)]
-pub(crate) struct Shared<C> {
-    pub(crate) registry: Registry,
-    pub(crate) context: C,
-    pub(crate) pool: PgPool,
-    pub(crate) poll_interval: Duration,
-    pub(crate) batch_size: i64,
-    pub(crate) synchronous_commit: bool,
-    pub(crate) signals: Signals,
-    /// Where the wake-up thread listens; `None`: poll only.
-    pub(crate) listener_url: Option<String>,
-    /// After this long, a running job's unstarted batch is released.
-    pub(crate) slow_job_threshold: Duration,
-    /// This runner's name in `queue_runners`.
-    pub(crate) runner_id: String,
-    pub(crate) metrics: Metrics,
-}
+use crate::state::{lock, RunningJob, Shared, Slot};
+use crate::storage::{self, ClaimedJob, NextAttempt};
 
 /// What happened to one claimed job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,201 +55,377 @@ pub(crate) enum Outcome {
     },
 }
 
-/// A worker's connection (the one whose transaction holds its job locks)
-/// and its current batch, shared with the watchdog that releases the
-/// batch of a slow job (see [`crate::handover`]).
-#[derive(Default)]
-pub(crate) struct Slot {
-    /// The worker's queue, whose idle workers are woken for released jobs.
-    pub(crate) queue: String,
-    pub(crate) conn: Mutex<Option<PooledConn>>,
-    pub(crate) batch: Mutex<BatchState>,
+/// Why a batch could not go on.
+#[derive(Debug)]
+pub(crate) enum BatchError {
+    /// No lock session could be opened.
+    Connect(SessionError),
+    /// The lock session was lost, or a statement on it failed; the session
+    /// is closed and its locks are gone.
+    Lost {
+        error: SessionError,
+        /// Claimed jobs that had not started: free for other workers.
+        unstarted: usize,
+    },
 }
 
-impl Slot {
-    pub(crate) fn new(queue: &str) -> Self {
-        Slot {
-            queue: queue.to_owned(),
-            ..Slot::default()
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchError::Connect(error) => {
+                write!(
+                    f,
+                    "cannot open a database session to hold job locks: {error}"
+                )
+            }
+            BatchError::Lost { error, unstarted } => write!(
+                f,
+                "lost the database session holding this worker's jobs ({error}); \
+                 {unstarted} unstarted job(s) went back to the queue"
+            ),
         }
     }
 }
 
-impl std::fmt::Debug for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Slot").finish_non_exhaustive()
-    }
-}
-
-/// The claimed jobs of the open batch.
-#[derive(Debug, Default)]
-pub(crate) struct BatchState {
-    /// Claimed, not started yet.
-    pub(crate) pending: VecDeque<ClaimedJob>,
-    /// Succeeded; deleted when the batch commits.
-    pub(crate) completed: Vec<i64>,
-    /// The job running now.
-    pub(crate) running: Option<RunningJob>,
-}
-
-/// The job a worker is running.
+/// What a batch did.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct RunningJob {
-    pub(crate) id: i64,
-    pub(crate) since: Instant,
-    /// Whether the job leaves the lock connection alone while it runs
-    /// (`ConnectionMode::Pooled`), so its lock can be handed over.
-    pub(crate) movable: bool,
+pub(crate) struct BatchReport {
+    pub(crate) claimed: usize,
+    /// The claim took as many jobs as it asked for: more may be waiting.
+    pub(crate) full: bool,
 }
 
-pub(crate) type PooledConn = PooledConnection<ConnectionManager<PgConnection>>;
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+/// How a job that ran to success was completed.
+enum Completion {
+    /// To be committed with the next completions.
+    Pending,
+    /// Its own transaction deleted its row (`ConnectionMode::JobTransaction`).
+    Committed,
+    /// Its row was already gone: another worker completed it after this
+    /// worker's session was lost. Its own transaction was rolled back.
+    Elsewhere,
 }
 
-/// Runs `f` on the slot's connection (taking one from the pool if needed).
-fn with_conn<C, T>(
-    shared: &Shared<C>,
-    slot: &Slot,
-    f: impl FnOnce(&mut PgConnection) -> QueryResult<T>,
-) -> QueryResult<T> {
-    let mut guard = lock(&slot.conn);
-    if guard.is_none() {
-        let fresh = shared.pool.get().map_err(|e| {
-            diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::ClosedConnection,
-                Box::new(format!("no connection from the pool: {e}")),
-            )
-        })?;
-        *guard = Some(fresh);
-    }
-    f(guard.as_mut().expect("just filled"))
-}
-
-/// Claims up to `limit` ready jobs of `queue` (not in `exclude`) in one
-/// transaction, runs them one after the other, and commits their
-/// completions and failures together. Returns how many were claimed.
-///
-/// Every claimed row stays locked until a commit, so a worker that dies
-/// anywhere in here releases all its jobs at once. When a stop is requested
-/// mid-batch, the jobs not yet started are released unrun; when a job runs
-/// long, the watchdog may release them earlier (and move the running job's
-/// lock to another connection). On a database error the transaction is
-/// rolled back and the slot's connection dropped.
+/// Claims up to `limit` (by default: about one completion window of work)
+/// ready jobs of `queue` not in `exclude`, runs them, and records their
+/// outcomes; `report` hears of each.
 pub(crate) fn run_batch<C: Any + Send + Sync>(
     shared: &Shared<C>,
     slot: &Slot,
     queue: &str,
-    limit: i64,
+    limit: Option<i64>,
     exclude: &[i64],
     mut report: impl FnMut(JobId, &str, &Outcome),
-) -> QueryResult<usize> {
-    let result = run_batch_inner(shared, slot, queue, limit, exclude, &mut report);
-    if result.is_err() {
-        *lock(&slot.batch) = BatchState::default();
-        let mut guard = lock(&slot.conn);
-        if let Some(conn) = guard.as_mut() {
-            let _ = AnsiTransactionManager::rollback_transaction(&mut **conn);
+) -> Result<BatchReport, BatchError> {
+    let limit = limit.unwrap_or_else(|| lock(&slot.batch).claim_size(&shared.settings));
+    let claimed = {
+        let mut guard = lock(&slot.session);
+        let session = open_session(shared, &mut guard)?;
+        match storage::claim_jobs(session, queue, limit, exclude, &shared.worker_name) {
+            Ok(jobs) => jobs,
+            Err(error) => return Err(lose(shared, slot, &mut guard, error)),
         }
-        *guard = None;
+    };
+    let batch = BatchReport {
+        claimed: claimed.len(),
+        full: claimed.len() as i64 >= limit,
+    };
+    if batch.claimed > 0 {
+        debug!(queue, claimed = batch.claimed, "claimed jobs");
     }
-    result
-}
-
-fn run_batch_inner<C: Any + Send + Sync>(
-    shared: &Shared<C>,
-    slot: &Slot,
-    queue: &str,
-    limit: i64,
-    exclude: &[i64],
-    report: &mut impl FnMut(JobId, &str, &Outcome),
-) -> QueryResult<usize> {
-    let jobs = with_conn(shared, slot, |conn| {
-        AnsiTransactionManager::begin_transaction(conn)?;
-        if !shared.synchronous_commit {
-            storage::relax_commit_durability(conn)?;
+    let mut runnable = VecDeque::with_capacity(claimed.len());
+    for job in claimed {
+        match job.crashed_in.clone() {
+            Some(worker) => {
+                let span = job_span(&job, queue);
+                let _entered = span.enter();
+                let failure = RunFailure::WorkerDied(worker);
+                let outcome = fail(shared, slot, &job, queue, &failure, Duration::ZERO)?;
+                report(JobId(job.id), &job.job_type, &outcome);
+            }
+            None => runnable.push_back(job),
         }
-        storage::claim_jobs(conn, queue, limit, exclude)
-    })?;
-    let claimed = jobs.len();
-    if claimed > 0 {
-        debug!(queue, claimed, "claimed jobs");
     }
-    lock(&slot.batch).pending = jobs.into();
+    lock(&slot.batch).pending = runnable;
 
     let mut started = 0;
-    loop {
-        let job = {
-            // Holding the connection's lock while choosing the next job means
-            // no job starts while the watchdog is moving locks (it holds the
-            // connection for the whole move), so a move never releases a job
-            // that has just started.
-            let _no_move_in_progress = lock(&slot.conn);
-            let mut batch = lock(&slot.batch);
-            if started > 0 && shared.signals.is_stopped() {
-                batch.pending.clear();
-            }
-            let Some(job) = batch.pending.pop_front() else {
-                break;
-            };
-            let descriptor = shared.registry.get(&job.job_type);
-            batch.running = Some(RunningJob {
-                id: job.id,
-                since: Instant::now(),
-                movable: descriptor.is_none_or(|d| d.connection == ConnectionMode::Pooled),
-            });
-            job
-        };
+    while let Some((job, careful)) = start_next(shared, slot, started)? {
         started += 1;
-        let span = info_span!(
-            "job",
-            id = job.id,
-            job_type = %job.job_type,
-            queue,
-            attempt = job.attempts + 1
-        );
+        let span = job_span(&job, queue);
         let _entered = span.enter();
         let begun = Instant::now();
         let descriptor = shared.registry.get(&job.job_type);
-        let outcome = match execute(shared, slot, descriptor, &job) {
-            Ok(()) => {
+        let result = execute(shared, descriptor, &job);
+        let outcome = match result {
+            Ok(completion) => {
                 debug!(
                     elapsed_ms = begun.elapsed().as_millis() as u64,
                     "job succeeded"
                 );
-                lock(&slot.batch).completed.push(job.id);
+                complete(shared, slot, &job, careful, completion, begun.elapsed())?;
                 Outcome::Succeeded
             }
-            Err(failure) => with_conn(shared, slot, |conn| {
-                record_failure(conn, descriptor, &job, queue, &failure)
-            })?,
+            Err(failure) => fail(shared, slot, &job, queue, &failure, begun.elapsed())?,
         };
-        lock(&slot.batch).running = None;
-        let ended = match &outcome {
-            Outcome::Succeeded => Ended::Completed,
-            Outcome::Failed { dead: false, .. } => Ended::Retried,
-            Outcome::Failed { dead: true, .. } => Ended::Dead,
-        };
-        shared.metrics.record(&job.job_type, ended, begun.elapsed());
         report(JobId(job.id), &job.job_type, &outcome);
     }
+    end_batch(shared, slot)?;
+    Ok(batch)
+}
 
-    with_conn(shared, slot, |conn| {
-        let completed = std::mem::take(&mut lock(&slot.batch).completed);
-        storage::delete_jobs(conn, &completed)?;
-        AnsiTransactionManager::commit_transaction(conn)
-    })?;
-    Ok(claimed)
+fn job_span(job: &ClaimedJob, queue: &str) -> tracing::Span {
+    info_span!(
+        "job",
+        id = job.id,
+        job_type = %job.job_type,
+        queue,
+        attempt = job.attempts + 1
+    )
+}
+
+/// The slot's session, connecting one if there is none.
+fn open_session<'s, C>(
+    shared: &Shared<C>,
+    guard: &'s mut Option<Session>,
+) -> Result<&'s mut Session, BatchError> {
+    if guard.is_none() {
+        let name = format!("skiplock worker ({})", shared.worker_name);
+        let mut session =
+            Session::connect(&shared.database_url, &name).map_err(BatchError::Connect)?;
+        storage::prepare_runner_session(&mut session).map_err(BatchError::Connect)?;
+        *guard = Some(session);
+    }
+    Ok(guard.as_mut().expect("just opened"))
+}
+
+/// Ends a lost (or failing) session: its locks are released by the server,
+/// and the unstarted jobs with them. The completions not yet committed are
+/// deleted on another connection if possible: those jobs ran.
+fn lose<C>(
+    shared: &Shared<C>,
+    slot: &Slot,
+    guard: &mut Option<Session>,
+    error: SessionError,
+) -> BatchError {
+    *guard = None;
+    let (completed, unstarted) = {
+        let mut batch = lock(&slot.batch);
+        let unstarted = batch.pending.drain(..).count();
+        (batch.take_completed(), unstarted)
+    };
+    if !completed.is_empty() {
+        let deleted = connection::checked_get(&shared.pool)
+            .map_err(|e| e.to_string())
+            .and_then(|mut conn| {
+                storage::delete_jobs(&mut conn, &completed).map_err(|e| e.to_string())
+            });
+        match deleted {
+            Ok(_) => debug!(
+                jobs = completed.len(),
+                "recorded the completions on another connection"
+            ),
+            Err(e) => warn!(jobs = completed.len(), error = %e,
+                "could not record completions after losing the lock session; those jobs will run again"),
+        }
+    }
+    BatchError::Lost { error, unstarted }
+}
+
+/// Takes the next job of the batch, if it may start: the runner is not
+/// stopping (once something ran), and the session holding its lock is
+/// alive. A careful job's row is marked before it starts.
+fn start_next<C>(
+    shared: &Shared<C>,
+    slot: &Slot,
+    started: usize,
+) -> Result<Option<(ClaimedJob, bool)>, BatchError> {
+    // Holding the session while choosing: the watchdog cannot release the
+    // batch in between.
+    let mut guard = lock(&slot.session);
+    loop {
+        let job = {
+            let mut batch = lock(&slot.batch);
+            if started > 0 && shared.signals.is_stopped() {
+                return Ok(None);
+            }
+            let lost = guard.as_mut().is_none_or(Session::is_lost);
+            if batch.pending.is_empty() {
+                return Ok(None);
+            }
+            if lost {
+                drop(batch);
+                let error = SessionError::new("the server ended the session");
+                return Err(lose(shared, slot, &mut guard, error));
+            }
+            batch.pending.pop_front().expect("not empty")
+        };
+        let careful = job.abandoned_by.is_some() || job.attempts > 0;
+        if careful {
+            let session = guard.as_mut().expect("checked above");
+            match storage::mark_running(session, job.id, &shared.worker_name) {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Gone meanwhile (deleted by hand): nothing to run.
+                    if let Err(error) = storage::unlock_jobs(session, &[job.id]) {
+                        return Err(lose(shared, slot, &mut guard, error));
+                    }
+                    continue;
+                }
+                Err(error) => return Err(lose(shared, slot, &mut guard, error)),
+            }
+        }
+        lock(&slot.batch).running = Some(RunningJob {
+            id: job.id,
+            since: Instant::now(),
+        });
+        return Ok(Some((job, careful)));
+    }
+}
+
+/// Records a success. A careful job's completion commits at once (its row
+/// names its runner until then); the others join the pending completions,
+/// which commit when due.
+fn complete<C>(
+    shared: &Shared<C>,
+    slot: &Slot,
+    job: &ClaimedJob,
+    careful: bool,
+    completion: Completion,
+    took: Duration,
+) -> Result<(), BatchError> {
+    let mut guard = lock(&slot.session);
+    let commit_now = {
+        let mut batch = lock(&slot.batch);
+        batch.running = None;
+        batch.observe_run(took);
+        if matches!(completion, Completion::Pending) {
+            batch.completed.push(job.id);
+            batch.completed_since.get_or_insert_with(Instant::now);
+        }
+        careful || batch.completions_due(flush_after(shared))
+    };
+    shared.metrics.record(&job.job_type, Ended::Completed, took);
+    let Some(session) = guard.as_mut() else {
+        return Err(lose(
+            shared,
+            slot,
+            &mut guard,
+            SessionError::new("the session was lost"),
+        ));
+    };
+    let result = match completion {
+        Completion::Pending => Ok(()),
+        // Its row is gone: only its lock is left to release.
+        Completion::Committed | Completion::Elsewhere => storage::unlock_jobs(session, &[job.id]),
+    }
+    .and_then(|()| {
+        if commit_now {
+            commit_completions(shared, slot, session)
+        } else {
+            Ok(())
+        }
+    });
+    result.map_err(|error| lose(shared, slot, &mut guard, error))
+}
+
+/// When the worker (or the watchdog) commits the pending completions: the
+/// oldest has waited three quarters of the window, so that it commits
+/// within the window even when a job is running.
+pub(crate) fn flush_after<C>(shared: &Shared<C>) -> Duration {
+    shared.settings.completion_window * 3 / 4
+}
+
+/// Deletes the completed jobs and releases their locks.
+pub(crate) fn commit_completions<C>(
+    shared: &Shared<C>,
+    slot: &Slot,
+    session: &mut Session,
+) -> Result<(), SessionError> {
+    let completed = lock(&slot.batch).take_completed();
+    if completed.is_empty() {
+        return Ok(());
+    }
+    let done = storage::complete_jobs(session, &completed, shared.settings.synchronous_commit);
+    match done {
+        Ok(deleted) => release_leftovers(session, &completed, &deleted),
+        Err(error) => {
+            // Kept for the caller's `lose`, which records them elsewhere.
+            lock(&slot.batch).completed.extend(completed);
+            Err(error)
+        }
+    }
+}
+
+/// Releases the locks of `ids` that a statement did not reach (their rows
+/// were gone).
+fn release_leftovers(
+    session: &mut Session,
+    ids: &[i64],
+    reached: &[i64],
+) -> Result<(), SessionError> {
+    if reached.len() == ids.len() {
+        return Ok(());
+    }
+    let missing: Vec<i64> = ids
+        .iter()
+        .copied()
+        .filter(|id| !reached.contains(id))
+        .collect();
+    storage::unlock_jobs(session, &missing)
+}
+
+/// Gives the unstarted jobs back (on error they stay in the batch, for
+/// the worker to account for when it closes the session).
+pub(crate) fn release_pending(slot: &Slot, session: &mut Session) -> Result<usize, SessionError> {
+    let ids: Vec<i64> = lock(&slot.batch).pending.iter().map(|job| job.id).collect();
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let released = storage::release_jobs(session, &ids)?;
+    release_leftovers(session, &ids, &released)?;
+    lock(&slot.batch).pending.clear();
+    Ok(ids.len())
+}
+
+/// Commits what is left of the batch: completions, and unstarted jobs
+/// released (when the runner stops, or the watchdog has not already).
+fn end_batch<C>(shared: &Shared<C>, slot: &Slot) -> Result<(), BatchError> {
+    let mut guard = lock(&slot.session);
+    {
+        let batch = lock(&slot.batch);
+        if batch.completed.is_empty() && batch.pending.is_empty() {
+            return Ok(());
+        }
+    }
+    let Some(session) = guard.as_mut() else {
+        return Err(lose(
+            shared,
+            slot,
+            &mut guard,
+            SessionError::new("the session was lost"),
+        ));
+    };
+    let result =
+        commit_completions(shared, slot, session).and_then(|()| release_pending(slot, session));
+    match result {
+        Ok(released) => {
+            if released > 0 {
+                if let Some(wakeup) = shared.signals.queue(&slot.queue) {
+                    wakeup.wake_all();
+                }
+            }
+            Ok(())
+        }
+        Err(error) => Err(lose(shared, slot, &mut guard, error)),
+    }
 }
 
 /// Runs one claimed job; `Err` is the job's failure, not the runner's.
 fn execute<C: Any + Send + Sync>(
     shared: &Shared<C>,
-    slot: &Slot,
     descriptor: Option<&'static JobDescriptor>,
     job: &ClaimedJob,
-) -> Result<(), RunFailure> {
+) -> Result<Completion, RunFailure> {
     let descriptor = descriptor.ok_or(RunFailure::UnknownType)?;
     if !descriptor.runs_with::<C>() {
         return Err(RunFailure::ContextMismatch {
@@ -253,24 +434,38 @@ fn execute<C: Any + Send + Sync>(
         });
     }
     let context: &(dyn Any + Send + Sync) = &shared.context;
-    let payload = job.payload.clone();
     match descriptor.connection {
         ConnectionMode::JobTransaction => {
-            // A savepoint: the job's writes are released with its success, or
-            // rolled back before its failure is recorded. The job holds the
-            // lock connection throughout, so its lock never moves.
-            let mut guard = lock(&slot.conn);
-            let conn = guard.as_mut().expect("a claimed batch has a connection");
+            // A transaction of the job's own that deletes the job's row when
+            // it commits: the job's writes and its completion are one.
+            let mut conn = connection::checked_get(&shared.pool).map_err(|e| {
+                RunFailure::Job(PerformError::new(format!(
+                    "no database connection for the job's transaction: {e}"
+                )))
+            })?;
             let result = conn.transaction(|conn| {
+                if !shared.settings.synchronous_commit {
+                    storage::relax_commit_durability(conn)?;
+                }
                 catch_panic(|| {
-                    descriptor.run(context, payload, &mut JobConnection::in_transaction(conn))
+                    descriptor.run(
+                        context,
+                        &job.payload,
+                        &mut JobConnection::in_transaction(conn),
+                    )
                 })
-                .map_err(SavepointExit::Job)
+                .map_err(TransactionExit::Job)?;
+                if storage::delete_job(conn, job.id)? == 1 {
+                    Ok(Completion::Committed)
+                } else {
+                    Err(TransactionExit::Gone)
+                }
             });
             match result {
-                Ok(()) => Ok(()),
-                Err(SavepointExit::Job(failure)) => Err(failure),
-                Err(SavepointExit::Database(e)) => Err(RunFailure::Job(PerformError::new(
+                Ok(completion) => Ok(completion),
+                Err(TransactionExit::Job(failure)) => Err(failure),
+                Err(TransactionExit::Gone) => Ok(Completion::Elsewhere),
+                Err(TransactionExit::Database(e)) => Err(RunFailure::Job(PerformError::new(
                     format!("the job's writes could not be committed: {e}"),
                 ))),
             }
@@ -278,23 +473,26 @@ fn execute<C: Any + Send + Sync>(
         _ => catch_panic(|| {
             descriptor.run(
                 context,
-                payload,
+                &job.payload,
                 &mut JobConnection::from_pool(&shared.pool),
             )
-        }),
+        })
+        .map(|()| Completion::Pending),
     }
 }
 
-/// How the savepoint around a `JobTransaction` job ended.
+/// How the transaction around a `JobTransaction` job ended without commit.
 #[derive(Debug)]
-enum SavepointExit {
+enum TransactionExit {
     Job(RunFailure),
+    /// The job's row was gone: rolled back, someone else completed it.
+    Gone,
     Database(diesel::result::Error),
 }
 
-impl From<diesel::result::Error> for SavepointExit {
+impl From<diesel::result::Error> for TransactionExit {
     fn from(e: diesel::result::Error) -> Self {
-        SavepointExit::Database(e)
+        TransactionExit::Database(e)
     }
 }
 
@@ -315,27 +513,91 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// Records the failure on the job's row: the next attempt after a backoff,
-/// or dead.
-fn record_failure(
-    conn: &mut PgConnection,
-    descriptor: Option<&'static JobDescriptor>,
+/// The longest error text stored for a failure.
+const MAX_ERROR_BYTES: usize = 64 * 1024;
+
+/// The error text to store: whole up to a bound, without NUL bytes (which
+/// PostgreSQL text cannot hold).
+fn storable(error: &str) -> String {
+    let mut text = error.replace('\0', "\u{FFFD}");
+    if text.len() > MAX_ERROR_BYTES {
+        let mut end = MAX_ERROR_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("… (truncated)");
+    }
+    text
+}
+
+/// Records a failed attempt: the next attempt after a backoff, or dead. The
+/// job's lock is released with it.
+fn fail<C>(
+    shared: &Shared<C>,
+    slot: &Slot,
     job: &ClaimedJob,
     queue: &str,
     failure: &RunFailure,
-) -> QueryResult<Outcome> {
+    took: Duration,
+) -> Result<Outcome, BatchError> {
+    let descriptor = shared.registry.get(&job.job_type);
     let policy = descriptor.map_or(RetryPolicy::DEFAULT, |d| d.retry_policy);
     let failed_attempts = u32::try_from(job.attempts).unwrap_or(0).saturating_add(1);
-    let error = failure.describe(&job.job_type, queue);
+    let error = storable(&failure.describe(&job.job_type, queue));
     let dead = failure.is_permanent() || policy.is_exhausted(failed_attempts);
-    if dead {
-        storage::record_death(conn, job.id, &error)?;
-        error!(%error, failed_attempts, "job failed and is now dead; an operator must retry or discard it");
+    let next = if dead {
+        NextAttempt::Never
     } else {
-        let retry_in = policy.backoff(failed_attempts, job.id as u64);
-        storage::record_failure(conn, job.id, &error, retry_in)?;
-        warn!(%error, failed_attempts, retry_in_ms = retry_in.as_millis() as u64, "job failed; retry scheduled");
+        NextAttempt::After(policy.backoff(failed_attempts, job.id as u64))
+    };
+    let mut guard = lock(&slot.session);
+    {
+        let mut batch = lock(&slot.batch);
+        if batch.running.is_some_and(|r| r.id == job.id) {
+            batch.running = None;
+            batch.observe_run(took);
+        }
     }
+    let Some(session) = guard.as_mut() else {
+        return Err(lose(
+            shared,
+            slot,
+            &mut guard,
+            SessionError::new("the session was lost"),
+        ));
+    };
+    let recorded = storage::record_failure(
+        session,
+        job.id,
+        &error,
+        next,
+        shared.settings.synchronous_commit,
+    )
+    .and_then(|found| {
+        if found {
+            Ok(())
+        } else {
+            storage::unlock_jobs(session, &[job.id])
+        }
+    });
+    if let Err(e) = recorded {
+        return Err(lose(shared, slot, &mut guard, e));
+    }
+    drop(guard);
+    match next {
+        NextAttempt::Never => {
+            error!(%error, failed_attempts, "job failed and is now dead; an operator must retry or discard it");
+        }
+        NextAttempt::After(retry_in) => {
+            warn!(%error, failed_attempts, retry_in_ms = retry_in.as_millis() as u64, "job failed; retry scheduled");
+        }
+    }
+    shared.metrics.record(
+        &job.job_type,
+        if dead { Ended::Dead } else { Ended::Retried },
+        took,
+    );
     Ok(Outcome::Failed { error, dead })
 }
 
@@ -348,20 +610,62 @@ pub(crate) fn work<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slot: Arc<Slot>
         .queue(&queue)
         .expect("a worker's queue has a wake-up");
     // Only a safety net: the wake-up thread wakes idle workers.
-    let idle_timeout = shared.poll_interval.saturating_mul(10);
+    let idle_timeout = shared.settings.poll_interval.saturating_mul(10);
+    let mut trouble = Trouble::default();
     while !shared.signals.is_stopped() {
         let seen = wakeup.generation();
-        match run_batch(&shared, &slot, &queue, shared.batch_size, &[], |_, _, _| {}) {
-            Ok(0) => shared.signals.wait(wakeup, seen, idle_timeout),
-            // A full batch: more jobs may be waiting; share them with a sibling.
-            Ok(claimed) if claimed as i64 >= shared.batch_size => wakeup.wake_one(),
-            Ok(_) => {}
-            Err(e) => {
-                // The claimed jobs were rolled back and are free again; the
-                // next batch starts on a fresh connection.
-                error!(queue, error = %e, "database error while running jobs; retrying");
-                shared.signals.wait(wakeup, seen, shared.poll_interval);
+        match run_batch(&shared, &slot, &queue, None, &[], |_, _, _| {}) {
+            Ok(batch) => {
+                trouble.over(&queue);
+                if batch.claimed == 0 {
+                    shared.signals.wait(wakeup, seen, idle_timeout);
+                } else if batch.full {
+                    // More may be waiting: share them with a sibling.
+                    wakeup.wake_one();
+                }
+            }
+            Err(error) => {
+                let retry_in = trouble.seen(&queue, &error);
+                shared.signals.wait(wakeup, seen, retry_in);
             }
         }
+    }
+    // Holds no lock any more; close it.
+    *lock(&slot.session) = None;
+}
+
+/// A worker's run of database errors: logged when it starts or changes
+/// cause, not at every retry, with reconnections backing off from 50 ms to
+/// 500 ms (so a database that is back is used again within half a second).
+#[derive(Debug, Default)]
+struct Trouble {
+    last: Option<String>,
+    retries: u32,
+}
+
+impl Trouble {
+    fn seen(&mut self, queue: &str, error: &BatchError) -> Duration {
+        let cause = match error {
+            BatchError::Connect(e) => format!("connect: {e}"),
+            // Every loss is an event of its own.
+            BatchError::Lost { .. } => {
+                warn!(queue, %error, "reconnecting");
+                String::from("lost")
+            }
+        };
+        if matches!(error, BatchError::Connect(_)) && self.last.as_deref() != Some(&cause) {
+            error!(queue, %error, "retrying until the database answers (logged once)");
+        }
+        self.last = Some(cause);
+        self.retries = self.retries.saturating_add(1);
+        let doublings = self.retries.saturating_sub(1).min(4);
+        Duration::from_millis(50 << doublings).min(Duration::from_millis(500))
+    }
+
+    fn over(&mut self, queue: &str) {
+        if self.last.take().is_some() && self.retries > 1 {
+            info!(queue, retries = self.retries, "database session open again");
+        }
+        self.retries = 0;
     }
 }

@@ -781,7 +781,14 @@ fn a_runner_refuses_bad_configurations_with_what_to_do() {
     assert!(build(base().queue("rollback", 0)).contains("give it at least 1"));
     assert!(build(base().queue("rollback", 1).queue("rollback", 2)).contains("configured twice"));
     let small = base().queue("rollback", 3).pool(db.pool(4));
-    assert!(build(small).contains("at most 4 connections but 3 workers need 8"));
+    assert!(build(small).contains("at most 4 connections but 3 workers need 5"));
+    // A pool serves the jobs' connections; the lock sessions need the URL.
+    let pool_only = Runner::builder(()).queue("rollback", 1).pool(db.pool(4));
+    assert!(build(pool_only).contains("no database; give one with `.database_url(..)`"));
+    let no_window = base()
+        .queue("rollback", 1)
+        .completion_window(Duration::ZERO);
+    assert!(build(no_window).contains("completion window 0"));
     let unreachable = Runner::builder(())
         .database_url("postgres://nobody@127.0.0.1:1/none")
         .queue("rollback", 1);
@@ -857,12 +864,12 @@ fn migrate_is_idempotent_and_records_the_schema_version() {
     let mut conn = db.conn();
     let again = skiplock::migrate(&mut conn).unwrap();
     assert!(again.applied.is_empty());
-    assert_eq!(again.current_version, "20261126000003");
+    assert_eq!(again.current_version, "20261127000004");
     let versions = count(
         &mut conn,
         "SELECT count(*) AS n FROM queue_schema_migrations",
     );
-    assert_eq!(versions, 3);
+    assert_eq!(versions, 4);
 }
 
 #[test]
@@ -881,7 +888,10 @@ fn migrate_upgrades_a_live_table_of_the_first_schema_in_place() {
            ('noop', 'rollback', 'null', now() + interval '1 hour')",
     );
     let report = skiplock::migrate(&mut db.conn()).unwrap();
-    assert_eq!(report.applied, ["20261126000002", "20261126000003"]);
+    assert_eq!(
+        report.applied,
+        ["20261126000002", "20261126000003", "20261127000004"]
+    );
     assert_eq!(
         db.count_jobs("scheduled"),
         1,

@@ -1,18 +1,41 @@
 //! Every query the queue runs. Nothing outside this module writes SQL.
+//!
+//! The statements here run on diesel connections: the application's
+//! (enqueue, administration) and the runner's pool. `claims` holds those of
+//! a worker's own lock session (claim, complete, release, record failures).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::data_types::PgInterval;
-use diesel::dsl::{now, sql};
+use diesel::dsl::now;
 use diesel::prelude::*;
-use diesel::sql_types::{
-    Array, BigInt, Int8, Interval, Jsonb, Nullable, SmallInt, Text, Timestamptz,
-};
+use diesel::sql_types::{Array, BigInt, Int8, Jsonb, Nullable, SmallInt, Text, Timestamptz};
 
 use crate::job::JobId;
 use crate::prepared::Statement;
 use crate::schema::queue_jobs;
+
+/// The two keys of the advisory lock a worker holds on job `$id` while it
+/// has the job claimed, as SQL text. The two-`int4` form is a key space of
+/// its own (applications mostly lock single `bigint` keys); the first key
+/// carries the id's high half tagged with "skpl" in ASCII, the second its
+/// low half, so every id has its own lock.
+macro_rules! job_lock {
+    ($id:literal) => {
+        concat!(
+            "(((",
+            $id,
+            ") >> 32) # 1936420972)::int4, ((",
+            $id,
+            ") % 4294967296 - 2147483648)::int4"
+        )
+    };
+}
+
+mod claims;
+
+pub(crate) use claims::*;
 
 diesel::define_sql_function! {
     /// The wall clock now, not the start of the transaction: a job may have
@@ -173,43 +196,6 @@ pub(crate) fn queues_with_ready_jobs(
     .collect())
 }
 
-/// The server process id of this connection's session.
-pub(crate) fn backend_pid(conn: &mut PgConnection) -> QueryResult<i32> {
-    diesel::select(sql::<diesel::sql_types::Integer>("pg_backend_pid()")).get_result(conn)
-}
-
-/// Whether session `waiter` is waiting for a lock that session `holder` holds.
-pub(crate) fn is_blocked_by(
-    conn: &mut PgConnection,
-    waiter: i32,
-    holder: i32,
-) -> QueryResult<bool> {
-    #[derive(QueryableByName)]
-    struct Blocked {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        blocked: bool,
-    }
-    Ok(
-        Statement::new("SELECT $2 = ANY(pg_blocking_pids($1)) AS blocked")
-            .bind::<diesel::sql_types::Integer, _>(waiter)
-            .bind::<diesel::sql_types::Integer, _>(holder)
-            .get_result::<Blocked>(conn)?
-            .blocked,
-    )
-}
-
-/// Locks one job, waiting for whoever holds it (up to a minute).
-pub(crate) fn lock_job_waiting(conn: &mut PgConnection, id: i64) -> QueryResult<()> {
-    diesel::sql_query("SET LOCAL lock_timeout = '60s'").execute(conn)?;
-    use crate::schema::queue_jobs::dsl as j;
-    j::queue_jobs
-        .find(id)
-        .select(j::id)
-        .for_update()
-        .load::<i64>(conn)?;
-    Ok(())
-}
-
 /// Lets this transaction's commit return before its WAL reaches the disk.
 pub(crate) fn relax_commit_durability(conn: &mut PgConnection) -> QueryResult<()> {
     diesel::sql_query("SET LOCAL synchronous_commit = off").execute(conn)?;
@@ -226,89 +212,10 @@ pub(crate) fn next_due(conn: &mut PgConnection) -> QueryResult<Option<DateTime<U
         .get_result(conn)
 }
 
-/// A job claimed by a worker: its row is locked until the claiming
-/// transaction ends.
-#[derive(Debug, Queryable)]
-pub(crate) struct ClaimedJob {
-    pub(crate) id: i64,
-    pub(crate) job_type: String,
-    pub(crate) payload: serde_json::Value,
-    pub(crate) attempts: i32,
-}
-
-/// Locks and returns up to `limit` ready jobs of `queue` in priority order,
-/// skipping jobs other workers hold, and the ids in `exclude`.
-pub(crate) fn claim_jobs(
-    conn: &mut PgConnection,
-    queue: &str,
-    limit: i64,
-    exclude: &[i64],
-) -> QueryResult<Vec<ClaimedJob>> {
-    use crate::schema::queue_jobs::dsl as j;
-    j::queue_jobs
-        .select((j::id, j::job_type, j::payload, j::attempts))
-        .filter(j::queue.eq(queue))
-        // Literal conditions, matching the ready index's predicate, so that
-        // even a generic plan of this prepared statement can use it. (Ready
-        // jobs are due by construction: a job waiting for its time is
-        // `scheduled` until promoted, so no `run_at` test is needed, and one
-        // would mislead the planner's row estimates.)
-        .filter(j::dead_at.is_null())
-        .filter(diesel::dsl::not(j::scheduled))
-        .filter(j::id.ne_all(exclude))
-        .order((j::priority.desc(), j::id.asc()))
-        .limit(limit)
-        .for_update()
-        .skip_locked()
-        .load(conn)
-}
-
 /// Deletes completed jobs.
 pub(crate) fn delete_jobs(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
     use crate::schema::queue_jobs::dsl as j;
     diesel::delete(j::queue_jobs.filter(j::id.eq_any(ids))).execute(conn)
-}
-
-/// Records a failed attempt and schedules the next one after `retry_in`.
-pub(crate) fn record_failure(
-    conn: &mut PgConnection,
-    id: i64,
-    error: &str,
-    retry_in: Duration,
-) -> QueryResult<()> {
-    use crate::schema::queue_jobs::dsl as j;
-    diesel::update(j::queue_jobs.find(id))
-        .set((
-            j::attempts.eq(j::attempts + 1),
-            j::last_error.eq(error),
-            j::last_failed_at.eq(clock_timestamp().nullable()),
-            j::first_failed_at
-                .eq(coalesce_timestamp(j::first_failed_at, clock_timestamp()).nullable()),
-            j::run_at
-                .eq(sql::<Timestamptz>("clock_timestamp() + ")
-                    .bind::<Interval, _>(interval(retry_in))),
-            // The retry waits in the scheduled set until `promote_due_jobs`.
-            j::scheduled.eq(true),
-        ))
-        .execute(conn)?;
-    Ok(())
-}
-
-/// Records a failed attempt and marks the job dead: never claimed again
-/// until an operator retries it.
-pub(crate) fn record_death(conn: &mut PgConnection, id: i64, error: &str) -> QueryResult<()> {
-    use crate::schema::queue_jobs::dsl as j;
-    diesel::update(j::queue_jobs.find(id))
-        .set((
-            j::attempts.eq(j::attempts + 1),
-            j::last_error.eq(error),
-            j::last_failed_at.eq(clock_timestamp().nullable()),
-            j::first_failed_at
-                .eq(coalesce_timestamp(j::first_failed_at, clock_timestamp()).nullable()),
-            j::dead_at.eq(clock_timestamp().nullable()),
-        ))
-        .execute(conn)?;
-    Ok(())
 }
 
 /// A stored job as operators see it.
@@ -375,16 +282,22 @@ pub(crate) fn find_job(conn: &mut PgConnection, id: i64) -> QueryResult<Option<J
         .optional()
 }
 
-/// Locks one job if no worker holds it. `Ok(None)`: missing or locked.
-pub(crate) fn lock_idle_job(conn: &mut PgConnection, id: i64) -> QueryResult<Option<i64>> {
-    use crate::schema::queue_jobs::dsl as j;
-    j::queue_jobs
-        .find(id)
-        .select(j::id)
-        .for_update()
-        .skip_locked()
-        .first(conn)
-        .optional()
+/// Takes job `id`'s lock until the caller's transaction ends, if no worker
+/// holds it. `false`: a worker has claimed the job.
+pub(crate) fn lock_idle_job(conn: &mut PgConnection, id: i64) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Locked {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        locked: bool,
+    }
+    Ok(Statement::new(concat!(
+        "SELECT pg_try_advisory_xact_lock(",
+        job_lock!("$1::int8"),
+        ") AS locked"
+    ))
+    .bind::<BigInt, _>(id)
+    .get_result::<Locked>(conn)?
+    .locked)
 }
 
 /// Whether a job with this id exists (locked or not).
@@ -404,6 +317,8 @@ pub(crate) fn reset_for_retry(conn: &mut PgConnection, id: i64) -> QueryResult<u
             j::first_failed_at.eq(None::<DateTime<Utc>>),
             j::run_at.eq(now),
             j::scheduled.eq(false),
+            j::locked_by.eq(None::<String>),
+            j::running_by.eq(None::<String>),
         ))
         .execute(conn)
 }

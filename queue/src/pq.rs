@@ -1,0 +1,429 @@
+//! A libpq session of the runner's own: the worker's lock session and the
+//! `LISTEN` session.
+//!
+//! Why not a diesel connection: a worker must know, before it starts each
+//! job, that the session holding the job's lock is still alive, and asking
+//! the server costs a round trip per job (the queue runs a no-op job in
+//! about 20 µs; a round trip is 50 to 150 µs). libpq reads the socket only
+//! when asked, so a session the server has ended (a terminated backend, an
+//! idle timeout, a restart, a proxy dropping it) looks healthy until the
+//! next query. With the socket in hand, [`Session::is_lost`] is one
+//! `poll(2)` with no wait: an idle session receives nothing unless the
+//! server is ending it. diesel does not expose the socket, so the runner's
+//! own sessions use libpq directly (the same library diesel links, so the
+//! same URLs, key=value strings, TLS, `.pgpass` and service files work).
+//!
+//! Statements are `'static` SQL text (all of it in `storage`), prepared
+//! once per session and run with text parameters.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::fmt;
+use std::ptr::{self, NonNull};
+use std::time::Duration;
+
+use pq_sys::{
+    ConnStatusType, ExecStatusType, PGconn, PGresult, PQbackendPID, PQclear, PQconnectdbParams,
+    PQconsumeInput, PQerrorMessage, PQexec, PQexecPrepared, PQfinish, PQfreemem, PQgetisnull,
+    PQgetvalue, PQnotifies, PQntuples, PQprepare, PQresultErrorField, PQresultErrorMessage,
+    PQresultStatus, PQsetNoticeReceiver, PQsocket, PQstatus, PG_DIAG_MESSAGE_PRIMARY,
+    PG_DIAG_SEVERITY_NONLOCALIZED,
+};
+use tracing::debug;
+
+/// A statement or connection failure of a [`Session`]. After any failure
+/// the session counts as lost: the runner never goes on with a session in
+/// an unknown state, since closing it is what releases its locks.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionError {
+    message: String,
+}
+
+impl SessionError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        SessionError {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+/// One parameter of a statement, sent in PostgreSQL's text format.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Param<'a> {
+    Int(i64),
+    Text(&'a str),
+    Ints(&'a [i64]),
+}
+
+impl Param<'_> {
+    fn encode(&self) -> Result<CString, SessionError> {
+        let text = match self {
+            Param::Int(n) => n.to_string(),
+            Param::Text(s) => (*s).to_owned(),
+            Param::Ints(ns) => {
+                let items: Vec<String> = ns.iter().map(i64::to_string).collect();
+                format!("{{{}}}", items.join(","))
+            }
+        };
+        CString::new(text)
+            .map_err(|_| SessionError::new("a statement parameter contains a NUL byte"))
+    }
+}
+
+/// What the server told the session outside any statement: set by the
+/// notice receiver while libpq parses input.
+#[derive(Default)]
+struct Notices {
+    /// The server announced it is ending the session (FATAL or PANIC).
+    ending: Cell<Option<String>>,
+}
+
+/// A libpq connection owned by one thread at a time.
+pub(crate) struct Session {
+    conn: NonNull<PGconn>,
+    /// Boxed so its address, given to libpq, stays put.
+    notices: Box<Notices>,
+    /// Prepared statement names, by the address of their `'static` text.
+    prepared: HashMap<usize, CString>,
+    lost: bool,
+}
+
+// SAFETY: a PGconn may move between threads as long as one thread at a time
+// uses it; `Session` is only used through `&mut self` (or moved whole), and
+// `Notices` is only touched from inside libpq calls made through `&mut self`.
+unsafe impl Send for Session {}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("backend_pid", &self.backend_pid())
+            .field("lost", &self.lost)
+            .finish_non_exhaustive()
+    }
+}
+
+/// libpq hands every notice and warning, and an error the server sends
+/// while the session is idle (why it is about to close it), to this.
+unsafe extern "C" fn receive_notice(arg: *mut c_void, result: *const PGresult) {
+    // SAFETY: `arg` is the session's boxed `Notices`, alive while the
+    // connection is; `result` is valid for the duration of the call.
+    let notices = unsafe { &*(arg as *const Notices) };
+    let field = |code: u8| {
+        // SAFETY: a valid result; the field is NULL or a C string it owns.
+        let value = unsafe { PQresultErrorField(result, c_int::from(code)) };
+        (!value.is_null()).then(|| {
+            unsafe { CStr::from_ptr(value) }
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    let severity = field(PG_DIAG_SEVERITY_NONLOCALIZED).unwrap_or_default();
+    let message = field(PG_DIAG_MESSAGE_PRIMARY).unwrap_or_default();
+    if severity == "FATAL" || severity == "PANIC" {
+        notices.ending.set(Some(message));
+    } else {
+        debug!(%severity, %message, "notice from the database");
+    }
+}
+
+impl Session {
+    /// Connects to `url` (a URL or a key=value string, as libpq takes them).
+    /// `application_name` applies unless the URL sets its own.
+    pub(crate) fn connect(url: &str, application_name: &str) -> Result<Session, SessionError> {
+        let url = CString::new(url)
+            .map_err(|_| SessionError::new("the database URL contains a NUL byte"))?;
+        let name =
+            CString::new(application_name.replace('\0', "")).expect("NUL bytes were just removed");
+        let keywords = [
+            c"dbname".as_ptr(),
+            c"fallback_application_name".as_ptr(),
+            ptr::null(),
+        ];
+        let values = [url.as_ptr(), name.as_ptr(), ptr::null()];
+        // SAFETY: NULL-terminated arrays of valid C strings; `expand_dbname`
+        // makes libpq read the URL or key=value string given as `dbname`.
+        // libpq returns NULL only when out of memory.
+        let conn =
+            NonNull::new(unsafe { PQconnectdbParams(keywords.as_ptr(), values.as_ptr(), 1) })
+                .ok_or_else(|| SessionError::new("out of memory creating a database session"))?;
+        let session = Session {
+            conn,
+            notices: Box::default(),
+            prepared: HashMap::new(),
+            lost: false,
+        };
+        // SAFETY: the connection is valid until `session` drops.
+        if unsafe { PQstatus(session.conn.as_ptr()) } != ConnStatusType::CONNECTION_OK {
+            return Err(SessionError::new(session.connection_error()));
+        }
+        let notices: *const Notices = &*session.notices;
+        // SAFETY: the receiver's argument outlives the connection (dropped
+        // after PQfinish in `Drop`).
+        unsafe {
+            PQsetNoticeReceiver(
+                session.conn.as_ptr(),
+                Some(receive_notice),
+                notices as *mut c_void,
+            )
+        };
+        Ok(session)
+    }
+
+    fn connection_error(&self) -> String {
+        // SAFETY: PQerrorMessage returns a C string owned by the connection.
+        let message = unsafe { CStr::from_ptr(PQerrorMessage(self.conn.as_ptr())) };
+        message.to_string_lossy().trim().to_owned()
+    }
+
+    /// The server process serving this session.
+    pub(crate) fn backend_pid(&self) -> i32 {
+        // SAFETY: valid connection.
+        unsafe { PQbackendPID(self.conn.as_ptr()) }
+    }
+
+    /// Whether the server has ended this session (or the connection broke),
+    /// as far as can be known without a round trip: one `poll(2)` that does
+    /// not wait. An idle session receives nothing unless the server is
+    /// ending it, so anything readable is read and examined.
+    pub(crate) fn is_lost(&mut self) -> bool {
+        if !self.lost && self.readable(Duration::ZERO) {
+            // Reading is what marks the connection bad on EOF, and parsing
+            // is what hands a FATAL message to the notice receiver.
+            let _ = self.read_notifications();
+        }
+        self.lost
+    }
+
+    /// Waits up to `timeout` for the socket to become readable.
+    fn readable(&mut self, timeout: Duration) -> bool {
+        // SAFETY: valid connection.
+        let fd = unsafe { PQsocket(self.conn.as_ptr()) };
+        if fd < 0 {
+            self.lost = true;
+            return false;
+        }
+        let mut poll_fd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut poll_fd, 1, millis) };
+        // An interrupted poll reads as "nothing yet"; anything else counts.
+        ready != 0
+            && !(ready < 0
+                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted)
+    }
+
+    /// Reads what the socket holds and returns the notifications received
+    /// (their payloads). An error means the session is gone.
+    fn read_notifications(&mut self) -> Result<Vec<String>, SessionError> {
+        // SAFETY: valid connection.
+        if unsafe { PQconsumeInput(self.conn.as_ptr()) } == 0 {
+            return Err(self.lose(self.connection_error()));
+        }
+        let mut payloads = Vec::new();
+        loop {
+            // SAFETY: valid connection; a non-NULL result is ours to free.
+            let notify = unsafe { PQnotifies(self.conn.as_ptr()) };
+            if notify.is_null() {
+                break;
+            }
+            // SAFETY: libpq fills `extra` with a valid C string; the struct
+            // is freed right after copying it.
+            unsafe {
+                payloads.push(
+                    CStr::from_ptr((*notify).extra)
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+                PQfreemem(notify.cast());
+            }
+        }
+        if let Some(reason) = self.notices.ending.take() {
+            return Err(self.lose(format!("the server is ending the session: {reason}")));
+        }
+        // SAFETY: valid connection.
+        if unsafe { PQstatus(self.conn.as_ptr()) } != ConnStatusType::CONNECTION_OK {
+            return Err(self.lose(self.connection_error()));
+        }
+        Ok(payloads)
+    }
+
+    /// Waits up to `timeout` for notifications (`LISTEN`); empty on timeout.
+    pub(crate) fn wait_for_notifications(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Vec<String>, SessionError> {
+        if self.lost {
+            return Err(SessionError::new("the session is gone"));
+        }
+        let payloads = self.read_notifications()?;
+        if !payloads.is_empty() || !self.readable(timeout) {
+            return Ok(payloads);
+        }
+        self.read_notifications()
+    }
+
+    fn lose(&mut self, message: String) -> SessionError {
+        self.lost = true;
+        SessionError::new(message)
+    }
+
+    /// Runs a statement without parameters through the simple protocol
+    /// (for utility statements such as `LISTEN`).
+    pub(crate) fn execute_simple(&mut self, sql: &'static CStr) -> Result<(), SessionError> {
+        // SAFETY: valid connection and C string; the result is wrapped (and
+        // freed) at once.
+        let result = unsafe { PQexec(self.conn.as_ptr(), sql.as_ptr()) };
+        self.check(result).map(drop)
+    }
+
+    /// Runs a statement with `$1`, `$2`... bound to `params`, preparing it
+    /// on its first use in this session, and returns its rows.
+    pub(crate) fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[Param<'_>],
+    ) -> Result<Rows, SessionError> {
+        if self.lost {
+            return Err(SessionError::new("the session is gone"));
+        }
+        let key = sql.as_ptr() as usize;
+        let name = match self.prepared.get(&key) {
+            Some(name) => name.as_ptr(),
+            None => {
+                let name = CString::new(format!("skiplock_{}", self.prepared.len()))
+                    .expect("no NUL in a generated name");
+                let text = CString::new(sql).expect("no NUL in the queue's SQL");
+                // SAFETY: valid connection and C strings; parameter types are
+                // inferred by the server (NULL type array).
+                let result = unsafe {
+                    PQprepare(
+                        self.conn.as_ptr(),
+                        name.as_ptr(),
+                        text.as_ptr(),
+                        0,
+                        ptr::null(),
+                    )
+                };
+                self.check(result)?;
+                self.prepared.entry(key).or_insert(name).as_ptr()
+            }
+        };
+        let encoded = params
+            .iter()
+            .map(Param::encode)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.lose(e.message))?;
+        let values: Vec<*const c_char> = encoded.iter().map(|v| v.as_ptr()).collect();
+        let count = c_int::try_from(values.len()).expect("a handful of parameters");
+        // SAFETY: valid connection, statement name and parameter values
+        // (text format: lengths and formats may be NULL); the result is
+        // wrapped (and freed) at once.
+        let result = unsafe {
+            PQexecPrepared(
+                self.conn.as_ptr(),
+                name,
+                count,
+                values.as_ptr(),
+                ptr::null(),
+                ptr::null(),
+                0,
+            )
+        };
+        self.check(result)
+    }
+
+    /// Wraps a result, turning a failed statement into an error.
+    fn check(&mut self, result: *mut PGresult) -> Result<Rows, SessionError> {
+        let Some(result) = NonNull::new(result) else {
+            return Err(self.lose(self.connection_error()));
+        };
+        let rows = Rows(result);
+        // SAFETY: a valid result.
+        match unsafe { PQresultStatus(rows.0.as_ptr()) } {
+            ExecStatusType::PGRES_COMMAND_OK | ExecStatusType::PGRES_TUPLES_OK => Ok(rows),
+            _ => {
+                // SAFETY: a valid result; the message is owned by it.
+                let message = unsafe { CStr::from_ptr(PQresultErrorMessage(rows.0.as_ptr())) }
+                    .to_string_lossy()
+                    .trim()
+                    .to_owned();
+                Err(self.lose(message))
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // SAFETY: the connection is ours and not used after this. Ending the
+        // session releases every lock it holds.
+        unsafe { PQfinish(self.conn.as_ptr()) };
+    }
+}
+
+/// The rows of a statement's result, as text.
+pub(crate) struct Rows(NonNull<PGresult>);
+
+impl Rows {
+    pub(crate) fn len(&self) -> usize {
+        // SAFETY: a valid result.
+        usize::try_from(unsafe { PQntuples(self.0.as_ptr()) }).unwrap_or(0)
+    }
+
+    /// The value at `row`, `column` (`None`: SQL NULL).
+    pub(crate) fn text(&self, row: usize, column: usize) -> Option<&str> {
+        let (row, column) = (
+            c_int::try_from(row).expect("row index"),
+            c_int::try_from(column).expect("column index"),
+        );
+        // SAFETY: a valid result; indexes come from `len` and the statement.
+        unsafe {
+            if PQgetisnull(self.0.as_ptr(), row, column) == 1 {
+                return None;
+            }
+            CStr::from_ptr(PQgetvalue(self.0.as_ptr(), row, column))
+                .to_str()
+                .ok()
+        }
+    }
+
+    /// The value at `row`, `column` as an integer.
+    pub(crate) fn int(&self, row: usize, column: usize) -> Result<i64, SessionError> {
+        self.text(row, column)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| SessionError::new("the database returned an unexpected value"))
+    }
+
+    /// The value at `row`, `column` as text (NULL: an error).
+    pub(crate) fn string(&self, row: usize, column: usize) -> Result<String, SessionError> {
+        self.text(row, column)
+            .map(str::to_owned)
+            .ok_or_else(|| SessionError::new("the database returned an unexpected NULL"))
+    }
+}
+
+impl Drop for Rows {
+    fn drop(&mut self) {
+        // SAFETY: the result is ours and not used after this.
+        unsafe { PQclear(self.0.as_ptr()) };
+    }
+}
+
+impl fmt::Debug for Rows {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rows").field("len", &self.len()).finish()
+    }
+}

@@ -1,0 +1,134 @@
+//! What a runner's threads share: the settings, the registry and context,
+//! the pool, the wake-ups, and one [`Slot`] per worker (its lock session
+//! and its batch), which the worker, the watchdog, the wake-up thread and
+//! the metrics read.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::connection::PgPool;
+use crate::metrics::Metrics;
+use crate::pq::Session;
+use crate::registry::Registry;
+use crate::shutdown::Signals;
+use crate::storage::ClaimedJob;
+
+/// How a runner is configured, once built.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) poll_interval: Duration,
+    /// The most jobs one claim takes.
+    pub(crate) batch_size: i64,
+    pub(crate) synchronous_commit: bool,
+    /// How long a completed job may wait before its completion commits.
+    pub(crate) completion_window: Duration,
+    /// After this long, a running job's unstarted batch is released.
+    pub(crate) slow_job_threshold: Duration,
+}
+
+/// What the threads of one runner share.
+#[derive(Debug)]
+pub(crate) struct Shared<C> {
+    pub(crate) registry: Registry,
+    pub(crate) context: C,
+    /// The jobs' connections, and the runner's short queries.
+    pub(crate) pool: PgPool,
+    /// Where the workers open their lock sessions.
+    pub(crate) database_url: String,
+    /// Where the wake-up thread listens; `None`: poll only.
+    pub(crate) listener_url: Option<String>,
+    pub(crate) settings: Settings,
+    pub(crate) signals: Signals,
+    /// This runner's name in `queue_runners`.
+    pub(crate) runner_id: String,
+    /// How this runner's workers sign the jobs they hold ("host H, pid P").
+    pub(crate) worker_name: String,
+    pub(crate) metrics: Metrics,
+}
+
+/// One worker: its lock session and its batch. The worker holds `session`
+/// while it chooses and starts a job and while it records an outcome; the
+/// watchdog takes it (when free) to commit completions and release jobs
+/// while a job runs.
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    /// The worker's queue, whose idle workers are woken for released jobs.
+    pub(crate) queue: String,
+    /// The session holding the advisory locks of the batch; `None` until
+    /// connected, and after it was lost.
+    pub(crate) session: Mutex<Option<Session>>,
+    pub(crate) batch: Mutex<BatchState>,
+}
+
+impl Slot {
+    pub(crate) fn new(queue: &str) -> Self {
+        Slot {
+            queue: queue.to_owned(),
+            ..Slot::default()
+        }
+    }
+}
+
+/// The jobs a worker holds the locks of.
+#[derive(Debug, Default)]
+pub(crate) struct BatchState {
+    /// Claimed, not started yet.
+    pub(crate) pending: VecDeque<ClaimedJob>,
+    /// Succeeded; deleted at the next commit of completions.
+    pub(crate) completed: Vec<i64>,
+    /// When the oldest of `completed` ended.
+    pub(crate) completed_since: Option<Instant>,
+    /// The job running now.
+    pub(crate) running: Option<RunningJob>,
+    /// A moving average of how long this worker's jobs run, which sizes
+    /// its claims to about one completion window of work.
+    pub(crate) typical_run: Option<Duration>,
+}
+
+impl BatchState {
+    /// Whether the oldest completion has waited `window` or longer.
+    pub(crate) fn completions_due(&self, window: Duration) -> bool {
+        self.completed_since
+            .is_some_and(|since| since.elapsed() >= window)
+    }
+
+    /// Takes the completions to commit.
+    pub(crate) fn take_completed(&mut self) -> Vec<i64> {
+        self.completed_since = None;
+        std::mem::take(&mut self.completed)
+    }
+
+    /// Learns from one more run.
+    pub(crate) fn observe_run(&mut self, took: Duration) {
+        self.typical_run = Some(match self.typical_run {
+            None => took,
+            Some(typical) => (typical * 7 + took) / 8,
+        });
+    }
+
+    /// How many jobs the next claim should take: about one completion
+    /// window of work, at least one, at most `batch_size`.
+    pub(crate) fn claim_size(&self, settings: &Settings) -> i64 {
+        match self.typical_run {
+            Some(typical) if !typical.is_zero() => {
+                let fit = settings.completion_window.as_nanos() / typical.as_nanos();
+                i64::try_from(fit)
+                    .unwrap_or(i64::MAX)
+                    .clamp(1, settings.batch_size)
+            }
+            _ => settings.batch_size,
+        }
+    }
+}
+
+/// The job a worker is running.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunningJob {
+    pub(crate) id: i64,
+    pub(crate) since: Instant,
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,254 @@
+//! The statements of a worker's lock session: claiming jobs under
+//! session-level advisory locks, completing, releasing and failing them.
+//!
+//! Every lock is taken and released on the worker's own session, and a
+//! session that ends (a dead process, a terminated backend, a restart)
+//! releases all of them at once. The order inside each statement matters:
+//!
+//! - A job is released (unlocked) only after the same statement has written
+//!   its row (deleted it, recorded its failure, cleared its claim), so the
+//!   row is locked by that write until the commit. A claimer that takes the
+//!   advisory lock in between then waits for the row in its `UPDATE`, and
+//!   sees the committed result: the row gone, or no longer ready.
+//! - The claim's `UPDATE` re-reads each row it took the lock of (PostgreSQL
+//!   re-checks a concurrently changed row against the `WHERE`), so a job
+//!   completed after the claim's snapshot was taken is never claimed; the
+//!   locks of the rows it skips are given back in the same statement.
+//!
+//! Writes that only say who holds a job (the claim, the careful-run mark,
+//! a release) commit without waiting for the disk: a server crash may
+//! forget them, which costs at most one unattributed crash. Completions and
+//! failures wait for the disk unless the runner is told otherwise.
+
+use std::time::Duration;
+
+use crate::pq::{Param, Session, SessionError};
+
+/// Makes a runner session immune to server-wide timeouts meant for
+/// application sessions: a worker's lock session stays idle (holding its
+/// locks) while a job runs for as long as it runs, and the listener is
+/// idle by design. Parameters the server does not know are skipped.
+pub(crate) fn prepare_runner_session(session: &mut Session) -> Result<(), SessionError> {
+    session.query(
+        "SELECT count(set_config(name, '0', false)) FROM pg_settings \
+         WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout', \
+                        'idle_session_timeout', 'transaction_timeout')",
+        &[],
+    )?;
+    Ok(())
+}
+
+/// The listener's statement.
+pub(crate) const LISTEN: &std::ffi::CStr = c"LISTEN queue_jobs";
+
+/// A job a worker has claimed: it holds the job's advisory lock.
+#[derive(Debug)]
+pub(crate) struct ClaimedJob {
+    pub(crate) id: i64,
+    pub(crate) job_type: String,
+    pub(crate) payload: String,
+    /// Failed attempts recorded so far.
+    pub(crate) attempts: i32,
+    /// Who had claimed it before, if they never released it cleanly: their
+    /// worker died or lost its session while holding it.
+    pub(crate) abandoned_by: Option<String>,
+    /// Who was running it carefully when their worker died.
+    pub(crate) crashed_in: Option<String>,
+}
+
+/// Claims up to `limit` ready jobs of `queue` (not in `exclude`) in
+/// priority order, skipping jobs other workers hold, and records `worker`
+/// as their holder.
+pub(crate) fn claim_jobs(
+    session: &mut Session,
+    queue: &str,
+    limit: i64,
+    exclude: &[i64],
+    worker: &str,
+) -> Result<Vec<ClaimedJob>, SessionError> {
+    let rows = session.query(
+        concat!(
+            // Walk the ready index in claim order and lock jobs until `limit`
+            // are locked. The `OFFSET 0` fence keeps the lock call above the
+            // ordered scan, so it runs only on rows the LIMIT still wants.
+            "WITH locked AS MATERIALIZED ( \
+                 SELECT c.id FROM ( \
+                     SELECT id FROM queue_jobs \
+                     WHERE queue = $1 AND dead_at IS NULL AND NOT scheduled \
+                       AND id <> ALL ($3::int8[]) \
+                     ORDER BY priority DESC, id \
+                     OFFSET 0) c \
+                 WHERE pg_try_advisory_lock(",
+            job_lock!("c.id"),
+            ") \
+                 LIMIT $2), \
+             previous AS MATERIALIZED ( \
+                 SELECT id, locked_by, running_by FROM queue_jobs \
+                 WHERE id IN (SELECT id FROM locked)), \
+             claimed AS ( \
+                 UPDATE queue_jobs j SET locked_by = $4 \
+                 FROM previous p \
+                 WHERE j.id = p.id AND j.dead_at IS NULL AND NOT j.scheduled \
+                 RETURNING j.id, j.job_type, j.payload, j.attempts, j.priority, \
+                           p.locked_by AS abandoned_by, p.running_by AS crashed_in), \
+             skipped AS ( \
+                 SELECT pg_advisory_unlock(",
+            job_lock!("l.id"),
+            ") FROM locked l \
+                 WHERE NOT EXISTS (SELECT 1 FROM claimed c WHERE c.id = l.id)) \
+             SELECT id, job_type, payload::text, attempts, abandoned_by, crashed_in \
+             FROM claimed, (SELECT count(*) FROM skipped) s, \
+                  set_config('synchronous_commit', 'off', true) d \
+             ORDER BY priority DESC, id"
+        ),
+        &[
+            Param::Text(queue),
+            Param::Int(limit),
+            Param::Ints(exclude),
+            Param::Text(worker),
+        ],
+    )?;
+    (0..rows.len())
+        .map(|row| {
+            Ok(ClaimedJob {
+                id: rows.int(row, 0)?,
+                job_type: rows.string(row, 1)?,
+                payload: rows.string(row, 2)?,
+                attempts: i32::try_from(rows.int(row, 3)?).unwrap_or(i32::MAX),
+                abandoned_by: rows.text(row, 4).map(str::to_owned),
+                crashed_in: rows.text(row, 5).map(str::to_owned),
+            })
+        })
+        .collect()
+}
+
+/// Records that `worker` starts running a claimed job carefully, so that
+/// its death during the run is charged to the job. `false`: the row is gone.
+pub(crate) fn mark_running(
+    session: &mut Session,
+    id: i64,
+    worker: &str,
+) -> Result<bool, SessionError> {
+    let rows = session.query(
+        "WITH marked AS (UPDATE queue_jobs SET running_by = $2 WHERE id = $1 RETURNING id) \
+         SELECT count(*) FROM marked, set_config('synchronous_commit', 'off', true) d",
+        &[Param::Int(id), Param::Text(worker)],
+    )?;
+    Ok(rows.int(0, 0)? == 1)
+}
+
+/// `on` or `off`, for the statements that take the durability as a parameter.
+fn durability(wait_for_disk: bool) -> Param<'static> {
+    Param::Text(if wait_for_disk { "on" } else { "off" })
+}
+
+/// The first column of every row, as integers.
+fn ids(rows: &crate::pq::Rows) -> Result<Vec<i64>, SessionError> {
+    (0..rows.len()).map(|row| rows.int(row, 0)).collect()
+}
+
+/// Deletes completed jobs and releases their locks. Returns the ids of the
+/// rows deleted; the locks of ids whose row was already gone stay held
+/// (release them with [`unlock_jobs`]).
+pub(crate) fn complete_jobs(
+    session: &mut Session,
+    ids_done: &[i64],
+    wait_for_disk: bool,
+) -> Result<Vec<i64>, SessionError> {
+    let rows = session.query(
+        concat!(
+            "WITH done AS (DELETE FROM queue_jobs WHERE id = ANY ($1::int8[]) RETURNING id) \
+             SELECT done.id, pg_advisory_unlock(",
+            job_lock!("done.id"),
+            ") FROM done, set_config('synchronous_commit', $2, true) d"
+        ),
+        &[Param::Ints(ids_done), durability(wait_for_disk)],
+    )?;
+    ids(&rows)
+}
+
+/// Gives claimed jobs back unstarted: clears their holder and releases
+/// their locks. Returns the ids released (see [`complete_jobs`]).
+pub(crate) fn release_jobs(
+    session: &mut Session,
+    unstarted: &[i64],
+) -> Result<Vec<i64>, SessionError> {
+    let rows = session.query(
+        concat!(
+            "WITH released AS ( \
+                 UPDATE queue_jobs SET locked_by = NULL WHERE id = ANY ($1::int8[]) RETURNING id) \
+             SELECT released.id, pg_advisory_unlock(",
+            job_lock!("released.id"),
+            ") FROM released, set_config('synchronous_commit', 'off', true) d"
+        ),
+        &[Param::Ints(unstarted)],
+    )?;
+    ids(&rows)
+}
+
+/// Releases the locks of jobs whose rows are gone (or were written on
+/// another connection).
+pub(crate) fn unlock_jobs(session: &mut Session, ids: &[i64]) -> Result<(), SessionError> {
+    session.query(
+        concat!(
+            "SELECT count(pg_advisory_unlock(",
+            job_lock!("x"),
+            ")) FROM unnest($1::int8[]) x"
+        ),
+        &[Param::Ints(ids)],
+    )?;
+    Ok(())
+}
+
+/// What a failed attempt leads to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum NextAttempt {
+    /// Retried after this long.
+    After(Duration),
+    /// Never: the job is dead.
+    Never,
+}
+
+/// Records a failed attempt of a claimed job (its error, and its next
+/// attempt or death), clears its holder and releases its lock. `false`:
+/// the row is gone (its lock is still held; see [`unlock_jobs`]).
+pub(crate) fn record_failure(
+    session: &mut Session,
+    id: i64,
+    error: &str,
+    next: NextAttempt,
+    wait_for_disk: bool,
+) -> Result<bool, SessionError> {
+    let (dead, retry_in) = match next {
+        NextAttempt::After(wait) => ("false", i64::try_from(wait.as_micros()).unwrap_or(i64::MAX)),
+        NextAttempt::Never => ("true", 0),
+    };
+    let rows = session.query(
+        concat!(
+            "WITH failed AS ( \
+                 UPDATE queue_jobs SET \
+                     attempts = attempts + 1, \
+                     last_error = $2, \
+                     last_failed_at = clock_timestamp(), \
+                     first_failed_at = COALESCE(first_failed_at, clock_timestamp()), \
+                     dead_at = CASE WHEN $3::bool THEN clock_timestamp() END, \
+                     run_at = CASE WHEN $3::bool THEN run_at \
+                                   ELSE clock_timestamp() + $4::int8 * interval '1 microsecond' END, \
+                     scheduled = NOT $3::bool, \
+                     locked_by = NULL, \
+                     running_by = NULL \
+                 WHERE id = $1 RETURNING id) \
+             SELECT count(pg_advisory_unlock(",
+            job_lock!("failed.id"),
+            ")) FROM failed, set_config('synchronous_commit', $5, true) d"
+        ),
+        &[
+            Param::Int(id),
+            Param::Text(error),
+            Param::Text(dead),
+            Param::Int(retry_in),
+            durability(wait_for_disk),
+        ],
+    )?;
+    Ok(rows.int(0, 0)? == 1)
+}
