@@ -3,7 +3,8 @@
 //!
 //! `cargo run --release -p skiplock-examples --example bench` (a few minutes;
 //! `-- --quick` for a smoke run, `-- --million` adds the memory run over a
-//! million jobs, `-- --claims` runs only the claim measurements). Uses `DATABASE_URL`'s server and (re)creates the database
+//! million jobs, `-- --claims` runs only the claim measurements, `-- --drain`
+//! only the drains and the pickup latency, to compare two builds). Uses `DATABASE_URL`'s server and (re)creates the database
 //! `queue_bench`.
 
 use std::sync::mpsc;
@@ -47,6 +48,9 @@ fn main() -> BenchResult<()> {
     skiplock::migrate(&mut connect(&settings)?)?;
     if claims_only {
         return claim_scaling(&settings);
+    }
+    if args.iter().any(|a| a == "--drain") {
+        return drain_and_pickup(&settings);
     }
     println!(
         "skiplock benchmark: {} ({} repetitions, median)",
@@ -293,6 +297,20 @@ fn queue_is_empty(conn: &mut PgConnection) -> QueryResult<bool> {
             .get_result::<Empty>(conn)?
             .empty,
     )
+}
+
+/// The queue's own figures that a change of the engine moves: drains at 1
+/// and 8 workers (median of the repetitions) and the pickup latency.
+fn drain_and_pickup(settings: &Settings) -> BenchResult<()> {
+    let one = median(settings.reps, || drain(settings, 1))?;
+    let eight = median(settings.reps, || drain(settings, 8))?;
+    let latency = pickup_latency(settings)?;
+    println!(
+        "drain 1 worker: {one:.0} jobs/s; drain 8 workers: {eight:.0} jobs/s; \
+         pickup p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
+        latency[0], latency[1], latency[2]
+    );
+    Ok(())
 }
 
 fn drain(settings: &Settings, workers: usize) -> BenchResult<f64> {

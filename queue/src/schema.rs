@@ -17,7 +17,6 @@ diesel::table! {
         last_error -> Nullable<Text>,
         dead_at -> Nullable<Timestamptz>,
         scheduled -> Bool,
-        locked_by -> Nullable<Text>,
         running_by -> Nullable<Text>,
     }
 }

@@ -57,7 +57,7 @@ pub(crate) struct Slot {
     pub(crate) queue: String,
     /// The session holding the advisory locks of the batch; `None` until
     /// connected, and after it was lost.
-    pub(crate) session: Mutex<Option<Session>>,
+    pub(crate) session: Mutex<Option<LockSession>>,
     pub(crate) batch: Mutex<BatchState>,
 }
 
@@ -68,6 +68,15 @@ impl Slot {
             ..Slot::default()
         }
     }
+}
+
+/// A worker's lock session, and the name its claims are recorded under
+/// (its own for each session: a new session after a lost one must not
+/// overwrite the record of what the old one held).
+#[derive(Debug)]
+pub(crate) struct LockSession {
+    pub(crate) session: Session,
+    pub(crate) holder: String,
 }
 
 /// The jobs a worker holds the locks of.

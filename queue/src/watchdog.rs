@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tracing::{debug, info};
 
-use crate::state::{lock, Shared, Slot};
+use crate::state::{lock, LockSession, Shared, Slot};
 use crate::worker::{commit_completions, flush_after, release_pending};
 
 /// The watchdog thread: looks at every worker's running job.
@@ -56,7 +56,7 @@ fn tend<C>(shared: &Shared<C>, slot: &Slot) {
                 && running.since.elapsed() >= shared.settings.slow_job_threshold,
         )
     };
-    let Some(session) = guard.as_mut() else {
+    let Some(LockSession { session, holder }) = guard.as_mut() else {
         return;
     };
     if session.is_lost() {
@@ -69,7 +69,7 @@ fn tend<C>(shared: &Shared<C>, slot: &Slot) {
         }
     }
     if release {
-        match release_pending(slot, session) {
+        match release_pending(slot, session, holder) {
             Ok(released) => {
                 info!(released, "a slow job's batch was released to other workers");
                 // Idle workers of the queue take the released jobs now.

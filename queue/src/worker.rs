@@ -28,6 +28,7 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,7 @@ use crate::metrics::Ended;
 use crate::pq::{Session, SessionError};
 use crate::registry::{JobDescriptor, RunFailure};
 use crate::retry::RetryPolicy;
-use crate::state::{lock, RunningJob, Shared, Slot};
+use crate::state::{lock, LockSession, RunningJob, Shared, Slot};
 use crate::storage::{self, ClaimedJob, NextAttempt};
 
 /// What happened to one claimed job.
@@ -120,8 +121,8 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
     let limit = limit.unwrap_or_else(|| lock(&slot.batch).claim_size(&shared.settings));
     let claimed = {
         let mut guard = lock(&slot.session);
-        let session = open_session(shared, &mut guard)?;
-        match storage::claim_jobs(session, queue, limit, exclude, &shared.worker_name) {
+        let LockSession { session, holder } = open_session(shared, &mut guard)?;
+        match storage::claim_jobs(session, queue, limit, exclude, holder) {
             Ok(jobs) => jobs,
             Err(error) => return Err(lose(shared, slot, &mut guard, error)),
         }
@@ -186,14 +187,24 @@ fn job_span(job: &ClaimedJob, queue: &str) -> tracing::Span {
 /// The slot's session, connecting one if there is none.
 fn open_session<'s, C>(
     shared: &Shared<C>,
-    guard: &'s mut Option<Session>,
-) -> Result<&'s mut Session, BatchError> {
+    guard: &'s mut Option<LockSession>,
+) -> Result<&'s mut LockSession, BatchError> {
     if guard.is_none() {
-        let name = format!("skiplock worker ({})", shared.worker_name);
+        static SESSIONS: AtomicU64 = AtomicU64::new(0);
+        let number = SESSIONS.fetch_add(1, Ordering::Relaxed);
+        // Who is who in pg_stat_activity (the pid first: names are cut at 63 bytes).
+        let name = format!(
+            "skiplock worker pid {} {}",
+            std::process::id(),
+            shared.runner_id
+        );
         let mut session =
             Session::connect(&shared.database_url, &name).map_err(BatchError::Connect)?;
         storage::prepare_runner_session(&mut session).map_err(BatchError::Connect)?;
-        *guard = Some(session);
+        *guard = Some(LockSession {
+            session,
+            holder: format!("{} session {number}", shared.runner_id),
+        });
     }
     Ok(guard.as_mut().expect("just opened"))
 }
@@ -204,7 +215,7 @@ fn open_session<'s, C>(
 fn lose<C>(
     shared: &Shared<C>,
     slot: &Slot,
-    guard: &mut Option<Session>,
+    guard: &mut Option<LockSession>,
     error: SessionError,
 ) -> BatchError {
     *guard = None;
@@ -248,7 +259,7 @@ fn start_next<C>(
             if started > 0 && shared.signals.is_stopped() {
                 return Ok(None);
             }
-            let lost = guard.as_mut().is_none_or(Session::is_lost);
+            let lost = guard.as_mut().is_none_or(|s| s.session.is_lost());
             if batch.pending.is_empty() {
                 return Ok(None);
             }
@@ -261,7 +272,7 @@ fn start_next<C>(
         };
         let careful = job.abandoned_by.is_some() || job.attempts > 0;
         if careful {
-            let session = guard.as_mut().expect("checked above");
+            let session = &mut guard.as_mut().expect("checked above").session;
             match storage::mark_running(session, job.id, &shared.worker_name) {
                 Ok(true) => {}
                 Ok(false) => {
@@ -305,7 +316,7 @@ fn complete<C>(
         careful || batch.completions_due(flush_after(shared))
     };
     shared.metrics.record(&job.job_type, Ended::Completed, took);
-    let Some(session) = guard.as_mut() else {
+    let Some(LockSession { session, .. }) = guard.as_mut() else {
         return Err(lose(
             shared,
             slot,
@@ -376,13 +387,16 @@ fn release_leftovers(
 
 /// Gives the unstarted jobs back (on error they stay in the batch, for
 /// the worker to account for when it closes the session).
-pub(crate) fn release_pending(slot: &Slot, session: &mut Session) -> Result<usize, SessionError> {
+pub(crate) fn release_pending(
+    slot: &Slot,
+    session: &mut Session,
+    holder: &str,
+) -> Result<usize, SessionError> {
     let ids: Vec<i64> = lock(&slot.batch).pending.iter().map(|job| job.id).collect();
     if ids.is_empty() {
         return Ok(0);
     }
-    let released = storage::release_jobs(session, &ids)?;
-    release_leftovers(session, &ids, &released)?;
+    storage::release_jobs(session, &ids, holder)?;
     lock(&slot.batch).pending.clear();
     Ok(ids.len())
 }
@@ -397,7 +411,7 @@ fn end_batch<C>(shared: &Shared<C>, slot: &Slot) -> Result<(), BatchError> {
             return Ok(());
         }
     }
-    let Some(session) = guard.as_mut() else {
+    let Some(LockSession { session, holder }) = guard.as_mut() else {
         return Err(lose(
             shared,
             slot,
@@ -405,8 +419,8 @@ fn end_batch<C>(shared: &Shared<C>, slot: &Slot) -> Result<(), BatchError> {
             SessionError::new("the session was lost"),
         ));
     };
-    let result =
-        commit_completions(shared, slot, session).and_then(|()| release_pending(slot, session));
+    let result = commit_completions(shared, slot, session)
+        .and_then(|()| release_pending(slot, session, holder));
     match result {
         Ok(released) => {
             if released > 0 {
@@ -559,7 +573,7 @@ fn fail<C>(
             batch.observe_run(took);
         }
     }
-    let Some(session) = guard.as_mut() else {
+    let Some(LockSession { session, .. }) = guard.as_mut() else {
         return Err(lose(
             shared,
             slot,

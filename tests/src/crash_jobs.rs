@@ -74,3 +74,77 @@ fn log(conn: &mut PgConnection, key: &str, event: &str) -> QueryResult<usize> {
         .bind::<diesel::sql_types::Integer, _>(std::process::id() as i32)
         .execute(conn)
 }
+
+/// Sleeps `ms`, logging its run in `runs` (created by the test): a row when
+/// it starts, its end when it ends, with this process's clock in µs.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Timed {
+    /// Which job this is, in `runs`.
+    pub key: i64,
+    /// How long it runs.
+    pub ms: u64,
+}
+
+impl Job for Timed {
+    const JOB_TYPE: &'static str = "timed";
+    const QUEUE: &'static str = QUEUE;
+    type Context = WorkerContext;
+
+    fn run(self, _: &WorkerContext, db: &mut JobConnection<'_>) -> Result<(), PerformError> {
+        #[derive(QueryableByName)]
+        struct Run {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            id: i64,
+        }
+        let conn = db.get()?;
+        // The log's own commits need not wait for the disk: the server keeps
+        // them when this process is killed.
+        let run: Run = diesel::sql_query(
+            "WITH r AS (INSERT INTO runs (key, pid, started_us) VALUES ($1, $2, $3) RETURNING id) \
+             SELECT r.id FROM r, set_config('synchronous_commit', 'off', true) d",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(self.key)
+        .bind::<diesel::sql_types::Integer, _>(std::process::id() as i32)
+        .bind::<diesel::sql_types::BigInt, _>(micros())
+        .get_result(conn)?;
+        std::thread::sleep(Duration::from_millis(self.ms));
+        diesel::sql_query(
+            "WITH r AS (UPDATE runs SET ended_us = $2 WHERE id = $1 RETURNING 1) \
+             SELECT count(*) FROM r, set_config('synchronous_commit', 'off', true) d",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(run.id)
+        .bind::<diesel::sql_types::BigInt, _>(micros())
+        .execute(conn)?;
+        Ok(())
+    }
+}
+skiplock::register_job!(Timed);
+
+/// The wall clock in µs since the epoch (the same clock in every process of
+/// the machine).
+pub fn micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Kills the process running it, as an abort in a C library or the kernel's
+/// OOM killer would. Dead after three such deaths.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KillsItsWorker;
+
+impl Job for KillsItsWorker {
+    const JOB_TYPE: &'static str = "kills_its_worker";
+    const QUEUE: &'static str = QUEUE;
+    const PRIORITY: i16 = 10;
+    const RETRY_POLICY: skiplock::RetryPolicy = skiplock::RetryPolicy::DEFAULT
+        .max_attempts(3)
+        .initial_backoff(Duration::from_millis(100))
+        .max_backoff(Duration::from_millis(100));
+    type Context = WorkerContext;
+
+    fn run(self, _: &WorkerContext, _: &mut JobConnection<'_>) -> Result<(), PerformError> {
+        std::process::abort()
+    }
+}
+skiplock::register_job!(KillsItsWorker);

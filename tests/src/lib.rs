@@ -146,6 +146,49 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
     }
 }
 
+/// A `test-worker` process (see `src/bin/test_worker.rs`), killed when
+/// dropped so a failing test leaves none behind.
+#[derive(Debug)]
+pub struct WorkerProcess(pub std::process::Child);
+
+impl WorkerProcess {
+    /// Starts `test-worker` (the binary at `path`) with these arguments
+    /// after the URL, and waits until its runner has started.
+    pub fn spawn(path: &str, db: &TestDb, args: &[u64]) -> WorkerProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(path)
+            .arg(db.url())
+            .args(args.iter().map(u64::to_string))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn test-worker");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .expect("read test-worker output");
+        assert_eq!(line.trim(), "ready", "test-worker did not start");
+        WorkerProcess(child)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGKILL, and wait for it to be gone.
+    pub fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Logs of the runner go to the test's captured output when `RUST_LOG` is set.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

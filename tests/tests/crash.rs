@@ -1,44 +1,18 @@
 //! A worker process killed with SIGKILL in the middle of a job releases
 //! everything it had claimed at once; another worker finishes the work.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use skiplock::{Job, JobBatch};
 use skiplock_tests::crash_jobs::{HangOnce, Record};
-use skiplock_tests::{count, wait_until, TestDb};
+use skiplock_tests::{count, wait_until, TestDb, WorkerProcess};
 
-/// A worker process, killed when dropped (so a failing test leaves none behind).
-struct WorkerProcess(Child);
-
-impl WorkerProcess {
-    fn spawn(db: &TestDb, workers: u32, batch: u32, poll_ms: u32, slow_ms: u32) -> WorkerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_test-worker"))
-            .args([
-                db.url(),
-                &workers.to_string(),
-                &batch.to_string(),
-                &poll_ms.to_string(),
-                &slow_ms.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn test-worker");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .expect("read test-worker output");
-        assert_eq!(line.trim(), "ready", "test-worker did not start");
-        WorkerProcess(child)
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn spawn(db: &TestDb, workers: u64, batch: u64, poll_ms: u64, slow_ms: u64) -> WorkerProcess {
+    WorkerProcess::spawn(
+        env!("CARGO_BIN_EXE_test-worker"),
+        db,
+        &[workers, batch, poll_ms, slow_ms],
+    )
 }
 
 fn events(db: &TestDb, event: &str) -> i64 {
@@ -64,7 +38,7 @@ fn sigkilled_worker_releases_a_slow_jobs_moved_lock_at_once() {
 
 /// Worker A claims the hanging job with 4 quick ones (one batch), worker B
 /// runs what it can; then A is SIGKILLed and B must finish everything.
-fn sigkill_mid_job(a_slow_job_ms: u32, done_before_kill: i64, held_before_kill: i64) {
+fn sigkill_mid_job(a_slow_job_ms: u64, done_before_kill: i64, held_before_kill: i64) {
     skiplock_tests::init_tracing();
     let db = TestDb::create();
     db.execute("CREATE TABLE crash_log (key TEXT NOT NULL, event TEXT NOT NULL, pid INT NOT NULL)");
@@ -87,7 +61,7 @@ fn sigkill_mid_job(a_slow_job_ms: u32, done_before_kill: i64, held_before_kill: 
     batch.enqueue(&mut conn).unwrap();
 
     let victim_pid = {
-        let mut a = WorkerProcess::spawn(&db, 1, 5, 50, a_slow_job_ms);
+        let mut a = spawn(&db, 1, 5, 50, a_slow_job_ms);
         wait_until(
             "worker A started the hanging job",
             Duration::from_secs(10),
@@ -95,7 +69,7 @@ fn sigkill_mid_job(a_slow_job_ms: u32, done_before_kill: i64, held_before_kill: 
         );
 
         // Worker B runs what A does not hold, and cannot take what A holds.
-        let b = WorkerProcess::spawn(&db, 2, 1, 100, 60_000);
+        let b = spawn(&db, 2, 1, 100, 60_000);
         wait_until(
             "worker B ran the free jobs",
             Duration::from_secs(10),
@@ -105,9 +79,8 @@ fn sigkill_mid_job(a_slow_job_ms: u32, done_before_kill: i64, held_before_kill: 
         assert_eq!(db.count_jobs("true"), held_before_kill, "the jobs A holds");
         assert_eq!(events(&db, "done"), done_before_kill, "B ran a job A holds");
 
-        let pid = a.0.id();
-        a.0.kill().unwrap(); // SIGKILL
-        a.0.wait().unwrap();
+        let pid = a.pid();
+        a.kill();
         let killed_at = Instant::now();
         wait_until(
             "the hanging job finished elsewhere",

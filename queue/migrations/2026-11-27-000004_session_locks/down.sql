@@ -1,2 +1,2 @@
-ALTER TABLE queue_jobs RESET (fillfactor);
-ALTER TABLE queue_jobs DROP COLUMN running_by, DROP COLUMN locked_by;
+ALTER TABLE queue_jobs DROP COLUMN running_by;
+DROP TABLE queue_claims;

@@ -1,15 +1,19 @@
 -- Workers hold each claimed job under a session-level advisory lock (not a
 -- row lock in an open transaction), so completions commit every few
--- milliseconds without releasing the rest of a batch. Two columns survive a
--- worker that dies, so the next claimer knows what happened:
---   locked_by:  the worker that claimed the job and has not released it
---               cleanly. Set on a free job: its worker died (or lost its
---               session) holding it, so it is run carefully (running_by).
---   running_by: set just before a careful run starts (a retry, or a job
---               whose worker died). Set on a free job: the worker running it
---               died, and that counts as a failed attempt.
-ALTER TABLE queue_jobs ADD COLUMN locked_by TEXT, ADD COLUMN running_by TEXT;
+-- milliseconds without releasing the rest of a batch. What survives a worker
+-- that dies tells the next claimer what happened:
 
--- Room on every page, so the claim's write of `locked_by` is a HOT update
--- that touches no index.
-ALTER TABLE queue_jobs SET (fillfactor = 80);
+-- Each lock session's latest claim: the jobs it took. A job that another
+-- worker then gets the lock of while it is listed here was abandoned (its
+-- holder died or lost its session holding it), so it runs carefully.
+-- Released jobs are taken off the list; completed ones are deleted anyway.
+CREATE TABLE queue_claims (
+    holder     TEXT        PRIMARY KEY,
+    jobs       BIGINT[]    NOT NULL,
+    claimed_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- Set just before a careful run starts (a retry, or an abandoned job), and
+-- cleared when the run's outcome is recorded. Set on a free job: the worker
+-- running it died, and that counts as a failed attempt.
+ALTER TABLE queue_jobs ADD COLUMN running_by TEXT;

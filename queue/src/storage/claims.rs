@@ -5,18 +5,17 @@
 //! session that ends (a dead process, a terminated backend, a restart)
 //! releases all of them at once. The order inside each statement matters:
 //!
-//! - A job is released (unlocked) only after the same statement has written
-//!   its row (deleted it, recorded its failure, cleared its claim), so the
-//!   row is locked by that write until the commit. A claimer that takes the
-//!   advisory lock in between then waits for the row in its `UPDATE`, and
-//!   sees the committed result: the row gone, or no longer ready.
-//! - The claim's `UPDATE` re-reads each row it took the lock of (PostgreSQL
-//!   re-checks a concurrently changed row against the `WHERE`), so a job
-//!   completed after the claim's snapshot was taken is never claimed; the
-//!   locks of the rows it skips are given back in the same statement.
+//! - A completed or failed job is unlocked only after the same statement
+//!   has written its row (deleted it, or recorded the failure), so the row
+//!   stays locked by that write until the commit.
+//! - The claim reads each row it took the advisory lock of again under a
+//!   row lock (`FOR UPDATE SKIP LOCKED`), which sees the latest committed
+//!   version: a job completed or failed after the claim's snapshot was
+//!   taken, or being written right now, is skipped and its lock given back
+//!   in the same statement. It is never run again.
 //!
-//! Writes that only say who holds a job (the claim, the careful-run mark,
-//! a release) commit without waiting for the disk: a server crash may
+//! Writes that only say who holds a job (the claim record, the careful-run
+//! mark, a release) commit without waiting for the disk: a server crash may
 //! forget them, which costs at most one unattributed crash. Completions and
 //! failures wait for the disk unless the runner is told otherwise.
 
@@ -49,22 +48,22 @@ pub(crate) struct ClaimedJob {
     pub(crate) payload: String,
     /// Failed attempts recorded so far.
     pub(crate) attempts: i32,
-    /// Who had claimed it before, if they never released it cleanly: their
-    /// worker died or lost its session while holding it.
+    /// Another lock session whose latest claim lists the job: it died or
+    /// lost its session while holding it.
     pub(crate) abandoned_by: Option<String>,
     /// Who was running it carefully when their worker died.
     pub(crate) crashed_in: Option<String>,
 }
 
 /// Claims up to `limit` ready jobs of `queue` (not in `exclude`) in
-/// priority order, skipping jobs other workers hold, and records `worker`
-/// as their holder.
+/// priority order, skipping jobs other workers hold, and records them as
+/// the latest claim of `holder` (this lock session).
 pub(crate) fn claim_jobs(
     session: &mut Session,
     queue: &str,
     limit: i64,
     exclude: &[i64],
-    worker: &str,
+    holder: &str,
 ) -> Result<Vec<ClaimedJob>, SessionError> {
     let rows = session.query(
         concat!(
@@ -81,31 +80,43 @@ pub(crate) fn claim_jobs(
                  WHERE pg_try_advisory_lock(",
             job_lock!("c.id"),
             ") \
-                 LIMIT $2), \
-             previous AS MATERIALIZED ( \
-                 SELECT id, locked_by, running_by FROM queue_jobs \
-                 WHERE id IN (SELECT id FROM locked)), \
-             claimed AS ( \
-                 UPDATE queue_jobs j SET locked_by = $4 \
-                 FROM previous p \
-                 WHERE j.id = p.id AND j.dead_at IS NULL AND NOT j.scheduled \
-                 RETURNING j.id, j.job_type, j.payload, j.attempts, j.priority, \
-                           p.locked_by AS abandoned_by, p.running_by AS crashed_in), \
+                 LIMIT $2), ",
+            // Read the rows again under a row lock, which sees the latest
+            // committed version: a job deleted or failed after this
+            // statement's snapshot was taken is skipped, not run again.
+            // (`= ANY (ARRAY(..))`: a join read the whole table, the planner
+            // not knowing the CTE is small.)
+            "claimed AS MATERIALIZED ( \
+                 SELECT id, job_type, payload, attempts, priority, running_by FROM queue_jobs \
+                 WHERE id = ANY (ARRAY(SELECT id FROM locked)) \
+                   AND dead_at IS NULL AND NOT scheduled \
+                 FOR UPDATE SKIP LOCKED), \
              skipped AS ( \
                  SELECT pg_advisory_unlock(",
             job_lock!("l.id"),
             ") FROM locked l \
-                 WHERE NOT EXISTS (SELECT 1 FROM claimed c WHERE c.id = l.id)) \
-             SELECT id, job_type, payload::text, attempts, abandoned_by, crashed_in \
-             FROM claimed, (SELECT count(*) FROM skipped) s, \
+                 WHERE NOT EXISTS (SELECT 1 FROM claimed c WHERE c.id = l.id)), \
+             recorded AS ( \
+                 INSERT INTO queue_claims (holder, jobs) \
+                 SELECT $4, COALESCE(array_agg(id), '{}') FROM claimed \
+                 ON CONFLICT (holder) DO UPDATE SET jobs = EXCLUDED.jobs, claimed_at = now()), \
+             abandoned AS ( \
+                 SELECT x.id, min(c.holder) AS holder \
+                 FROM queue_claims c CROSS JOIN LATERAL unnest(c.jobs) AS x(id) \
+                 JOIN claimed USING (id) \
+                 WHERE c.holder <> $4 \
+                 GROUP BY x.id) \
+             SELECT c.id, c.job_type, c.payload::text, c.attempts, a.holder, c.running_by \
+             FROM claimed c LEFT JOIN abandoned a ON a.id = c.id, \
+                  (SELECT count(*) FROM skipped) s, \
                   set_config('synchronous_commit', 'off', true) d \
-             ORDER BY priority DESC, id"
+             ORDER BY c.priority DESC, c.id"
         ),
         &[
             Param::Text(queue),
             Param::Int(limit),
             Param::Ints(exclude),
-            Param::Text(worker),
+            Param::Text(holder),
         ],
     )?;
     (0..rows.len())
@@ -167,23 +178,26 @@ pub(crate) fn complete_jobs(
     ids(&rows)
 }
 
-/// Gives claimed jobs back unstarted: clears their holder and releases
-/// their locks. Returns the ids released (see [`complete_jobs`]).
+/// Gives claimed jobs back unstarted: takes them off `holder`'s claim and
+/// releases their locks.
 pub(crate) fn release_jobs(
     session: &mut Session,
     unstarted: &[i64],
-) -> Result<Vec<i64>, SessionError> {
-    let rows = session.query(
+    holder: &str,
+) -> Result<(), SessionError> {
+    session.query(
         concat!(
-            "WITH released AS ( \
-                 UPDATE queue_jobs SET locked_by = NULL WHERE id = ANY ($1::int8[]) RETURNING id) \
-             SELECT released.id, pg_advisory_unlock(",
-            job_lock!("released.id"),
-            ") FROM released, set_config('synchronous_commit', 'off', true) d"
+            "WITH off_the_claim AS ( \
+                 UPDATE queue_claims SET jobs = ARRAY( \
+                     SELECT x FROM unnest(jobs) x WHERE x <> ALL ($1::int8[])) \
+                 WHERE holder = $2) \
+             SELECT count(pg_advisory_unlock(",
+            job_lock!("x"),
+            ")) FROM unnest($1::int8[]) x, set_config('synchronous_commit', 'off', true) d"
         ),
-        &[Param::Ints(unstarted)],
+        &[Param::Ints(unstarted), Param::Text(holder)],
     )?;
-    ids(&rows)
+    Ok(())
 }
 
 /// Releases the locks of jobs whose rows are gone (or were written on
@@ -210,7 +224,7 @@ pub(crate) enum NextAttempt {
 }
 
 /// Records a failed attempt of a claimed job (its error, and its next
-/// attempt or death), clears its holder and releases its lock. `false`:
+/// attempt or death) and releases its lock. `false`:
 /// the row is gone (its lock is still held; see [`unlock_jobs`]).
 pub(crate) fn record_failure(
     session: &mut Session,
@@ -235,7 +249,6 @@ pub(crate) fn record_failure(
                      run_at = CASE WHEN $3::bool THEN run_at \
                                    ELSE clock_timestamp() + $4::int8 * interval '1 microsecond' END, \
                      scheduled = NOT $3::bool, \
-                     locked_by = NULL, \
                      running_by = NULL \
                  WHERE id = $1 RETURNING id) \
              SELECT count(pg_advisory_unlock(",

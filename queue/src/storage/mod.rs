@@ -317,7 +317,6 @@ pub(crate) fn reset_for_retry(conn: &mut PgConnection, id: i64) -> QueryResult<u
             j::first_failed_at.eq(None::<DateTime<Utc>>),
             j::run_at.eq(now),
             j::scheduled.eq(false),
-            j::locked_by.eq(None::<String>),
             j::running_by.eq(None::<String>),
         ))
         .execute(conn)
