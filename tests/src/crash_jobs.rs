@@ -148,3 +148,31 @@ impl Job for KillsItsWorker {
     }
 }
 skiplock::register_job!(KillsItsWorker);
+
+/// The table [`Timed`] logs its runs in.
+pub const RUNS_TABLE: &str = "CREATE TABLE runs (id BIGSERIAL PRIMARY KEY, key BIGINT NOT NULL, \
+     pid INT NOT NULL, started_us BIGINT NOT NULL, ended_us BIGINT)";
+
+/// One run of a [`Timed`] job.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Run {
+    /// The job's key.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub key: i64,
+    /// The process that ran it.
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub pid: i32,
+    /// When it started (µs since the epoch).
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub started_us: i64,
+    /// When it ended; `None` if it never did (its process died).
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub ended_us: Option<i64>,
+}
+
+/// Every run logged so far, in the order they started.
+pub fn runs(conn: &mut PgConnection) -> Vec<Run> {
+    diesel::sql_query("SELECT key, pid, started_us, ended_us FROM runs ORDER BY started_us, id")
+        .load(conn)
+        .expect("read runs")
+}

@@ -156,12 +156,25 @@ impl WorkerProcess {
     /// after the URL, and waits until its runner has started.
     pub fn spawn(path: &str, db: &TestDb, args: &[u64]) -> WorkerProcess {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(path)
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new(path);
+        command
             .arg(db.url())
             .args(args.iter().map(u64::to_string))
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn test-worker");
+            .stdout(std::process::Stdio::piped());
+        // SAFETY: setrlimit is async-signal-safe. A worker that aborts on
+        // purpose leaves no core file behind.
+        unsafe {
+            command.pre_exec(|| {
+                let none = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &none);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("spawn test-worker");
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.as_mut().unwrap())
             .read_line(&mut line)

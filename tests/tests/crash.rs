@@ -1,10 +1,13 @@
-//! A worker process killed with SIGKILL in the middle of a job releases
-//! everything it had claimed at once; another worker finishes the work.
+//! Worker processes killed with SIGKILL: everything they had claimed is
+//! released at once and another worker finishes the work; what runs again
+//! is the running job and the completions of the last window, not a batch;
+//! a job that kills its worker is charged for it and ends dead.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use skiplock::{Job, JobBatch};
-use skiplock_tests::crash_jobs::{HangOnce, Record};
+use skiplock_tests::crash_jobs::{runs, HangOnce, KillsItsWorker, Record, Timed, RUNS_TABLE};
 use skiplock_tests::{count, wait_until, TestDb, WorkerProcess};
 
 fn spawn(db: &TestDb, workers: u64, batch: u64, poll_ms: u64, slow_ms: u64) -> WorkerProcess {
@@ -30,9 +33,9 @@ fn sigkilled_worker_releases_its_whole_batch_and_another_worker_finishes_it() {
 }
 
 #[test]
-fn sigkilled_worker_releases_a_slow_jobs_moved_lock_at_once() {
+fn sigkilled_worker_releases_a_slow_jobs_lock_at_once() {
     // A releases the 4 unstarted jobs of its batch after 50 ms and keeps the
-    // hanging one's lock on another connection: the kill releases that too.
+    // hanging one's lock: the kill releases that too.
     sigkill_mid_job(50, 20, 1);
 }
 
@@ -61,7 +64,7 @@ fn sigkill_mid_job(a_slow_job_ms: u64, done_before_kill: i64, held_before_kill: 
     batch.enqueue(&mut conn).unwrap();
 
     let victim_pid = {
-        let mut a = spawn(&db, 1, 5, 50, a_slow_job_ms);
+        let a = spawn(&db, 1, 5, 50, a_slow_job_ms);
         wait_until(
             "worker A started the hanging job",
             Duration::from_secs(10),
@@ -115,4 +118,130 @@ fn sigkill_mid_job(a_slow_job_ms: u64, done_before_kill: i64, held_before_kill: 
         ),
     );
     assert_eq!(finished_by_victim, 0);
+}
+
+// --- what a SIGKILL runs again ------------------------------------------------
+
+/// Runs `jobs` jobs of `job_ms` on one process of 4 workers (default
+/// completion window, 50 ms), SIGKILLs it `kills` times at varying moments
+/// and restarts it, then lets the last one drain the queue. Returns, for
+/// each kill, how many jobs the killed process had run (or started) that
+/// ran again afterwards.
+fn reruns_per_kill(job_ms: u64, jobs: i64, kills: u64) -> Vec<usize> {
+    skiplock_tests::init_tracing();
+    let db = TestDb::create();
+    db.execute(RUNS_TABLE);
+    let mut batch = JobBatch::new();
+    for key in 0..jobs {
+        batch.push(&Timed { key, ms: job_ms }).unwrap();
+    }
+    batch.enqueue(&mut db.conn()).unwrap();
+
+    let mut killed = Vec::new();
+    for k in 0..kills {
+        let worker = spawn(&db, 4, 100, 50, 60_000);
+        killed.push(worker.pid() as i32);
+        // Let it get going, then kill it at a moment that differs each time.
+        let before = runs(&mut db.conn()).len();
+        wait_until("the worker runs jobs", Duration::from_secs(10), || {
+            runs(&mut db.conn()).len() >= before + 8
+        });
+        std::thread::sleep(Duration::from_millis(120 + 37 * k));
+        worker.kill();
+    }
+    let last = spawn(&db, 4, 100, 50, 60_000);
+    wait_until("the queue is empty", Duration::from_secs(60), || {
+        db.count_jobs("true") == 0
+    });
+    drop(last);
+
+    // A run again of a job is charged to the process that ran it before.
+    let mut previous: HashMap<i64, i32> = HashMap::new();
+    let mut reruns: HashMap<i32, usize> = HashMap::new();
+    for run in runs(&mut db.conn()) {
+        if let Some(before) = previous.insert(run.key, run.pid) {
+            *reruns.entry(before).or_default() += 1;
+        }
+    }
+    assert!(
+        reruns.keys().all(|pid| killed.contains(pid)),
+        "a job ran twice without a kill: {reruns:?}"
+    );
+    killed.iter().map(|pid| reruns.get(pid).copied().unwrap_or(0)).collect()
+}
+
+/// At most the running job plus those completed in the last completion
+/// window, per worker.
+fn bound(workers: usize, job_ms: u64) -> usize {
+    workers * (1 + 50_usize.div_ceil(job_ms as usize))
+}
+
+#[test]
+fn a_sigkill_reruns_at_most_the_running_jobs_and_the_last_window_of_4_ms_jobs() {
+    let reruns = reruns_per_kill(4, 3_000, 5);
+    println!("4 ms jobs, 4 workers: re-runs per kill {reruns:?} (bound {})", bound(4, 4));
+    assert!(reruns.iter().all(|&n| n <= bound(4, 4)), "{reruns:?}");
+}
+
+#[test]
+fn a_sigkill_reruns_at_most_the_running_jobs_and_the_last_window_of_90_ms_jobs() {
+    let reruns = reruns_per_kill(90, 150, 3);
+    println!("90 ms jobs, 4 workers: re-runs per kill {reruns:?} (bound {})", bound(4, 90));
+    assert!(reruns.iter().all(|&n| n <= bound(4, 90)), "{reruns:?}");
+}
+
+// --- a job that kills its worker ------------------------------------------------
+
+#[test]
+fn a_job_that_kills_its_worker_is_charged_for_it_and_ends_dead_while_the_rest_drains() {
+    skiplock_tests::init_tracing();
+    let db = TestDb::create();
+    db.execute("CREATE TABLE crash_log (key TEXT NOT NULL, event TEXT NOT NULL, pid INT NOT NULL)");
+    let mut conn = db.conn();
+    let killer = KillsItsWorker.enqueue(&mut conn).unwrap();
+    let mut batch = JobBatch::new();
+    for i in 0..30 {
+        batch.push(&Record { key: format!("r{i}") }).unwrap();
+    }
+    batch.enqueue(&mut conn).unwrap();
+
+    // A supervisor: restart the worker process whenever it dies, until
+    // nothing is left to run.
+    let mut deaths = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while db.count_jobs("dead_at IS NULL") > 0 {
+        assert!(Instant::now() < deadline, "the queue never drained; deaths: {deaths:?}");
+        assert!(deaths.len() < 10, "the job crash-loops: {deaths:?}");
+        let mut worker = spawn(&db, 2, 100, 50, 60_000);
+        loop {
+            if let Some(status) = worker.0.try_wait().unwrap() {
+                deaths.push(status);
+                break;
+            }
+            if db.count_jobs("dead_at IS NULL") == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    let job = skiplock::find_job(&mut conn, killer).unwrap();
+    let error = job.last_error.clone().unwrap_or_default();
+    println!("deaths: {}; the job: attempts {}, {error}", deaths.len(), job.attempts);
+    assert!(job.dead_at.is_some(), "{job:?}");
+    assert_eq!(job.attempts, 3, "its max_attempts");
+    assert!(
+        error.contains("the worker running this job died (host ") && error.contains(", pid "),
+        "{error}"
+    );
+    // The first death cannot be told from a lost batch; each later one is
+    // charged once the next worker finds the job.
+    assert_eq!(deaths.len(), 4, "{deaths:?}");
+    let dead = skiplock::dead_jobs(&mut conn, 10).unwrap();
+    assert_eq!(dead.iter().map(|j| j.id).collect::<Vec<_>>(), [killer.0]);
+    let done = count(
+        &mut conn,
+        "SELECT count(DISTINCT key) AS n FROM crash_log WHERE event = 'done'",
+    );
+    assert_eq!(done, 30, "the other jobs all ran");
 }
