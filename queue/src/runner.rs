@@ -347,7 +347,10 @@ impl<C: Any + Send + Sync> Runner<C> {
         let mut summary = RunSummary::default();
         let mut tried = Vec::new();
         loop {
-            storage::promote_due_jobs(&mut *connection::checked_get(&self.shared.pool)?, i64::MAX)?;
+            let mut conn = connection::checked_get(&self.shared.pool)?;
+            scheduler::reap(&mut conn)?;
+            storage::promote_due_jobs(&mut conn, i64::MAX)?;
+            drop(conn);
             let mut claimed = 0;
             for (queue, _) in &self.queues {
                 let mut ran = Vec::new();
@@ -374,6 +377,14 @@ impl<C: Any + Send + Sync> Runner<C> {
 
     /// Starts the worker threads and returns at once.
     pub fn start(self) -> RunningRunner {
+        // Before any worker claims: a job whose worker died (perhaps this
+        // process, a moment ago) must be known as suspect when next claimed.
+        if let Err(error) = connection::checked_get(&self.shared.pool)
+            .map_err(|e| e.to_string())
+            .and_then(|mut conn| scheduler::reap(&mut conn).map_err(|e| e.to_string()))
+        {
+            tracing::warn!(%error, "cannot look for jobs held by workers that are gone; the wake-up thread will");
+        }
         let mut workers = Vec::new();
         let mut slots = Vec::new();
         for (queue, count) in &self.queues {

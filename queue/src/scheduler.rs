@@ -87,6 +87,18 @@ pub(crate) fn run<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slots: Vec<Arc<S
     }
 }
 
+/// Marks `suspect` the jobs of lock sessions that ended holding them.
+pub(crate) fn reap(conn: &mut diesel::PgConnection) -> diesel::QueryResult<()> {
+    let marked = storage::reap_ended_sessions(conn)?;
+    if marked > 0 {
+        info!(
+            marked,
+            "jobs held by a worker that is gone (dead, or without its session) will run carefully"
+        );
+    }
+    Ok(())
+}
+
 /// This machine's name, for the runner's announcement.
 pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -112,6 +124,7 @@ fn check<C>(
             .filter_map(|slot| lock(&slot.batch).running.map(|job| job.id))
             .collect();
         storage::announce_runner(&mut conn, &shared.runner_id, &hostname(), queues, &running)?;
+        reap(&mut conn)?;
         while storage::promote_due_jobs(&mut conn, PROMOTION_BATCH)? == PROMOTION_BATCH as usize {}
         for queue in storage::queues_with_ready_jobs(&mut conn, queues)? {
             if let Some(wakeup) = shared.signals.queue(&queue) {

@@ -17,6 +17,7 @@ diesel::table! {
         last_error -> Nullable<Text>,
         dead_at -> Nullable<Timestamptz>,
         scheduled -> Bool,
+        suspect -> Bool,
         running_by -> Nullable<Text>,
     }
 }

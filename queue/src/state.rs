@@ -70,13 +70,12 @@ impl Slot {
     }
 }
 
-/// A worker's lock session, and the name its claims are recorded under
-/// (its own for each session: a new session after a lost one must not
-/// overwrite the record of what the old one held).
+/// A worker's lock session, and its number, under which its claims are
+/// recorded (see `storage::claims`).
 #[derive(Debug)]
 pub(crate) struct LockSession {
     pub(crate) session: Session,
-    pub(crate) holder: String,
+    pub(crate) holder: i32,
 }
 
 /// The jobs a worker holds the locks of.

@@ -69,7 +69,7 @@ fn tend<C>(shared: &Shared<C>, slot: &Slot) {
         }
     }
     if release {
-        match release_pending(slot, session, holder) {
+        match release_pending(slot, session, *holder) {
             Ok(released) => {
                 info!(released, "a slow job's batch was released to other workers");
                 // Idle workers of the queue take the released jobs now.

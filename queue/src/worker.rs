@@ -14,13 +14,14 @@
 //!    during a long job by the watchdog. Nothing else waits for the batch
 //!    to end, so a crash re-runs only the job that was running and the
 //!    completions of the last window.
-//! 3. A job whose claim shows that its previous holder never let it go
-//!    (`abandoned_by`), or that has failed before, runs carefully: its row
-//!    says who runs it before it starts (`running_by`), and its success
-//!    commits at once. A claimer that finds `running_by` on a free job knows
-//!    the worker running it died, and records that as a failed attempt with
-//!    the job's backoff, so a job that kills its worker ends dead instead of
-//!    crash-looping every worker.
+//! 3. Each claim is recorded under the lock session's number. When a
+//!    session ends without releasing its jobs (its worker died, or lost it),
+//!    a runner's reaper marks them `suspect`. A suspect job, or one that has
+//!    failed before, runs carefully: its row says who runs it before it
+//!    starts (`running_by`), and its success commits at once. A claimer that
+//!    finds `running_by` on a free job knows the worker running it died, and
+//!    records that as a failed attempt with the job's backoff, so a job that
+//!    kills its worker ends dead instead of crash-looping every worker.
 //!
 //! A job that fails has its failure recorded (and its lock released) at
 //! once. When the runner stops, the unstarted jobs are released unrun.
@@ -28,7 +29,6 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,7 +122,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
     let claimed = {
         let mut guard = lock(&slot.session);
         let LockSession { session, holder } = open_session(shared, &mut guard)?;
-        match storage::claim_jobs(session, queue, limit, exclude, holder) {
+        match storage::claim_jobs(session, queue, limit, exclude, *holder) {
             Ok(jobs) => jobs,
             Err(error) => return Err(lose(shared, slot, &mut guard, error)),
         }
@@ -190,8 +190,6 @@ fn open_session<'s, C>(
     guard: &'s mut Option<LockSession>,
 ) -> Result<&'s mut LockSession, BatchError> {
     if guard.is_none() {
-        static SESSIONS: AtomicU64 = AtomicU64::new(0);
-        let number = SESSIONS.fetch_add(1, Ordering::Relaxed);
         // Who is who in pg_stat_activity (the pid first: names are cut at 63 bytes).
         let name = format!(
             "skiplock worker pid {} {}",
@@ -201,10 +199,8 @@ fn open_session<'s, C>(
         let mut session =
             Session::connect(&shared.database_url, &name).map_err(BatchError::Connect)?;
         storage::prepare_runner_session(&mut session).map_err(BatchError::Connect)?;
-        *guard = Some(LockSession {
-            session,
-            holder: format!("{} session {number}", shared.runner_id),
-        });
+        let holder = storage::register_lock_session(&mut session).map_err(BatchError::Connect)?;
+        *guard = Some(LockSession { session, holder });
     }
     Ok(guard.as_mut().expect("just opened"))
 }
@@ -270,7 +266,7 @@ fn start_next<C>(
             }
             batch.pending.pop_front().expect("not empty")
         };
-        let careful = job.abandoned_by.is_some() || job.attempts > 0;
+        let careful = job.suspect || job.attempts > 0;
         if careful {
             let session = &mut guard.as_mut().expect("checked above").session;
             match storage::mark_running(session, job.id, &shared.worker_name) {
@@ -390,7 +386,7 @@ fn release_leftovers(
 pub(crate) fn release_pending(
     slot: &Slot,
     session: &mut Session,
-    holder: &str,
+    holder: i32,
 ) -> Result<usize, SessionError> {
     let ids: Vec<i64> = lock(&slot.batch).pending.iter().map(|job| job.id).collect();
     if ids.is_empty() {
@@ -420,7 +416,7 @@ fn end_batch<C>(shared: &Shared<C>, slot: &Slot) -> Result<(), BatchError> {
         ));
     };
     let result = commit_completions(shared, slot, session)
-        .and_then(|()| release_pending(slot, session, holder));
+        .and_then(|()| release_pending(slot, session, *holder));
     match result {
         Ok(released) => {
             if released > 0 {
@@ -644,8 +640,14 @@ pub(crate) fn work<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slot: Arc<Slot>
             }
         }
     }
-    // Holds no lock any more; close it.
-    *lock(&slot.session) = None;
+    // Holds no lock any more: say so (or a reaper will), and close it.
+    if let Some(LockSession {
+        mut session,
+        holder,
+    }) = lock(&slot.session).take()
+    {
+        let _ = storage::retire_lock_session(&mut session, holder);
+    }
 }
 
 /// A worker's run of database errors: logged when it starts or changes

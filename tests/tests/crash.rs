@@ -167,7 +167,10 @@ fn reruns_per_kill(job_ms: u64, jobs: i64, kills: u64) -> Vec<usize> {
         reruns.keys().all(|pid| killed.contains(pid)),
         "a job ran twice without a kill: {reruns:?}"
     );
-    killed.iter().map(|pid| reruns.get(pid).copied().unwrap_or(0)).collect()
+    killed
+        .iter()
+        .map(|pid| reruns.get(pid).copied().unwrap_or(0))
+        .collect()
 }
 
 /// At most the running job plus those completed in the last completion
@@ -179,14 +182,20 @@ fn bound(workers: usize, job_ms: u64) -> usize {
 #[test]
 fn a_sigkill_reruns_at_most_the_running_jobs_and_the_last_window_of_4_ms_jobs() {
     let reruns = reruns_per_kill(4, 3_000, 5);
-    println!("4 ms jobs, 4 workers: re-runs per kill {reruns:?} (bound {})", bound(4, 4));
+    println!(
+        "4 ms jobs, 4 workers: re-runs per kill {reruns:?} (bound {})",
+        bound(4, 4)
+    );
     assert!(reruns.iter().all(|&n| n <= bound(4, 4)), "{reruns:?}");
 }
 
 #[test]
 fn a_sigkill_reruns_at_most_the_running_jobs_and_the_last_window_of_90_ms_jobs() {
     let reruns = reruns_per_kill(90, 150, 3);
-    println!("90 ms jobs, 4 workers: re-runs per kill {reruns:?} (bound {})", bound(4, 90));
+    println!(
+        "90 ms jobs, 4 workers: re-runs per kill {reruns:?} (bound {})",
+        bound(4, 90)
+    );
     assert!(reruns.iter().all(|&n| n <= bound(4, 90)), "{reruns:?}");
 }
 
@@ -201,7 +210,11 @@ fn a_job_that_kills_its_worker_is_charged_for_it_and_ends_dead_while_the_rest_dr
     let killer = KillsItsWorker.enqueue(&mut conn).unwrap();
     let mut batch = JobBatch::new();
     for i in 0..30 {
-        batch.push(&Record { key: format!("r{i}") }).unwrap();
+        batch
+            .push(&Record {
+                key: format!("r{i}"),
+            })
+            .unwrap();
     }
     batch.enqueue(&mut conn).unwrap();
 
@@ -210,7 +223,10 @@ fn a_job_that_kills_its_worker_is_charged_for_it_and_ends_dead_while_the_rest_dr
     let mut deaths = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while db.count_jobs("dead_at IS NULL") > 0 {
-        assert!(Instant::now() < deadline, "the queue never drained; deaths: {deaths:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the queue never drained; deaths: {deaths:?}"
+        );
         assert!(deaths.len() < 10, "the job crash-loops: {deaths:?}");
         let mut worker = spawn(&db, 2, 100, 50, 60_000);
         loop {
@@ -227,7 +243,11 @@ fn a_job_that_kills_its_worker_is_charged_for_it_and_ends_dead_while_the_rest_dr
 
     let job = skiplock::find_job(&mut conn, killer).unwrap();
     let error = job.last_error.clone().unwrap_or_default();
-    println!("deaths: {}; the job: attempts {}, {error}", deaths.len(), job.attempts);
+    println!(
+        "deaths: {}; the job: attempts {}, {error}",
+        deaths.len(),
+        job.attempts
+    );
     assert!(job.dead_at.is_some(), "{job:?}");
     assert_eq!(job.attempts, 3, "its max_attempts");
     assert!(

@@ -81,7 +81,10 @@ fn once_its_lock_session_is_gone_a_worker_starts_nothing_more_of_its_batch() {
     }
     assert!(overlapping.len() <= 1, "{overlapping:?}");
     for (first, _) in &overlapping {
-        assert!(first.pid == a_pid && first.started_us <= gone_us, "{first:?}");
+        assert!(
+            first.pid == a_pid && first.started_us <= gone_us,
+            "{first:?}"
+        );
     }
     let mut keys: Vec<i64> = runs.iter().map(|r| r.key).collect();
     keys.sort_unstable();
@@ -148,10 +151,22 @@ fn server_wide_timeouts_end_none_of_the_runners_own_sessions() {
         db.count_jobs("true") == 0
     });
     assert!(skiplock::find_job(&mut db.conn(), id).is_err());
-    assert_eq!(ran.load(Ordering::SeqCst), 1, "it ran once, and did not fail");
-    assert_eq!(backend_named(&db, &worker), lock_session, "the lock session was ended");
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        1,
+        "it ran once, and did not fail"
+    );
+    assert_eq!(
+        backend_named(&db, &worker),
+        lock_session,
+        "the lock session was ended"
+    );
     assert_ne!(listener, 0);
-    assert_eq!(backend_named(&db, "skiplock listener"), listener, "the listener was ended");
+    assert_eq!(
+        backend_named(&db, "skiplock listener"),
+        listener,
+        "the listener was ended"
+    );
     assert_eq!(running.shutdown(PATIENCE).workers_still_running, 0);
 }
 
@@ -251,9 +266,10 @@ fn a_job_abandoned_by_a_dead_worker_runs_with_its_runner_recorded_and_completes_
     let mut conn = db.conn();
     let abandoned = Careful(1).enqueue(&mut conn).unwrap();
     Careful(2).enqueue(&mut conn).unwrap();
-    // What a worker that died holding job 1 leaves behind: its last claim.
+    // What a worker that died holding job 1 leaves behind: its last claim,
+    // under a session number nobody holds any more.
     db.execute(&format!(
-        "INSERT INTO queue_claims (holder, jobs) VALUES ('a dead session', '{{{}}}')",
+        "INSERT INTO queue_claims (holder, jobs) VALUES (-5, '{{{}}}')",
         abandoned.0
     ));
     let (release, wait) = mpsc::channel();
@@ -282,7 +298,10 @@ fn a_job_abandoned_by_a_dead_worker_runs_with_its_runner_recorded_and_completes_
     assert_eq!(marks.len(), 2, "{marks:?}");
     assert_eq!(marks[0].0, 1);
     assert!(
-        marks[0].1.as_deref().is_some_and(|m| m.starts_with("host ") && m.ends_with(&ours)),
+        marks[0]
+            .1
+            .as_deref()
+            .is_some_and(|m| m.starts_with("host ") && m.ends_with(&ours)),
         "job 1 ran with its runner recorded: {marks:?}"
     );
     assert_eq!(marks[1], (2, None), "job 2 ran as usual");

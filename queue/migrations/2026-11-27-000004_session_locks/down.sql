@@ -1,2 +1,3 @@
-ALTER TABLE queue_jobs DROP COLUMN running_by;
+ALTER TABLE queue_jobs DROP COLUMN running_by, DROP COLUMN suspect;
 DROP TABLE queue_claims;
+DROP SEQUENCE queue_lock_sessions;

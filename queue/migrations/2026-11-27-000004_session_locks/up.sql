@@ -1,19 +1,28 @@
 -- Workers hold each claimed job under a session-level advisory lock (not a
 -- row lock in an open transaction), so completions commit every few
--- milliseconds without releasing the rest of a batch. What survives a worker
--- that dies tells the next claimer what happened:
+-- milliseconds without releasing the rest of a batch. What survives a
+-- worker that dies tells the others what happened.
 
--- Each lock session's latest claim: the jobs it took. A job that another
--- worker then gets the lock of while it is listed here was abandoned (its
--- holder died or lost its session holding it), so it runs carefully.
--- Released jobs are taken off the list; completed ones are deleted anyway.
+-- Each worker's lock session has a number, and holds an advisory lock on it
+-- for its whole life: a session whose number can be locked by another has
+-- ended.
+CREATE SEQUENCE queue_lock_sessions AS integer CYCLE;
+
+-- Each lock session's latest claim: the jobs it took. When the session has
+-- ended, a runner's reaper marks those still there `suspect` and deletes the
+-- row. Released jobs are taken off the list; completed ones are gone anyway.
 CREATE TABLE queue_claims (
-    holder     TEXT        PRIMARY KEY,
+    holder     INTEGER     PRIMARY KEY,
     jobs       BIGINT[]    NOT NULL,
     claimed_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
--- Set just before a careful run starts (a retry, or an abandoned job), and
--- cleared when the run's outcome is recorded. Set on a free job: the worker
--- running it died, and that counts as a failed attempt.
-ALTER TABLE queue_jobs ADD COLUMN running_by TEXT;
+-- A suspect job was held by a session that ended without releasing it: its
+-- worker may have died running it. It runs carefully: `running_by` names
+-- its worker before it starts, and is cleared when the run's outcome is
+-- recorded. A free job with `running_by` set killed (or lost) its worker,
+-- and that counts as a failed attempt. Jobs that have failed before run
+-- carefully too.
+ALTER TABLE queue_jobs
+    ADD COLUMN suspect BOOLEAN NOT NULL DEFAULT false,
+    ADD COLUMN running_by TEXT;

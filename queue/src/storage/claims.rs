@@ -37,6 +37,17 @@ pub(crate) fn prepare_runner_session(session: &mut Session) -> Result<(), Sessio
     Ok(())
 }
 
+/// Numbers this lock session and locks the number for the session's life,
+/// so that others can tell when it has ended. Returns the number.
+pub(crate) fn register_lock_session(session: &mut Session) -> Result<i32, SessionError> {
+    let rows = session.query(
+        "WITH n AS (SELECT nextval('queue_lock_sessions')::int4 AS holder) \
+         SELECT holder, pg_advisory_lock(-1, holder) FROM n",
+        &[],
+    )?;
+    i32::try_from(rows.int(0, 0)?).map_err(|_| SessionError::new("a session number out of range"))
+}
+
 /// The listener's statement.
 pub(crate) const LISTEN: &std::ffi::CStr = c"LISTEN queue_jobs";
 
@@ -48,28 +59,28 @@ pub(crate) struct ClaimedJob {
     pub(crate) payload: String,
     /// Failed attempts recorded so far.
     pub(crate) attempts: i32,
-    /// Another lock session whose latest claim lists the job: it died or
-    /// lost its session while holding it.
-    pub(crate) abandoned_by: Option<String>,
+    /// Held before by a session that ended without releasing it.
+    pub(crate) suspect: bool,
     /// Who was running it carefully when their worker died.
     pub(crate) crashed_in: Option<String>,
 }
 
 /// Claims up to `limit` ready jobs of `queue` (not in `exclude`) in
 /// priority order, skipping jobs other workers hold, and records them as
-/// the latest claim of `holder` (this lock session).
+/// the latest claim of lock session `holder`.
 pub(crate) fn claim_jobs(
     session: &mut Session,
     queue: &str,
     limit: i64,
     exclude: &[i64],
-    holder: &str,
+    holder: i32,
 ) -> Result<Vec<ClaimedJob>, SessionError> {
     let rows = session.query(
         concat!(
             // Walk the ready index in claim order and lock jobs until `limit`
             // are locked. The `OFFSET 0` fence keeps the lock call above the
-            // ordered scan, so it runs only on rows the LIMIT still wants.
+            // ordered scan whatever the plan, so it runs only on rows the
+            // LIMIT still wants.
             "WITH locked AS MATERIALIZED ( \
                  SELECT c.id FROM ( \
                      SELECT id FROM queue_jobs \
@@ -82,12 +93,13 @@ pub(crate) fn claim_jobs(
             ") \
                  LIMIT $2), ",
             // Read the rows again under a row lock, which sees the latest
-            // committed version: a job deleted or failed after this
-            // statement's snapshot was taken is skipped, not run again.
-            // (`= ANY (ARRAY(..))`: a join read the whole table, the planner
-            // not knowing the CTE is small.)
+            // committed version: a job completed or failed after this
+            // statement's snapshot was taken, or being written right now, is
+            // skipped, not run again. (`= ANY (ARRAY(..))`: a join read the
+            // whole table, the planner not knowing the CTE is small.)
             "claimed AS MATERIALIZED ( \
-                 SELECT id, job_type, payload, attempts, priority, running_by FROM queue_jobs \
+                 SELECT id, job_type, payload, attempts, priority, suspect, running_by \
+                 FROM queue_jobs \
                  WHERE id = ANY (ARRAY(SELECT id FROM locked)) \
                    AND dead_at IS NULL AND NOT scheduled \
                  FOR UPDATE SKIP LOCKED), \
@@ -98,25 +110,18 @@ pub(crate) fn claim_jobs(
                  WHERE NOT EXISTS (SELECT 1 FROM claimed c WHERE c.id = l.id)), \
              recorded AS ( \
                  INSERT INTO queue_claims (holder, jobs) \
-                 SELECT $4, COALESCE(array_agg(id), '{}') FROM claimed \
-                 ON CONFLICT (holder) DO UPDATE SET jobs = EXCLUDED.jobs, claimed_at = now()), \
-             abandoned AS ( \
-                 SELECT x.id, min(c.holder) AS holder \
-                 FROM queue_claims c CROSS JOIN LATERAL unnest(c.jobs) AS x(id) \
-                 JOIN claimed USING (id) \
-                 WHERE c.holder <> $4 \
-                 GROUP BY x.id) \
-             SELECT c.id, c.job_type, c.payload::text, c.attempts, a.holder, c.running_by \
-             FROM claimed c LEFT JOIN abandoned a ON a.id = c.id, \
-                  (SELECT count(*) FROM skipped) s, \
+                 SELECT $4::int4, COALESCE(array_agg(id), '{}') FROM claimed \
+                 ON CONFLICT (holder) DO UPDATE SET jobs = EXCLUDED.jobs, claimed_at = now()) \
+             SELECT id, job_type, payload::text, attempts, suspect, running_by \
+             FROM claimed, (SELECT count(*) FROM skipped) s, \
                   set_config('synchronous_commit', 'off', true) d \
-             ORDER BY c.priority DESC, c.id"
+             ORDER BY priority DESC, id"
         ),
         &[
             Param::Text(queue),
             Param::Int(limit),
             Param::Ints(exclude),
-            Param::Text(holder),
+            Param::Int(i64::from(holder)),
         ],
     )?;
     (0..rows.len())
@@ -126,7 +131,7 @@ pub(crate) fn claim_jobs(
                 job_type: rows.string(row, 1)?,
                 payload: rows.string(row, 2)?,
                 attempts: i32::try_from(rows.int(row, 3)?).unwrap_or(i32::MAX),
-                abandoned_by: rows.text(row, 4).map(str::to_owned),
+                suspect: rows.text(row, 4) == Some("t"),
                 crashed_in: rows.text(row, 5).map(str::to_owned),
             })
         })
@@ -183,19 +188,28 @@ pub(crate) fn complete_jobs(
 pub(crate) fn release_jobs(
     session: &mut Session,
     unstarted: &[i64],
-    holder: &str,
+    holder: i32,
 ) -> Result<(), SessionError> {
     session.query(
         concat!(
             "WITH off_the_claim AS ( \
                  UPDATE queue_claims SET jobs = ARRAY( \
                      SELECT x FROM unnest(jobs) x WHERE x <> ALL ($1::int8[])) \
-                 WHERE holder = $2) \
+                 WHERE holder = $2::int4) \
              SELECT count(pg_advisory_unlock(",
             job_lock!("x"),
             ")) FROM unnest($1::int8[]) x, set_config('synchronous_commit', 'off', true) d"
         ),
-        &[Param::Ints(unstarted), Param::Text(holder)],
+        &[Param::Ints(unstarted), Param::Int(i64::from(holder))],
+    )?;
+    Ok(())
+}
+
+/// Ends lock session `holder` cleanly: it holds nothing any more.
+pub(crate) fn retire_lock_session(session: &mut Session, holder: i32) -> Result<(), SessionError> {
+    session.query(
+        "DELETE FROM queue_claims WHERE holder = $1::int4",
+        &[Param::Int(i64::from(holder))],
     )?;
     Ok(())
 }

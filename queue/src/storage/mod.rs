@@ -300,6 +300,34 @@ pub(crate) fn lock_idle_job(conn: &mut PgConnection, id: i64) -> QueryResult<boo
     .locked)
 }
 
+/// Marks `suspect` the jobs that lock sessions which have ended (their
+/// number can be locked) still held at their latest claim, and forgets
+/// those claims. Returns how many jobs were marked. Safe to run from many
+/// runners at once: each ended session is reaped by one of them.
+pub(crate) fn reap_ended_sessions(conn: &mut PgConnection) -> QueryResult<usize> {
+    #[derive(QueryableByName)]
+    struct Reaped {
+        #[diesel(sql_type = BigInt)]
+        marked: i64,
+    }
+    let reaped: Reaped = Statement::new(
+        // The transaction-level lock keeps two reapers off the same session
+        // and goes with the commit; a live session holds its number itself.
+        "WITH ended AS MATERIALIZED ( \
+             SELECT holder, jobs FROM queue_claims \
+             WHERE pg_try_advisory_xact_lock(-1, holder)), \
+         marked AS ( \
+             UPDATE queue_jobs SET suspect = true \
+             WHERE id = ANY (ARRAY(SELECT unnest(jobs) FROM ended)) AND NOT suspect \
+             RETURNING id), \
+         forgotten AS ( \
+             DELETE FROM queue_claims WHERE holder IN (SELECT holder FROM ended)) \
+         SELECT count(*) AS marked FROM marked",
+    )
+    .get_result(conn)?;
+    Ok(usize::try_from(reaped.marked).unwrap_or(0))
+}
+
 /// Whether a job with this id exists (locked or not).
 pub(crate) fn job_exists(conn: &mut PgConnection, id: i64) -> QueryResult<bool> {
     use crate::schema::queue_jobs::dsl as j;
