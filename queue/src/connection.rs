@@ -117,3 +117,16 @@ pub(crate) fn checked_get(
     }
     pool.get()
 }
+
+/// What the runner's own pool does with a connection it could not open:
+/// nothing loud. While the database is down the pool retries every second,
+/// and the runner's threads already say once that the database is
+/// unreachable.
+#[derive(Debug)]
+pub(crate) struct QuietPoolErrors;
+
+impl r2d2::HandleError<diesel::r2d2::Error> for QuietPoolErrors {
+    fn handle_error(&self, error: diesel::r2d2::Error) {
+        tracing::debug!(%error, "the pool could not open a connection");
+    }
+}

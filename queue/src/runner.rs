@@ -241,6 +241,7 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
                 // with a growing delay capped at half this timeout: 1 s, so
                 // jobs get connections within a second of it coming back.
                 .connection_timeout(Duration::from_secs(2))
+                .error_handler(Box::new(connection::QuietPoolErrors))
                 .build(ConnectionManager::new(database_url.clone()))?,
         };
         if pool.max_size() < needed {

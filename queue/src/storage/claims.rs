@@ -26,12 +26,17 @@ use crate::pq::{Param, Session, SessionError};
 /// Makes a runner session immune to server-wide timeouts meant for
 /// application sessions: a worker's lock session stays idle (holding its
 /// locks) while a job runs for as long as it runs, and the listener is
-/// idle by design. Parameters the server does not know are skipped.
+/// idle by design. And plans each prepared statement once: the claim's
+/// predicates are written to match the ready index in a generic plan, and
+/// planning it anew at every claim would cost more than running it.
+/// Parameters the server does not know are skipped.
 pub(crate) fn prepare_runner_session(session: &mut Session) -> Result<(), SessionError> {
     session.query(
-        "SELECT count(set_config(name, '0', false)) FROM pg_settings \
+        "SELECT count(set_config(name, \
+             CASE name WHEN 'plan_cache_mode' THEN 'force_generic_plan' ELSE '0' END, false)) \
+         FROM pg_settings \
          WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout', \
-                        'idle_session_timeout', 'transaction_timeout')",
+                        'idle_session_timeout', 'transaction_timeout', 'plan_cache_mode')",
         &[],
     )?;
     Ok(())
