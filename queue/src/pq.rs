@@ -25,9 +25,10 @@ use std::time::Duration;
 
 use pq_sys::{
     ConnStatusType, ExecStatusType, PGconn, PGresult, PQbackendPID, PQclear, PQconnectdbParams,
-    PQconsumeInput, PQerrorMessage, PQexec, PQexecPrepared, PQfinish, PQfreemem, PQgetisnull,
-    PQgetvalue, PQnotifies, PQntuples, PQprepare, PQresultErrorField, PQresultErrorMessage,
-    PQresultStatus, PQsetNoticeReceiver, PQsocket, PQstatus, PG_DIAG_MESSAGE_PRIMARY,
+    PQconsumeInput, PQenterPipelineMode, PQerrorMessage, PQexec, PQexecPrepared,
+    PQexitPipelineMode, PQfinish, PQfreemem, PQgetResult, PQgetisnull, PQgetvalue, PQnotifies,
+    PQntuples, PQpipelineSync, PQprepare, PQresultErrorField, PQresultErrorMessage, PQresultStatus,
+    PQsendQueryPrepared, PQsetNoticeReceiver, PQsocket, PQstatus, PG_DIAG_MESSAGE_PRIMARY,
     PG_DIAG_SEVERITY_NONLOCALIZED,
 };
 use tracing::debug;
@@ -77,6 +78,15 @@ impl Param<'_> {
         CString::new(text)
             .map_err(|_| SessionError::new("a statement parameter contains a NUL byte"))
     }
+}
+
+/// One step of a [`Session::pipeline`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Step<'a> {
+    /// A statement and its parameters.
+    Run(&'static str, &'a [Param<'a>]),
+    /// The end of an implicit transaction: the statements before it commit.
+    Sync,
 }
 
 /// What the server told the session outside any statement: set by the
@@ -299,28 +309,7 @@ impl Session {
         if self.lost {
             return Err(SessionError::new("the session is gone"));
         }
-        let key = sql.as_ptr() as usize;
-        let name = match self.prepared.get(&key) {
-            Some(name) => name.as_ptr(),
-            None => {
-                let name = CString::new(format!("skiplock_{}", self.prepared.len()))
-                    .expect("no NUL in a generated name");
-                let text = CString::new(sql).expect("no NUL in the queue's SQL");
-                // SAFETY: valid connection and C strings; parameter types are
-                // inferred by the server (NULL type array).
-                let result = unsafe {
-                    PQprepare(
-                        self.conn.as_ptr(),
-                        name.as_ptr(),
-                        text.as_ptr(),
-                        0,
-                        ptr::null(),
-                    )
-                };
-                self.check(result)?;
-                self.prepared.entry(key).or_insert(name).as_ptr()
-            }
-        };
+        let name = self.prepared(sql)?;
         let encoded = params
             .iter()
             .map(Param::encode)
@@ -343,6 +332,137 @@ impl Session {
             )
         };
         self.check(result)
+    }
+
+    /// The name of `sql`'s prepared statement, preparing it on first use.
+    fn prepared(&mut self, sql: &'static str) -> Result<*const c_char, SessionError> {
+        let key = sql.as_ptr() as usize;
+        if let Some(name) = self.prepared.get(&key) {
+            return Ok(name.as_ptr());
+        }
+        let name = CString::new(format!("skiplock_{}", self.prepared.len()))
+            .expect("no NUL in a generated name");
+        let text = CString::new(sql).expect("no NUL in the queue's SQL");
+        // SAFETY: valid connection and C strings; parameter types are
+        // inferred by the server (NULL type array).
+        let result = unsafe {
+            PQprepare(
+                self.conn.as_ptr(),
+                name.as_ptr(),
+                text.as_ptr(),
+                0,
+                ptr::null(),
+            )
+        };
+        self.check(result)?;
+        Ok(self.prepared.entry(key).or_insert(name).as_ptr())
+    }
+
+    /// Runs statements in one round trip (libpq's pipeline mode) and
+    /// returns the rows of each [`Step::Run`], in order. A [`Step::Sync`]
+    /// ends an implicit transaction: what follows it runs after its commit.
+    /// The steps must end with a `Sync`.
+    pub(crate) fn pipeline(&mut self, steps: &[Step<'_>]) -> Result<Vec<Rows>, SessionError> {
+        assert!(
+            matches!(steps.last(), Some(Step::Sync)),
+            "a pipeline ends with a Sync"
+        );
+        if self.lost {
+            return Err(SessionError::new("the session is gone"));
+        }
+        let mut names = Vec::with_capacity(steps.len());
+        for step in steps {
+            if let Step::Run(sql, _) = step {
+                names.push(self.prepared(sql)?);
+            }
+        }
+        let encoded = steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Run(_, params) => Some(params.iter().map(Param::encode).collect()),
+                Step::Sync => None,
+            })
+            .collect::<Result<Vec<Vec<CString>>, SessionError>>()
+            .map_err(|e| self.lose(e.message))?;
+        let conn = self.conn.as_ptr();
+        // SAFETY: valid connection, idle (no query in flight).
+        if unsafe { PQenterPipelineMode(conn) } != 1 {
+            return Err(self.lose(self.connection_error()));
+        }
+        let mut runs = names.iter().zip(&encoded);
+        for step in steps {
+            let sent = match step {
+                Step::Run(..) => {
+                    let (name, values) = runs.next().expect("one per Run");
+                    let values: Vec<*const c_char> = values.iter().map(|v| v.as_ptr()).collect();
+                    let count = c_int::try_from(values.len()).expect("a handful of parameters");
+                    // SAFETY: valid connection in pipeline mode, a prepared
+                    // statement's name, and text parameters that live until
+                    // the call returns (libpq copies them into its buffer).
+                    unsafe {
+                        PQsendQueryPrepared(
+                            conn,
+                            *name,
+                            count,
+                            values.as_ptr(),
+                            ptr::null(),
+                            ptr::null(),
+                            0,
+                        )
+                    }
+                }
+                // SAFETY: valid connection in pipeline mode.
+                Step::Sync => unsafe { PQpipelineSync(conn) },
+            };
+            if sent != 1 {
+                return Err(self.lose(self.connection_error()));
+            }
+        }
+        let mut results = Vec::new();
+        let mut failure = None;
+        for step in steps {
+            // SAFETY: valid connection; each result is wrapped (and freed).
+            let result = unsafe { PQgetResult(conn) };
+            match step {
+                Step::Run(..) => {
+                    match self.check(result) {
+                        Ok(rows) => results.push(rows),
+                        Err(error) => {
+                            failure.get_or_insert(error);
+                        }
+                    }
+                    // The end of this statement's results.
+                    // SAFETY: as above.
+                    let end = unsafe { PQgetResult(conn) };
+                    if !end.is_null() {
+                        // SAFETY: a result we own and do not use.
+                        unsafe { PQclear(end) };
+                    }
+                }
+                Step::Sync => {
+                    // SAFETY: a result we own (or NULL), freed here.
+                    let synced = !result.is_null()
+                        && unsafe { PQresultStatus(result) } == ExecStatusType::PGRES_PIPELINE_SYNC;
+                    if !result.is_null() {
+                        unsafe { PQclear(result) };
+                    }
+                    if !synced {
+                        failure.get_or_insert_with(|| self.lose(self.connection_error()));
+                    }
+                }
+            }
+        }
+        // SAFETY: valid connection; every result has been read.
+        if unsafe { PQexitPipelineMode(conn) } != 1 {
+            failure.get_or_insert_with(|| self.lose(self.connection_error()));
+        }
+        match failure {
+            Some(error) => {
+                self.lost = true;
+                Err(error)
+            }
+            None => Ok(results),
+        }
     }
 
     /// Wraps a result, turning a failed statement into an error.
@@ -405,6 +525,22 @@ impl Rows {
         self.text(row, column)
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| SessionError::new("the database returned an unexpected value"))
+    }
+
+    /// The value at `row`, `column` as an array of integers.
+    pub(crate) fn ints(&self, row: usize, column: usize) -> Result<Vec<i64>, SessionError> {
+        let text = self.string(row, column)?;
+        let inner = text.trim_start_matches('{').trim_end_matches('}');
+        if inner.is_empty() {
+            return Ok(Vec::new());
+        }
+        inner
+            .split(',')
+            .map(|n| {
+                n.parse()
+                    .map_err(|_| SessionError::new("the database returned an unexpected value"))
+            })
+            .collect()
     }
 
     /// The value at `row`, `column` as text (NULL: an error).

@@ -354,31 +354,13 @@ pub(crate) fn commit_completions<C>(
     }
     let done = storage::complete_jobs(session, &completed, shared.settings.synchronous_commit);
     match done {
-        Ok(deleted) => release_leftovers(session, &completed, &deleted),
+        Ok(_) => Ok(()),
         Err(error) => {
             // Kept for the caller's `lose`, which records them elsewhere.
             lock(&slot.batch).completed.extend(completed);
             Err(error)
         }
     }
-}
-
-/// Releases the locks of `ids` that a statement did not reach (their rows
-/// were gone).
-fn release_leftovers(
-    session: &mut Session,
-    ids: &[i64],
-    reached: &[i64],
-) -> Result<(), SessionError> {
-    if reached.len() == ids.len() {
-        return Ok(());
-    }
-    let missing: Vec<i64> = ids
-        .iter()
-        .copied()
-        .filter(|id| !reached.contains(id))
-        .collect();
-    storage::unlock_jobs(session, &missing)
 }
 
 /// Gives the unstarted jobs back (on error they stay in the batch, for
@@ -583,14 +565,7 @@ fn fail<C>(
         &error,
         next,
         shared.settings.synchronous_commit,
-    )
-    .and_then(|found| {
-        if found {
-            Ok(())
-        } else {
-            storage::unlock_jobs(session, &[job.id])
-        }
-    });
+    );
     if let Err(e) = recorded {
         return Err(lose(shared, slot, &mut guard, e));
     }

@@ -127,5 +127,10 @@ fn after_a_20_s_outage_jobs_run_within_a_second_and_each_cause_is_logged_once() 
     // says once that it cannot reach the database, and a lost session is
     // an event of its own; retries (40 or so each in 20 s) say nothing.
     assert!(logged.len() <= 10, "{}", logged.join("\n"));
-    assert_eq!(running.shutdown(Duration::from_secs(10)).workers_still_running, 0);
+    assert_eq!(
+        running
+            .shutdown(Duration::from_secs(10))
+            .workers_still_running,
+        0
+    );
 }

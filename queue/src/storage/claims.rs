@@ -3,16 +3,14 @@
 //!
 //! Every lock is taken and released on the worker's own session, and a
 //! session that ends (a dead process, a terminated backend, a restart)
-//! releases all of them at once. The order inside each statement matters:
+//! releases all of them at once. Two rules make a job's lock enough:
 //!
-//! - A completed or failed job is unlocked only after the same statement
-//!   has written its row (deleted it, or recorded the failure), so the row
-//!   stays locked by that write until the commit.
-//! - The claim reads each row it took the advisory lock of again under a
-//!   row lock (`FOR UPDATE SKIP LOCKED`), which sees the latest committed
-//!   version: a job completed or failed after the claim's snapshot was
-//!   taken, or being written right now, is skipped and its lock given back
-//!   in the same statement. It is never run again.
+//! - A job's lock is released only after the write that ends its claim
+//!   (its deletion, or its failure) has committed: the release is a later
+//!   statement of the same round trip, after the commit.
+//! - The claim reads what it locked again in a later snapshot (see
+//!   [`claim_jobs`]), so a job completed or failed just before its lock
+//!   was taken is never run again.
 //!
 //! Writes that only say who holds a job (the claim record, the careful-run
 //! mark, a release) commit without waiting for the disk: a server crash may
@@ -21,7 +19,7 @@
 
 use std::time::Duration;
 
-use crate::pq::{Param, Session, SessionError};
+use crate::pq::{Param, Session, SessionError, Step};
 
 /// Makes a runner session immune to server-wide timeouts meant for
 /// application sessions: a worker's lock session stays idle (holding its
@@ -72,7 +70,17 @@ pub(crate) struct ClaimedJob {
 
 /// Claims up to `limit` ready jobs of `queue` (not in `exclude`) in
 /// priority order, skipping jobs other workers hold, and records them as
-/// the latest claim of lock session `holder`.
+/// the latest claim of lock session `holder`. One round trip, two
+/// statements:
+///
+/// 1. Walk the ready index in claim order and take the advisory lock of
+///    jobs until `limit` are locked (the `OFFSET 0` fence keeps the lock
+///    call above the ordered scan whatever the plan, so it runs only on
+///    rows the LIMIT still wants), and note their ids in the session.
+/// 2. Read those rows again, in a snapshot taken after the locks: a job
+///    completed or failed after the first statement's snapshot (its
+///    holder released it after that commit) is no longer ready, and is
+///    let go instead of run again. Record the claim.
 pub(crate) fn claim_jobs(
     session: &mut Session,
     queue: &str,
@@ -80,66 +88,68 @@ pub(crate) fn claim_jobs(
     exclude: &[i64],
     holder: i32,
 ) -> Result<Vec<ClaimedJob>, SessionError> {
-    let rows = session.query(
-        concat!(
-            // Walk the ready index in claim order and lock jobs until `limit`
-            // are locked. The `OFFSET 0` fence keeps the lock call above the
-            // ordered scan whatever the plan, so it runs only on rows the
-            // LIMIT still wants.
-            "WITH locked AS MATERIALIZED ( \
-                 SELECT c.id FROM ( \
-                     SELECT id FROM queue_jobs \
-                     WHERE queue = $1 AND dead_at IS NULL AND NOT scheduled \
-                       AND id <> ALL ($3::int8[]) \
-                     ORDER BY priority DESC, id \
-                     OFFSET 0) c \
-                 WHERE pg_try_advisory_lock(",
-            job_lock!("c.id"),
-            ") \
-                 LIMIT $2), ",
-            // Read the rows again under a row lock, which sees the latest
-            // committed version: a job completed or failed after this
-            // statement's snapshot was taken, or being written right now, is
-            // skipped, not run again. (`= ANY (ARRAY(..))`: a join read the
-            // whole table, the planner not knowing the CTE is small.)
-            "claimed AS MATERIALIZED ( \
-                 SELECT id, job_type, payload, attempts, priority, suspect, running_by \
-                 FROM queue_jobs \
-                 WHERE id = ANY (ARRAY(SELECT id FROM locked)) \
-                   AND dead_at IS NULL AND NOT scheduled \
-                 FOR UPDATE SKIP LOCKED), \
-             skipped AS ( \
-                 SELECT pg_advisory_unlock(",
-            job_lock!("l.id"),
-            ") FROM locked l \
-                 WHERE NOT EXISTS (SELECT 1 FROM claimed c WHERE c.id = l.id)), \
-             recorded AS ( \
-                 INSERT INTO queue_claims (holder, jobs) \
-                 SELECT $4::int4, COALESCE(array_agg(id), '{}') FROM claimed \
-                 ON CONFLICT (holder) DO UPDATE SET jobs = EXCLUDED.jobs, claimed_at = now()) \
-             SELECT id, job_type, payload::text, attempts, suspect, running_by \
-             FROM claimed, (SELECT count(*) FROM skipped) s, \
-                  set_config('synchronous_commit', 'off', true) d \
-             ORDER BY priority DESC, id"
+    let holder = i64::from(holder);
+    let results = session.pipeline(&[
+        Step::Run(
+            concat!(
+                "WITH locked AS MATERIALIZED ( \
+                     SELECT c.* FROM ( \
+                         SELECT id, job_type, payload, attempts, priority, suspect, running_by \
+                         FROM queue_jobs \
+                         WHERE queue = $1 AND dead_at IS NULL AND NOT scheduled \
+                           AND id <> ALL ($3::int8[]) \
+                         ORDER BY priority DESC, id \
+                         OFFSET 0) c \
+                     WHERE pg_try_advisory_lock(",
+                job_lock!("c.id"),
+                ") \
+                     LIMIT $2) \
+                 SELECT l.id, l.job_type, l.payload::text, l.attempts, l.suspect, l.running_by \
+                 FROM (SELECT set_config('skiplock.claim', \
+                           COALESCE((SELECT array_agg(id) FROM locked), '{}')::text, false)) noted \
+                 LEFT JOIN locked l ON true \
+                 ORDER BY l.priority DESC, l.id"
+            ),
+            &[Param::Text(queue), Param::Int(limit), Param::Ints(exclude)],
         ),
-        &[
-            Param::Text(queue),
-            Param::Int(limit),
-            Param::Ints(exclude),
-            Param::Int(i64::from(holder)),
-        ],
-    )?;
-    (0..rows.len())
+        Step::Run(
+            concat!(
+                "WITH ready AS MATERIALIZED ( \
+                     SELECT id FROM queue_jobs \
+                     WHERE id = ANY (current_setting('skiplock.claim')::int8[]) \
+                       AND dead_at IS NULL AND NOT scheduled), \
+                 recorded AS ( \
+                     INSERT INTO queue_claims (holder, jobs) \
+                     SELECT $1::int4, COALESCE(array_agg(id), '{}') FROM ready \
+                     ON CONFLICT (holder) DO UPDATE SET jobs = EXCLUDED.jobs, claimed_at = now()) \
+                 SELECT ARRAY(SELECT id FROM ready)::text, \
+                     (SELECT count(pg_advisory_unlock(",
+                job_lock!("x"),
+                ")) FROM unnest(current_setting('skiplock.claim')::int8[]) x \
+                      WHERE x NOT IN (SELECT id FROM ready)), \
+                     set_config('synchronous_commit', 'off', true)"
+            ),
+            &[Param::Int(holder)],
+        ),
+        Step::Sync,
+    ])?;
+    let [locked, ready] = &results[..] else {
+        unreachable!("two statements, two results")
+    };
+    let ready = ready.ints(0, 0)?;
+    (0..locked.len())
+        .filter(|&row| locked.text(row, 0).is_some())
         .map(|row| {
             Ok(ClaimedJob {
-                id: rows.int(row, 0)?,
-                job_type: rows.string(row, 1)?,
-                payload: rows.string(row, 2)?,
-                attempts: i32::try_from(rows.int(row, 3)?).unwrap_or(i32::MAX),
-                suspect: rows.text(row, 4) == Some("t"),
-                crashed_in: rows.text(row, 5).map(str::to_owned),
+                id: locked.int(row, 0)?,
+                job_type: locked.string(row, 1)?,
+                payload: locked.string(row, 2)?,
+                attempts: i32::try_from(locked.int(row, 3)?).unwrap_or(i32::MAX),
+                suspect: locked.text(row, 4) == Some("t"),
+                crashed_in: locked.text(row, 5).map(str::to_owned),
             })
         })
+        .filter(|job| job.as_ref().map_or(true, |job| ready.contains(&job.id)))
         .collect()
 }
 
@@ -163,29 +173,24 @@ fn durability(wait_for_disk: bool) -> Param<'static> {
     Param::Text(if wait_for_disk { "on" } else { "off" })
 }
 
-/// The first column of every row, as integers.
-fn ids(rows: &crate::pq::Rows) -> Result<Vec<i64>, SessionError> {
-    (0..rows.len()).map(|row| rows.int(row, 0)).collect()
-}
-
-/// Deletes completed jobs and releases their locks. Returns the ids of the
-/// rows deleted; the locks of ids whose row was already gone stay held
-/// (release them with [`unlock_jobs`]).
+/// Deletes completed jobs, and once that has committed, releases their
+/// locks. Returns how many rows were deleted.
 pub(crate) fn complete_jobs(
     session: &mut Session,
-    ids_done: &[i64],
+    ids: &[i64],
     wait_for_disk: bool,
-) -> Result<Vec<i64>, SessionError> {
-    let rows = session.query(
-        concat!(
-            "WITH done AS (DELETE FROM queue_jobs WHERE id = ANY ($1::int8[]) RETURNING id) \
-             SELECT done.id, pg_advisory_unlock(",
-            job_lock!("done.id"),
-            ") FROM done, set_config('synchronous_commit', $2, true) d"
+) -> Result<usize, SessionError> {
+    let results = session.pipeline(&[
+        Step::Run(
+            "WITH done AS (DELETE FROM queue_jobs WHERE id = ANY ($1::int8[]) RETURNING 1) \
+             SELECT count(*), set_config('synchronous_commit', $2, true) FROM done",
+            &[Param::Ints(ids), durability(wait_for_disk)],
         ),
-        &[Param::Ints(ids_done), durability(wait_for_disk)],
-    )?;
-    ids(&rows)
+        Step::Sync,
+        Step::Run(UNLOCK, &[Param::Ints(ids)]),
+        Step::Sync,
+    ])?;
+    Ok(usize::try_from(results[0].int(0, 0)?).unwrap_or(0))
 }
 
 /// Gives claimed jobs back unstarted: takes them off `holder`'s claim and
@@ -219,17 +224,17 @@ pub(crate) fn retire_lock_session(session: &mut Session, holder: i32) -> Result<
     Ok(())
 }
 
-/// Releases the locks of jobs whose rows are gone (or were written on
-/// another connection).
+/// Releases the locks of `$1`.
+const UNLOCK: &str = concat!(
+    "SELECT count(pg_advisory_unlock(",
+    job_lock!("x"),
+    ")) FROM unnest($1::int8[]) x"
+);
+
+/// Releases the locks of jobs whose rows were written on another
+/// connection (and committed there).
 pub(crate) fn unlock_jobs(session: &mut Session, ids: &[i64]) -> Result<(), SessionError> {
-    session.query(
-        concat!(
-            "SELECT count(pg_advisory_unlock(",
-            job_lock!("x"),
-            ")) FROM unnest($1::int8[]) x"
-        ),
-        &[Param::Ints(ids)],
-    )?;
+    session.query(UNLOCK, &[Param::Ints(ids)])?;
     Ok(())
 }
 
@@ -243,21 +248,21 @@ pub(crate) enum NextAttempt {
 }
 
 /// Records a failed attempt of a claimed job (its error, and its next
-/// attempt or death) and releases its lock. `false`:
-/// the row is gone (its lock is still held; see [`unlock_jobs`]).
+/// attempt or death), and once that has committed, releases its lock.
 pub(crate) fn record_failure(
     session: &mut Session,
     id: i64,
     error: &str,
     next: NextAttempt,
     wait_for_disk: bool,
-) -> Result<bool, SessionError> {
+) -> Result<(), SessionError> {
     let (dead, retry_in) = match next {
         NextAttempt::After(wait) => ("false", i64::try_from(wait.as_micros()).unwrap_or(i64::MAX)),
         NextAttempt::Never => ("true", 0),
     };
-    let rows = session.query(
-        concat!(
+    let ids = [id];
+    session.pipeline(&[
+        Step::Run(
             "WITH failed AS ( \
                  UPDATE queue_jobs SET \
                      attempts = attempts + 1, \
@@ -269,18 +274,19 @@ pub(crate) fn record_failure(
                                    ELSE clock_timestamp() + $4::int8 * interval '1 microsecond' END, \
                      scheduled = NOT $3::bool, \
                      running_by = NULL \
-                 WHERE id = $1 RETURNING id) \
-             SELECT count(pg_advisory_unlock(",
-            job_lock!("failed.id"),
-            ")) FROM failed, set_config('synchronous_commit', $5, true) d"
+                 WHERE id = $1 RETURNING 1) \
+             SELECT count(*), set_config('synchronous_commit', $5, true) FROM failed",
+            &[
+                Param::Int(id),
+                Param::Text(error),
+                Param::Text(dead),
+                Param::Int(retry_in),
+                durability(wait_for_disk),
+            ],
         ),
-        &[
-            Param::Int(id),
-            Param::Text(error),
-            Param::Text(dead),
-            Param::Int(retry_in),
-            durability(wait_for_disk),
-        ],
-    )?;
-    Ok(rows.int(0, 0)? == 1)
+        Step::Sync,
+        Step::Run(UNLOCK, &[Param::Ints(&ids)]),
+        Step::Sync,
+    ])?;
+    Ok(())
 }
