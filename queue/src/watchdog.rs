@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tracing::{debug, info};
 
-use crate::state::{lock, LockSession, Shared, Slot};
+use crate::state::{lock, Shared, Slot};
 use crate::worker::{commit_completions, flush_after, release_pending};
 
 /// The watchdog thread: looks at every worker's running job.
@@ -56,20 +56,20 @@ fn tend<C>(shared: &Shared<C>, slot: &Slot) {
                 && running.since.elapsed() >= shared.settings.slow_job_threshold,
         )
     };
-    let Some(LockSession { session, holder }) = guard.as_mut() else {
+    let Some(lock_session) = guard.as_mut() else {
         return;
     };
-    if session.is_lost() {
+    if lock_session.session.is_lost() {
         return;
     }
     if flush {
-        if let Err(error) = commit_completions(shared, slot, session) {
+        if let Err(error) = commit_completions(shared, slot, lock_session, false) {
             debug!(%error, "could not commit completions during a job; the worker will reconnect");
             return;
         }
     }
     if release {
-        match release_pending(slot, session, *holder) {
+        match release_pending(slot, lock_session) {
             Ok(released) => {
                 info!(released, "a slow job's batch was released to other workers");
                 // Idle workers of the queue take the released jobs now.

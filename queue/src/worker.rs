@@ -43,7 +43,7 @@ use crate::pq::{Session, SessionError};
 use crate::registry::{JobDescriptor, RunFailure};
 use crate::retry::RetryPolicy;
 use crate::state::{lock, LockSession, RunningJob, Shared, Slot};
-use crate::storage::{self, ClaimedJob, NextAttempt};
+use crate::storage::{self, ClaimedJob, NextAttempt, Release};
 
 /// What happened to one claimed job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,7 +312,7 @@ fn complete<C>(
         careful || batch.completions_due(flush_after(shared))
     };
     shared.metrics.record(&job.job_type, Ended::Completed, took);
-    let Some(LockSession { session, .. }) = guard.as_mut() else {
+    let Some(lock_session) = guard.as_mut() else {
         return Err(lose(
             shared,
             slot,
@@ -323,11 +323,13 @@ fn complete<C>(
     let result = match completion {
         Completion::Pending => Ok(()),
         // Its row is gone: only its lock is left to release.
-        Completion::Committed | Completion::Elsewhere => storage::unlock_jobs(session, &[job.id]),
+        Completion::Committed | Completion::Elsewhere => {
+            storage::unlock_jobs(&mut lock_session.session, &[job.id])
+        }
     }
     .and_then(|()| {
         if commit_now {
-            commit_completions(shared, slot, session)
+            commit_completions(shared, slot, lock_session, false)
         } else {
             Ok(())
         }
@@ -342,39 +344,50 @@ pub(crate) fn flush_after<C>(shared: &Shared<C>) -> Duration {
     shared.settings.completion_window * 3 / 4
 }
 
-/// Deletes the completed jobs and releases their locks.
+/// Deletes the completed jobs and releases their locks; when the batch is
+/// over (nothing else held), releases everything the session holds.
 pub(crate) fn commit_completions<C>(
     shared: &Shared<C>,
     slot: &Slot,
-    session: &mut Session,
+    lock_session: &mut LockSession,
+    batch_over: bool,
 ) -> Result<(), SessionError> {
     let completed = lock(&slot.batch).take_completed();
     if completed.is_empty() {
         return Ok(());
     }
-    let done = storage::complete_jobs(session, &completed, shared.settings.synchronous_commit);
-    match done {
-        Ok(_) => Ok(()),
-        Err(error) => {
-            // Kept for the caller's `lose`, which records them elsewhere.
-            lock(&slot.batch).completed.extend(completed);
-            Err(error)
+    let release = if batch_over {
+        Release::All {
+            holder: lock_session.holder,
         }
+    } else {
+        Release::These(&completed)
+    };
+    let done = storage::complete_jobs(
+        &mut lock_session.session,
+        &completed,
+        release,
+        shared.settings.synchronous_commit,
+    );
+    if let Err(error) = done {
+        // Kept for the caller's `lose`, which records them elsewhere.
+        lock(&slot.batch).completed.extend(completed);
+        return Err(error);
     }
+    Ok(())
 }
 
 /// Gives the unstarted jobs back (on error they stay in the batch, for
 /// the worker to account for when it closes the session).
 pub(crate) fn release_pending(
     slot: &Slot,
-    session: &mut Session,
-    holder: i32,
+    lock_session: &mut LockSession,
 ) -> Result<usize, SessionError> {
     let ids: Vec<i64> = lock(&slot.batch).pending.iter().map(|job| job.id).collect();
     if ids.is_empty() {
         return Ok(0);
     }
-    storage::release_jobs(session, &ids, holder)?;
+    storage::release_jobs(&mut lock_session.session, &ids, lock_session.holder)?;
     lock(&slot.batch).pending.clear();
     Ok(ids.len())
 }
@@ -389,7 +402,7 @@ fn end_batch<C>(shared: &Shared<C>, slot: &Slot) -> Result<(), BatchError> {
             return Ok(());
         }
     }
-    let Some(LockSession { session, holder }) = guard.as_mut() else {
+    let Some(lock_session) = guard.as_mut() else {
         return Err(lose(
             shared,
             slot,
@@ -397,8 +410,10 @@ fn end_batch<C>(shared: &Shared<C>, slot: &Slot) -> Result<(), BatchError> {
             SessionError::new("the session was lost"),
         ));
     };
-    let result = commit_completions(shared, slot, session)
-        .and_then(|()| release_pending(slot, session, *holder));
+    // Unstarted jobs first: then the completions are all the session holds.
+    let result = release_pending(slot, lock_session).and_then(|released| {
+        commit_completions(shared, slot, lock_session, true).map(|()| released)
+    });
     match result {
         Ok(released) => {
             if released > 0 {

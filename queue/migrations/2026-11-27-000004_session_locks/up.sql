@@ -26,3 +26,8 @@ CREATE TABLE queue_claims (
 ALTER TABLE queue_jobs
     ADD COLUMN suspect BOOLEAN NOT NULL DEFAULT false,
     ADD COLUMN running_by TEXT;
+
+-- Bumped by every worker after a write that ends a claim has committed and
+-- before it releases the job's lock. A claim that sees it unchanged across
+-- its lock scan knows no job it locked was completed or failed meanwhile.
+CREATE SEQUENCE queue_lock_releases;

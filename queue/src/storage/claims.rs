@@ -70,17 +70,17 @@ pub(crate) struct ClaimedJob {
 
 /// Claims up to `limit` ready jobs of `queue` (not in `exclude`) in
 /// priority order, skipping jobs other workers hold, and records them as
-/// the latest claim of lock session `holder`. One round trip, two
-/// statements:
+/// the latest claim of lock session `holder`.
 ///
-/// 1. Walk the ready index in claim order and take the advisory lock of
-///    jobs until `limit` are locked (the `OFFSET 0` fence keeps the lock
-///    call above the ordered scan whatever the plan, so it runs only on
-///    rows the LIMIT still wants), and note their ids in the session.
-/// 2. Read those rows again, in a snapshot taken after the locks: a job
-///    completed or failed after the first statement's snapshot (its
-///    holder released it after that commit) is no longer ready, and is
-///    let go instead of run again. Record the claim.
+/// The lock scan walks the ready index in claim order and takes the
+/// advisory lock of jobs until `limit` are locked (the `OFFSET 0` fence
+/// keeps the lock call above the ordered scan whatever the plan, so it runs
+/// only on rows the LIMIT still wants). Its snapshot is taken before its
+/// locks: a job another worker completed or failed, and released, while the
+/// scan ran would look ready. Releases bump `queue_lock_releases` (after
+/// the commit, before the unlock), so when the counter moved during the
+/// scan the locked rows are read again in a later snapshot, and those no
+/// longer ready are let go instead of run again.
 pub(crate) fn claim_jobs(
     session: &mut Session,
     queue: &str,
@@ -88,8 +88,9 @@ pub(crate) fn claim_jobs(
     exclude: &[i64],
     holder: i32,
 ) -> Result<Vec<ClaimedJob>, SessionError> {
-    let holder = i64::from(holder);
+    const RELEASES: &str = "SELECT last_value FROM queue_lock_releases";
     let results = session.pipeline(&[
+        Step::Run(RELEASES, &[]),
         Step::Run(
             concat!(
                 "WITH locked AS MATERIALIZED ( \
@@ -103,42 +104,28 @@ pub(crate) fn claim_jobs(
                      WHERE pg_try_advisory_lock(",
                 job_lock!("c.id"),
                 ") \
-                     LIMIT $2) \
-                 SELECT l.id, l.job_type, l.payload::text, l.attempts, l.suspect, l.running_by \
-                 FROM (SELECT set_config('skiplock.claim', \
-                           COALESCE((SELECT array_agg(id) FROM locked), '{}')::text, false)) noted \
-                 LEFT JOIN locked l ON true \
-                 ORDER BY l.priority DESC, l.id"
-            ),
-            &[Param::Text(queue), Param::Int(limit), Param::Ints(exclude)],
-        ),
-        Step::Run(
-            concat!(
-                "WITH ready AS MATERIALIZED ( \
-                     SELECT id FROM queue_jobs \
-                     WHERE id = ANY (current_setting('skiplock.claim')::int8[]) \
-                       AND dead_at IS NULL AND NOT scheduled), \
+                     LIMIT $2), \
                  recorded AS ( \
                      INSERT INTO queue_claims (holder, jobs) \
-                     SELECT $1::int4, COALESCE(array_agg(id), '{}') FROM ready \
+                     SELECT $4::int4, COALESCE(array_agg(id), '{}') FROM locked \
                      ON CONFLICT (holder) DO UPDATE SET jobs = EXCLUDED.jobs, claimed_at = now()) \
-                 SELECT ARRAY(SELECT id FROM ready)::text, \
-                     (SELECT count(pg_advisory_unlock(",
-                job_lock!("x"),
-                ")) FROM unnest(current_setting('skiplock.claim')::int8[]) x \
-                      WHERE x NOT IN (SELECT id FROM ready)), \
-                     set_config('synchronous_commit', 'off', true)"
+                 SELECT id, job_type, payload::text, attempts, suspect, running_by FROM locked \
+                 ORDER BY priority DESC, id"
             ),
-            &[Param::Int(holder)],
+            &[
+                Param::Text(queue),
+                Param::Int(limit),
+                Param::Ints(exclude),
+                Param::Int(i64::from(holder)),
+            ],
         ),
+        Step::Run(RELEASES, &[]),
+        // The claim record commits without waiting for the disk.
+        Step::Run("SELECT set_config('synchronous_commit', 'off', true)", &[]),
         Step::Sync,
     ])?;
-    let [locked, ready] = &results[..] else {
-        unreachable!("two statements, two results")
-    };
-    let ready = ready.ints(0, 0)?;
-    (0..locked.len())
-        .filter(|&row| locked.text(row, 0).is_some())
+    let locked = &results[1];
+    let mut jobs = (0..locked.len())
         .map(|row| {
             Ok(ClaimedJob {
                 id: locked.int(row, 0)?,
@@ -149,8 +136,29 @@ pub(crate) fn claim_jobs(
                 crashed_in: locked.text(row, 5).map(str::to_owned),
             })
         })
-        .filter(|job| job.as_ref().map_or(true, |job| ready.contains(&job.id)))
-        .collect()
+        .collect::<Result<Vec<_>, SessionError>>()?;
+    if jobs.is_empty() || results[0].int(0, 0)? == results[2].int(0, 0)? {
+        return Ok(jobs);
+    }
+    let ids: Vec<i64> = jobs.iter().map(|job| job.id).collect();
+    let results = session.pipeline(&[
+        Step::Run(
+            concat!(
+                "WITH ready AS MATERIALIZED ( \
+                     SELECT id FROM queue_jobs \
+                     WHERE id = ANY ($1::int8[]) AND dead_at IS NULL AND NOT scheduled) \
+                 SELECT ARRAY(SELECT id FROM ready)::text, \
+                     (SELECT count(pg_advisory_unlock(",
+                job_lock!("x"),
+                ")) FROM unnest($1::int8[]) x WHERE x NOT IN (SELECT id FROM ready))"
+            ),
+            &[Param::Ints(&ids)],
+        ),
+        Step::Sync,
+    ])?;
+    let ready = results[0].ints(0, 0)?;
+    jobs.retain(|job| ready.contains(&job.id));
+    Ok(jobs)
 }
 
 /// Records that `worker` starts running a claimed job carefully, so that
@@ -173,23 +181,59 @@ fn durability(wait_for_disk: bool) -> Param<'static> {
     Param::Text(if wait_for_disk { "on" } else { "off" })
 }
 
+/// How a worker lets go of jobs whose rows it has written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Release<'a> {
+    /// Just these.
+    These(&'a [i64]),
+    /// Everything the session holds (the batch is over: nothing else is
+    /// held), then the session's own number again.
+    All { holder: i32 },
+}
+
+/// Counts the release (see [`claim_jobs`]) and releases, after the write
+/// before them in the pipeline has committed.
+fn release_steps<'a>(release: Release<'a>, params: &'a [Param<'a>; 1]) -> Vec<Step<'a>> {
+    const COUNT: &str = "SELECT nextval('queue_lock_releases')";
+    match release {
+        Release::These(_) => vec![Step::Run(COUNT, &[]), Step::Run(UNLOCK, params), Step::Sync],
+        Release::All { .. } => vec![
+            Step::Run(COUNT, &[]),
+            Step::Run("SELECT pg_advisory_unlock_all()", &[]),
+            Step::Run("SELECT pg_advisory_lock(-1, $1::int4)", params),
+            Step::Sync,
+        ],
+    }
+}
+
+/// The parameter of [`release_steps`].
+fn release_param(release: Release<'_>) -> [Param<'_>; 1] {
+    match release {
+        Release::These(ids) => [Param::Ints(ids)],
+        Release::All { holder } => [Param::Int(i64::from(holder))],
+    }
+}
+
 /// Deletes completed jobs, and once that has committed, releases their
 /// locks. Returns how many rows were deleted.
 pub(crate) fn complete_jobs(
     session: &mut Session,
     ids: &[i64],
+    release: Release<'_>,
     wait_for_disk: bool,
 ) -> Result<usize, SessionError> {
-    let results = session.pipeline(&[
+    let delete = [Param::Ints(ids), durability(wait_for_disk)];
+    let param = release_param(release);
+    let mut steps = vec![
         Step::Run(
             "WITH done AS (DELETE FROM queue_jobs WHERE id = ANY ($1::int8[]) RETURNING 1) \
              SELECT count(*), set_config('synchronous_commit', $2, true) FROM done",
-            &[Param::Ints(ids), durability(wait_for_disk)],
+            &delete,
         ),
         Step::Sync,
-        Step::Run(UNLOCK, &[Param::Ints(ids)]),
-        Step::Sync,
-    ])?;
+    ];
+    steps.extend(release_steps(release, &param));
+    let results = session.pipeline(&steps)?;
     Ok(usize::try_from(results[0].int(0, 0)?).unwrap_or(0))
 }
 
@@ -231,10 +275,11 @@ const UNLOCK: &str = concat!(
     ")) FROM unnest($1::int8[]) x"
 );
 
-/// Releases the locks of jobs whose rows were written on another
-/// connection (and committed there).
+/// Releases the locks of jobs whose rows were written (and committed) on
+/// another connection.
 pub(crate) fn unlock_jobs(session: &mut Session, ids: &[i64]) -> Result<(), SessionError> {
-    session.query(UNLOCK, &[Param::Ints(ids)])?;
+    let param = release_param(Release::These(ids));
+    session.pipeline(&release_steps(Release::These(ids), &param))?;
     Ok(())
 }
 
@@ -260,8 +305,17 @@ pub(crate) fn record_failure(
         NextAttempt::After(wait) => ("false", i64::try_from(wait.as_micros()).unwrap_or(i64::MAX)),
         NextAttempt::Never => ("true", 0),
     };
+    let failure = [
+        Param::Int(id),
+        Param::Text(error),
+        Param::Text(dead),
+        Param::Int(retry_in),
+        durability(wait_for_disk),
+    ];
     let ids = [id];
-    session.pipeline(&[
+    let release = Release::These(&ids);
+    let param = release_param(release);
+    let mut steps = vec![
         Step::Run(
             "WITH failed AS ( \
                  UPDATE queue_jobs SET \
@@ -276,17 +330,11 @@ pub(crate) fn record_failure(
                      running_by = NULL \
                  WHERE id = $1 RETURNING 1) \
              SELECT count(*), set_config('synchronous_commit', $5, true) FROM failed",
-            &[
-                Param::Int(id),
-                Param::Text(error),
-                Param::Text(dead),
-                Param::Int(retry_in),
-                durability(wait_for_disk),
-            ],
+            &failure,
         ),
         Step::Sync,
-        Step::Run(UNLOCK, &[Param::Ints(&ids)]),
-        Step::Sync,
-    ])?;
+    ];
+    steps.extend(release_steps(release, &param));
+    session.pipeline(&steps)?;
     Ok(())
 }
