@@ -75,7 +75,8 @@ pub(crate) struct ClaimedJob {
 /// The lock scan walks the ready index in claim order and takes the
 /// advisory lock of jobs until `limit` are locked (the `OFFSET 0` fence
 /// keeps the lock call above the ordered scan whatever the plan, so it runs
-/// only on rows the LIMIT still wants). Its snapshot is taken before its
+/// only on rows the LIMIT still wants; the scan reads ids only, so the
+/// index alone serves it, already in order), then reads their rows. Its snapshot is taken before its
 /// locks: a job another worker completed or failed, and released, while the
 /// scan ran would look ready. Releases bump `queue_lock_releases` (after
 /// the commit, before the unlock), so when the counter moved during the
@@ -94,9 +95,8 @@ pub(crate) fn claim_jobs(
         Step::Run(
             concat!(
                 "WITH locked AS MATERIALIZED ( \
-                     SELECT c.* FROM ( \
-                         SELECT id, job_type, payload, attempts, priority, suspect, running_by \
-                         FROM queue_jobs \
+                     SELECT c.id FROM ( \
+                         SELECT id FROM queue_jobs \
                          WHERE queue = $1 AND dead_at IS NULL AND NOT scheduled \
                            AND id <> ALL ($3::int8[]) \
                          ORDER BY priority DESC, id \
@@ -109,7 +109,8 @@ pub(crate) fn claim_jobs(
                      INSERT INTO queue_claims (holder, jobs) \
                      SELECT $4::int4, COALESCE(array_agg(id), '{}') FROM locked \
                      ON CONFLICT (holder) DO UPDATE SET jobs = EXCLUDED.jobs, claimed_at = now()) \
-                 SELECT id, job_type, payload::text, attempts, suspect, running_by FROM locked \
+                 SELECT id, job_type, payload::text, attempts, suspect, running_by \
+                 FROM queue_jobs WHERE id = ANY (ARRAY(SELECT id FROM locked)) \
                  ORDER BY priority DESC, id"
             ),
             &[
