@@ -21,20 +21,30 @@ use std::time::Duration;
 
 use crate::pq::{Param, Session, SessionError, Step};
 
-/// Makes a runner session immune to server-wide timeouts meant for
-/// application sessions: a worker's lock session stays idle (holding its
-/// locks) while a job runs for as long as it runs, and the listener is
-/// idle by design. And plans each prepared statement once: the claim's
-/// predicates are written to match the ready index in a generic plan, and
-/// planning it anew at every claim would cost more than running it.
+/// Settings of the runner's own sessions (lock sessions, the listener):
+///
+/// - Immune to server-wide timeouts meant for application sessions: a
+///   worker's lock session stays idle, holding its locks, while a job runs
+///   for as long as it runs, and the listener is idle by design.
+/// - Each prepared statement planned once, with the plan its text is
+///   written for: the claim walks the ready index in order, and a plan that
+///   reads the table and sorts it (which the planner may prefer when it
+///   thinks it needs every row) would cost a full scan per claim. No JIT
+///   for statements that run in a fraction of a millisecond. Only the
+///   queue's statements run on these sessions.
+///
 /// Parameters the server does not know are skipped.
 pub(crate) fn prepare_runner_session(session: &mut Session) -> Result<(), SessionError> {
     session.query(
-        "SELECT count(set_config(name, \
-             CASE name WHEN 'plan_cache_mode' THEN 'force_generic_plan' ELSE '0' END, false)) \
-         FROM pg_settings \
-         WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout', \
-                        'idle_session_timeout', 'transaction_timeout', 'plan_cache_mode')",
+        "SELECT count(set_config(s.name, s.value, false)) \
+         FROM (VALUES ('statement_timeout', '0'), \
+                      ('idle_in_transaction_session_timeout', '0'), \
+                      ('idle_session_timeout', '0'), \
+                      ('transaction_timeout', '0'), \
+                      ('plan_cache_mode', 'force_generic_plan'), \
+                      ('enable_sort', 'off'), \
+                      ('jit', 'off')) s(name, value) \
+         WHERE s.name IN (SELECT name FROM pg_settings)",
         &[],
     )?;
     Ok(())
@@ -75,8 +85,8 @@ pub(crate) struct ClaimedJob {
 /// The lock scan walks the ready index in claim order and takes the
 /// advisory lock of jobs until `limit` are locked (the `OFFSET 0` fence
 /// keeps the lock call above the ordered scan whatever the plan, so it runs
-/// only on rows the LIMIT still wants; the scan reads ids only, so the
-/// index alone serves it, already in order), then reads their rows. Its snapshot is taken before its
+/// only on rows the LIMIT still wants; the session's settings keep the
+/// scan on the index, in order, see [`prepare_runner_session`]). Its snapshot is taken before its
 /// locks: a job another worker completed or failed, and released, while the
 /// scan ran would look ready. Releases bump `queue_lock_releases` (after
 /// the commit, before the unlock), so when the counter moved during the
@@ -95,8 +105,9 @@ pub(crate) fn claim_jobs(
         Step::Run(
             concat!(
                 "WITH locked AS MATERIALIZED ( \
-                     SELECT c.id FROM ( \
-                         SELECT id FROM queue_jobs \
+                     SELECT c.* FROM ( \
+                         SELECT id, job_type, payload, attempts, suspect, running_by \
+                         FROM queue_jobs \
                          WHERE queue = $1 AND dead_at IS NULL AND NOT scheduled \
                            AND id <> ALL ($3::int8[]) \
                          ORDER BY priority DESC, id \
@@ -109,9 +120,7 @@ pub(crate) fn claim_jobs(
                      INSERT INTO queue_claims (holder, jobs) \
                      SELECT $4::int4, COALESCE(array_agg(id), '{}') FROM locked \
                      ON CONFLICT (holder) DO UPDATE SET jobs = EXCLUDED.jobs, claimed_at = now()) \
-                 SELECT id, job_type, payload::text, attempts, suspect, running_by \
-                 FROM queue_jobs WHERE id = ANY (ARRAY(SELECT id FROM locked)) \
-                 ORDER BY priority DESC, id"
+                 SELECT id, job_type, payload::text, attempts, suspect, running_by FROM locked"
             ),
             &[
                 Param::Text(queue),
