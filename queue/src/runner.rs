@@ -361,6 +361,7 @@ impl<C: Any + Send + Sync> Runner<C> {
                     queue,
                     Some(1),
                     &tried,
+                    false,
                     |id, job_type, outcome| {
                         ran.push(id.0);
                         summary.record(id, job_type, outcome);

@@ -109,22 +109,51 @@ enum Completion {
 
 /// Claims up to `limit` (by default: about one completion window of work)
 /// ready jobs of `queue` not in `exclude`, runs them, and records their
-/// outcomes; `report` hears of each.
+/// outcomes; `report` hears of each. With `then_claim_again`, the caller
+/// claims again at once when this batch was full: the batch's completions
+/// then commit with that claim, in its round trip.
 pub(crate) fn run_batch<C: Any + Send + Sync>(
     shared: &Shared<C>,
     slot: &Slot,
     queue: &str,
     limit: Option<i64>,
     exclude: &[i64],
+    then_claim_again: bool,
     mut report: impl FnMut(JobId, &str, &Outcome),
 ) -> Result<BatchReport, BatchError> {
-    let limit = limit.unwrap_or_else(|| lock(&slot.batch).claim_size(&shared.settings));
+    let (limit, completed) = {
+        let mut batch = lock(&slot.batch);
+        let limit = limit.unwrap_or_else(|| batch.claim_size(&shared.settings));
+        (limit, batch.take_completed())
+    };
     let claimed = {
         let mut guard = lock(&slot.session);
-        let LockSession { session, holder } = open_session(shared, &mut guard)?;
-        match storage::claim_jobs(session, queue, limit, exclude, *holder) {
+        let result = open_session(shared, &mut guard).and_then(|lock_session| {
+            let LockSession { session, holder } = lock_session;
+            let synchronous = shared.settings.synchronous_commit;
+            storage::claim_jobs(
+                session,
+                queue,
+                limit,
+                exclude,
+                *holder,
+                &completed,
+                synchronous,
+            )
+            .map_err(|error| BatchError::Connect(error))
+        });
+        match result {
             Ok(jobs) => jobs,
-            Err(error) => return Err(lose(shared, slot, &mut guard, error)),
+            Err(error) => {
+                // The completions are still to be recorded.
+                lock(&slot.batch).completed.extend(completed);
+                return Err(match error {
+                    BatchError::Connect(error) if guard.is_some() => {
+                        lose(shared, slot, &mut guard, error)
+                    }
+                    other => other,
+                });
+            }
         }
     };
     let batch = BatchReport {
@@ -170,7 +199,10 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
         };
         report(JobId(job.id), &job.job_type, &outcome);
     }
-    end_batch(shared, slot)?;
+    let stopping = shared.signals.is_stopped();
+    if !(then_claim_again && batch.full && !stopping && lock(&slot.batch).pending.is_empty()) {
+        end_batch(shared, slot)?;
+    }
     Ok(batch)
 }
 
@@ -614,7 +646,7 @@ pub(crate) fn work<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slot: Arc<Slot>
     let mut trouble = Trouble::default();
     while !shared.signals.is_stopped() {
         let seen = wakeup.generation();
-        match run_batch(&shared, &slot, &queue, None, &[], |_, _, _| {}) {
+        match run_batch(&shared, &slot, &queue, None, &[], true, |_, _, _| {}) {
             Ok(batch) => {
                 trouble.over(&queue);
                 if batch.claimed == 0 {

@@ -79,7 +79,10 @@ fn once_its_lock_session_is_gone_a_worker_starts_nothing_more_of_its_batch() {
     }
     assert!(overlapping.len() <= 1, "{overlapping:?}");
     for (first, _) in &overlapping {
-        assert!(first.pid == a_pid && first.started_us <= gone_us, "{first:?}");
+        assert!(
+            first.pid == a_pid && first.started_us <= gone_us,
+            "{first:?}"
+        );
     }
     // Every job ran, and once: A's completions were recorded on another
     // connection, and nothing of A's batch started after its session ended.

@@ -92,15 +92,34 @@ pub(crate) struct ClaimedJob {
 /// the commit, before the unlock), so when the counter moved during the
 /// scan the locked rows are read again in a later snapshot, and those no
 /// longer ready are let go instead of run again.
+///
+/// `completed`: the previous batch's completions, committed (and every lock
+/// of the session released) first, in the same round trip.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn claim_jobs(
     session: &mut Session,
     queue: &str,
     limit: i64,
     exclude: &[i64],
     holder: i32,
+    completed: &[i64],
+    wait_for_disk: bool,
 ) -> Result<Vec<ClaimedJob>, SessionError> {
     const RELEASES: &str = "SELECT last_value FROM queue_lock_releases";
-    let results = session.pipeline(&[
+    let delete = [Param::Ints(completed), durability(wait_for_disk)];
+    let release = Release::All { holder };
+    let param = release_param(release);
+    let mut steps = Vec::with_capacity(12);
+    if !completed.is_empty() {
+        steps.extend(completion_steps(&delete, release, &param));
+    }
+    let claim = [
+        Param::Text(queue),
+        Param::Int(limit),
+        Param::Ints(exclude),
+        Param::Int(i64::from(holder)),
+    ];
+    steps.extend([
         Step::Run(RELEASES, &[]),
         Step::Run(
             concat!(
@@ -120,20 +139,18 @@ pub(crate) fn claim_jobs(
                      INSERT INTO queue_claims (holder, jobs) \
                      SELECT $4::int4, COALESCE(array_agg(id), '{}') FROM locked \
                      ON CONFLICT (holder) DO UPDATE SET jobs = EXCLUDED.jobs, claimed_at = now()) \
-                 SELECT id, job_type, payload::text, attempts, suspect, running_by FROM locked"
+                 SELECT id, job_type, payload::text, attempts, suspect, running_by \
+                 FROM locked, \
+                      set_config('synchronous_commit', 'off', true) d"
             ),
-            &[
-                Param::Text(queue),
-                Param::Int(limit),
-                Param::Ints(exclude),
-                Param::Int(i64::from(holder)),
-            ],
+            &claim,
         ),
         Step::Run(RELEASES, &[]),
-        // The claim record commits without waiting for the disk.
-        Step::Run("SELECT set_config('synchronous_commit', 'off', true)", &[]),
         Step::Sync,
-    ])?;
+    ]);
+    let results = session.pipeline(&steps)?;
+    // The completion's statements come first when there are any.
+    let results = &results[results.len() - 3..];
     let locked = &results[1];
     let mut jobs = (0..locked.len())
         .map(|row| {
@@ -224,8 +241,27 @@ fn release_param(release: Release<'_>) -> [Param<'_>; 1] {
     }
 }
 
+/// The steps of [`complete_jobs`]: `delete` is the ids and durability.
+fn completion_steps<'a>(
+    delete: &'a [Param<'a>; 2],
+    release: Release<'a>,
+    param: &'a [Param<'a>; 1],
+) -> Vec<Step<'a>> {
+    let mut steps = vec![
+        Step::Run(
+            "WITH done AS (DELETE FROM queue_jobs WHERE id = ANY ($1::int8[]) RETURNING 1) \
+             SELECT count(*), set_config('synchronous_commit', $2, true) FROM done",
+            delete,
+        ),
+        Step::Sync,
+    ];
+    steps.extend(release_steps(release, param));
+    steps
+}
+
 /// Deletes completed jobs, and once that has committed, releases their
-/// locks. Returns how many rows were deleted.
+/// locks (or, when the batch is over, everything). Returns how many rows
+/// were deleted.
 pub(crate) fn complete_jobs(
     session: &mut Session,
     ids: &[i64],
@@ -234,16 +270,7 @@ pub(crate) fn complete_jobs(
 ) -> Result<usize, SessionError> {
     let delete = [Param::Ints(ids), durability(wait_for_disk)];
     let param = release_param(release);
-    let mut steps = vec![
-        Step::Run(
-            "WITH done AS (DELETE FROM queue_jobs WHERE id = ANY ($1::int8[]) RETURNING 1) \
-             SELECT count(*), set_config('synchronous_commit', $2, true) FROM done",
-            &delete,
-        ),
-        Step::Sync,
-    ];
-    steps.extend(release_steps(release, &param));
-    let results = session.pipeline(&steps)?;
+    let results = session.pipeline(&completion_steps(&delete, release, &param))?;
     Ok(usize::try_from(results[0].int(0, 0)?).unwrap_or(0))
 }
 
