@@ -140,7 +140,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 &completed,
                 synchronous,
             )
-            .map_err(|error| BatchError::Connect(error))
+            .map_err(BatchError::Connect)
         });
         match result {
             Ok(jobs) => jobs,
@@ -661,6 +661,10 @@ pub(crate) fn work<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slot: Arc<Slot>
                 shared.signals.wait(wakeup, seen, retry_in);
             }
         }
+    }
+    // The last batch's completions, if it left them for a next claim.
+    if let Err(error) = end_batch(&shared, &slot) {
+        warn!(queue, %error, "while stopping");
     }
     // Holds no lock any more: say so (or a reaper will), and close it.
     if let Some(LockSession {

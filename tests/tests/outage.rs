@@ -74,7 +74,7 @@ fn after_a_20_s_outage_jobs_run_within_a_second_and_each_cause_is_logged_once() 
     capture();
     let db = TestDb::create();
     let name = db.url().rsplit('/').next().unwrap().to_owned();
-    let (sender, stamps) = mpsc::channel();
+    let (sender, stamps) = mpsc::channel::<(u32, Instant)>();
     let poll_interval = Duration::from_secs(1);
     let running = Runner::builder(Mutex::new(sender))
         .database_url(db.url())
