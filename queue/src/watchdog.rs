@@ -13,6 +13,10 @@
 //!   their locks are given back: the running job keeps its own, on the same
 //!   session, so nothing is ever unlocked while it runs.
 //!
+//! And when the session is found lost while a job runs, it records the
+//! completions on another connection at once: their locks are gone, and
+//! another worker could otherwise run them again before the job ends.
+//!
 //! A statement that fails leaves the session marked lost; the worker, at
 //! its next step, closes it and accounts for what it held.
 
@@ -24,7 +28,9 @@ use std::time::Duration;
 use tracing::{debug, info};
 
 use crate::state::{lock, Shared, Slot};
-use crate::worker::{commit_completions, flush_after, release_pending};
+use crate::worker::{
+    commit_completions, flush_after, record_completions_elsewhere, release_pending,
+};
 
 /// The watchdog thread: looks at every worker's running job.
 pub(crate) fn watch<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slots: Vec<Arc<Slot>>) {
@@ -50,6 +56,9 @@ fn tend<C>(shared: &Shared<C>, slot: &Slot) {
         let Some(running) = batch.running else {
             return;
         };
+        if batch.completed.is_empty() && batch.pending.is_empty() {
+            return;
+        }
         (
             batch.completions_due(flush_after(shared)),
             !batch.pending.is_empty()
@@ -60,6 +69,9 @@ fn tend<C>(shared: &Shared<C>, slot: &Slot) {
         return;
     };
     if lock_session.session.is_lost() {
+        // Its locks are gone: other workers may claim the completed jobs
+        // now, so record them at once rather than when the job ends.
+        record_completions_elsewhere(shared, slot);
         return;
     }
     if flush {

@@ -247,27 +247,31 @@ fn lose<C>(
     error: SessionError,
 ) -> BatchError {
     *guard = None;
-    let (completed, unstarted) = {
-        let mut batch = lock(&slot.batch);
-        let unstarted = batch.pending.drain(..).count();
-        (batch.take_completed(), unstarted)
-    };
-    if !completed.is_empty() {
-        let deleted = connection::checked_get(&shared.pool)
-            .map_err(|e| e.to_string())
-            .and_then(|mut conn| {
-                storage::delete_jobs(&mut conn, &completed).map_err(|e| e.to_string())
-            });
-        match deleted {
-            Ok(_) => debug!(
-                jobs = completed.len(),
-                "recorded the completions on another connection"
-            ),
-            Err(e) => warn!(jobs = completed.len(), error = %e,
-                "could not record completions after losing the lock session; those jobs will run again"),
-        }
-    }
+    let unstarted = lock(&slot.batch).pending.drain(..).count();
+    record_completions_elsewhere(shared, slot);
     BatchError::Lost { error, unstarted }
+}
+
+/// Deletes the completed jobs of a lost session on a connection from the
+/// pool: they ran, and other workers can claim them now.
+pub(crate) fn record_completions_elsewhere<C>(shared: &Shared<C>, slot: &Slot) {
+    let completed = lock(&slot.batch).take_completed();
+    if completed.is_empty() {
+        return;
+    }
+    let deleted = connection::checked_get(&shared.pool)
+        .map_err(|e| e.to_string())
+        .and_then(|mut conn| {
+            storage::delete_jobs(&mut conn, &completed).map_err(|e| e.to_string())
+        });
+    match deleted {
+        Ok(_) => debug!(
+            jobs = completed.len(),
+            "recorded the completions on another connection"
+        ),
+        Err(e) => warn!(jobs = completed.len(), error = %e,
+            "could not record completions after losing the lock session; those jobs will run again"),
+    }
 }
 
 /// Takes the next job of the batch, if it may start: the runner is not
