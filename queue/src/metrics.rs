@@ -95,7 +95,7 @@ impl Metrics {
             ),
             (
                 "queue_jobs_failed_total",
-                "Job runs that failed (errors and panics).",
+                "Job runs that failed (errors, panics, and deaths of the worker running them).",
                 |c| c.failed,
             ),
             (

@@ -97,9 +97,9 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         self
     }
 
-    /// Where the runner holds its `LISTEN` session (a direct connection:
-    /// `NOTIFY` does not pass through PgBouncer in transaction mode).
-    /// Defaults to the [`database_url`](Self::database_url).
+    /// Where the runner holds its `LISTEN` session, if not at the
+    /// [`database_url`](Self::database_url) (a direct connection: `NOTIFY`
+    /// does not pass through PgBouncer in transaction mode).
     pub fn listen_url(mut self, url: impl Into<String>) -> Self {
         self.listener_url = Some(url.into());
         self
@@ -289,11 +289,13 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
 /// Runs the jobs of its queues: in worker threads ([`Runner::start`]) or,
 /// in tests, synchronously ([`Runner::run_pending`]).
 ///
-/// Each worker claims a job with `SELECT ... FOR UPDATE SKIP LOCKED` and
-/// keeps that row lock in an open transaction while the job runs. Success
-/// deletes the row in that transaction; a failure records the attempt and
-/// schedules a retry; a worker that dies releases the lock at once, and the
-/// job runs again elsewhere. Jobs must therefore be idempotent.
+/// Each worker claims a batch of jobs and holds each under a lock of its
+/// own database session while it runs them. Success deletes the job (the
+/// completions commit within the [completion
+/// window](RunnerBuilder::completion_window)); a failure records the
+/// attempt and schedules a retry; a worker that dies releases its jobs at
+/// once, and the job it was running runs again elsewhere. Jobs must
+/// therefore be idempotent.
 pub struct Runner<C> {
     shared: Arc<Shared<C>>,
     queues: Vec<(String, usize)>,
@@ -530,7 +532,7 @@ impl RunningRunner {
     /// running, and release the rest of their batch. Waits at most `timeout`.
     ///
     /// Workers still running a job after `timeout` are left to finish in
-    /// the background; if the process exits first, their row locks are
+    /// the background; if the process exits first, their locks are
     /// released by the database and the jobs run again elsewhere.
     pub fn shutdown(mut self, timeout: Duration) -> ShutdownReport {
         self.control.stop();
