@@ -628,7 +628,7 @@ fn effects(db: &TestDb) -> Vec<String> {
 }
 
 #[test]
-fn a_job_writing_on_its_lock_transaction_leaves_nothing_behind_when_it_fails() {
+fn a_job_writing_in_its_own_transaction_leaves_nothing_behind_when_it_fails() {
     let db = TestDb::create();
     db.execute("CREATE TABLE effects (key TEXT PRIMARY KEY)");
     let mut conn = db.conn();
