@@ -11,7 +11,10 @@ CREATE SEQUENCE queue_lock_sessions AS integer CYCLE;
 -- Each lock session's latest claim: the jobs it took. When the session has
 -- ended, a runner's reaper marks those still there `suspect` and deletes the
 -- row. Released jobs are taken off the list; completed ones are gone anyway.
-CREATE TABLE queue_claims (
+-- Unlogged: written at every claim, and needed only across the death of a
+-- worker, not of the server (which ends every session and empties it; the
+-- next death of a job that kills its worker is then charged one later).
+CREATE UNLOGGED TABLE queue_claims (
     holder     INTEGER     PRIMARY KEY,
     jobs       BIGINT[]    NOT NULL,
     claimed_at TIMESTAMPTZ NOT NULL DEFAULT now()
