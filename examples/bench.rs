@@ -608,8 +608,7 @@ fn time_claim(conn: &mut PgConnection) -> BenchResult<(f64, String)> {
     let scan = plan
         .iter()
         .map(|p| p.line.trim())
-        .filter(|l| l.contains("Scan"))
-        .last()
+        .rfind(|l| l.contains("Scan"))
         .unwrap_or("?")
         .trim_start_matches("-> ")
         .to_owned();
