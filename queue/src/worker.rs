@@ -274,6 +274,25 @@ pub(crate) fn record_completions_elsewhere<C>(shared: &Shared<C>, slot: &Slot) {
     }
 }
 
+/// The slot's session, which a batch under way needs: when it is gone (the
+/// watchdog or an earlier step found it lost), what it held is accounted
+/// for and the batch ends.
+fn open_or_lost<'g, C>(
+    shared: &Shared<C>,
+    slot: &Slot,
+    guard: &'g mut Option<LockSession>,
+) -> Result<&'g mut LockSession, BatchError> {
+    if guard.is_none() {
+        return Err(lose(
+            shared,
+            slot,
+            guard,
+            SessionError::new("the session was lost"),
+        ));
+    }
+    Ok(guard.as_mut().expect("checked"))
+}
+
 /// Takes the next job of the batch, if it may start: the runner is not
 /// stopping (once something ran), and the session holding its lock is
 /// alive. A careful job's row is marked before it starts.
@@ -348,14 +367,7 @@ fn complete<C>(
         careful || batch.completions_due(flush_after(shared))
     };
     shared.metrics.record(&job.job_type, Ended::Completed, took);
-    let Some(lock_session) = guard.as_mut() else {
-        return Err(lose(
-            shared,
-            slot,
-            &mut guard,
-            SessionError::new("the session was lost"),
-        ));
-    };
+    let lock_session = open_or_lost(shared, slot, &mut guard)?;
     let result = match completion {
         Completion::Pending => Ok(()),
         // Its row is gone: only its lock is left to release.
@@ -438,14 +450,7 @@ fn end_batch<C>(shared: &Shared<C>, slot: &Slot) -> Result<(), BatchError> {
             return Ok(());
         }
     }
-    let Some(lock_session) = guard.as_mut() else {
-        return Err(lose(
-            shared,
-            slot,
-            &mut guard,
-            SessionError::new("the session was lost"),
-        ));
-    };
+    let lock_session = open_or_lost(shared, slot, &mut guard)?;
     // Unstarted jobs first: then the completions are all the session holds.
     let result = release_pending(slot, lock_session).and_then(|released| {
         commit_completions(shared, slot, lock_session, true).map(|()| released)
@@ -602,14 +607,7 @@ fn fail<C>(
             batch.observe_run(took);
         }
     }
-    let Some(LockSession { session, .. }) = guard.as_mut() else {
-        return Err(lose(
-            shared,
-            slot,
-            &mut guard,
-            SessionError::new("the session was lost"),
-        ));
-    };
+    let LockSession { session, .. } = open_or_lost(shared, slot, &mut guard)?;
     let recorded = storage::record_failure(
         session,
         job.id,
