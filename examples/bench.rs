@@ -4,9 +4,11 @@
 //! `cargo run --release -p skiplock-examples --example bench` (a few minutes;
 //! `-- --quick` for a smoke run, `-- --million` adds the memory run over a
 //! million jobs, `-- --claims` runs only the claim measurements, `-- --drain`
-//! only the drains and the pickup latency, to compare two builds). Uses `DATABASE_URL`'s server and (re)creates the database
-//! `queue_bench`.
+//! only the drains and the pickup latency, to compare two builds;
+//! `-- --backlog N` sets the drains' backlog, 20,000 jobs by default). Uses
+//! `DATABASE_URL`'s server and (re)creates the database `queue_bench`.
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
@@ -16,7 +18,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Text};
 use skiplock::{Job, JobBatch, Runner};
-use skiplock_examples::bench::{noop, sleep_ms, stamp, Stamps};
+use skiplock_examples::bench::{noop, sleep_ms, stamp, Stamps, NOOP_RUNS};
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -40,7 +42,7 @@ fn main() -> BenchResult<()> {
     let settings = Settings {
         url: bench_database()?,
         single: if quick { 200 } else { 2_000 },
-        backlog: if quick { 2_000 } else { 20_000 },
+        backlog: flag_value(&args, "--backlog")?.unwrap_or(if quick { 2_000 } else { 20_000 }),
         latency_jobs: if quick { 50 } else { 500 },
         reps: if quick { 1 } else { 3 },
         million: args.iter().any(|a| a == "--million"),
@@ -273,6 +275,17 @@ fn raw_insert_batches(settings: &Settings) -> BenchResult<f64> {
     Ok(rate(settings.backlog, started.elapsed()))
 }
 
+/// The number after `flag` on the command line, if the flag is there.
+fn flag_value(args: &[String], flag: &str) -> BenchResult<Option<usize>> {
+    match args.iter().position(|a| a == flag) {
+        None => Ok(None),
+        Some(at) => match args.get(at + 1).and_then(|v| v.parse().ok()) {
+            Some(value) => Ok(Some(value)),
+            None => Err(format!("{flag} takes a number of jobs").into()),
+        },
+    }
+}
+
 /// A fresh backlog of `jobs` no-op jobs, vacuumed.
 fn backlog(settings: &Settings, jobs: usize) -> BenchResult<()> {
     let mut conn = connect(settings)?;
@@ -320,10 +333,16 @@ fn drain(settings: &Settings, workers: usize) -> BenchResult<f64> {
         .queue("bench", workers)
         .build()?;
     let mut conn = connect(settings)?;
+    NOOP_RUNS.store(0, Ordering::Relaxed);
     let started = Instant::now();
     let running = runner.start();
+    // Every job ran: then only the last completions are left to commit.
+    // (Querying the table all along would take a core from the runner.)
+    while NOOP_RUNS.load(Ordering::Relaxed) < settings.backlog {
+        thread::sleep(Duration::from_millis(1));
+    }
     while !queue_is_empty(&mut conn)? {
-        thread::sleep(Duration::from_millis(2));
+        thread::sleep(Duration::from_millis(1));
     }
     let elapsed = started.elapsed();
     running.shutdown(Duration::from_secs(10));

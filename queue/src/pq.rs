@@ -527,22 +527,6 @@ impl Rows {
             .ok_or_else(|| SessionError::new("the database returned an unexpected value"))
     }
 
-    /// The value at `row`, `column` as an array of integers.
-    pub(crate) fn ints(&self, row: usize, column: usize) -> Result<Vec<i64>, SessionError> {
-        let text = self.string(row, column)?;
-        let inner = text.trim_start_matches('{').trim_end_matches('}');
-        if inner.is_empty() {
-            return Ok(Vec::new());
-        }
-        inner
-            .split(',')
-            .map(|n| {
-                n.parse()
-                    .map_err(|_| SessionError::new("the database returned an unexpected value"))
-            })
-            .collect()
-    }
-
     /// The value at `row`, `column` as text (NULL: an error).
     pub(crate) fn string(&self, row: usize, column: usize) -> Result<String, SessionError> {
         self.text(row, column)

@@ -86,12 +86,13 @@ pub(crate) struct ClaimedJob {
 /// advisory lock of jobs until `limit` are locked (the `OFFSET 0` fence
 /// keeps the lock call above the ordered scan whatever the plan, so it runs
 /// only on rows the LIMIT still wants; the session's settings keep the
-/// scan on the index, in order, see [`prepare_runner_session`]). Its snapshot is taken before its
-/// locks: a job another worker completed or failed, and released, while the
-/// scan ran would look ready. Releases bump `queue_lock_releases` (after
-/// the commit, before the unlock), so when the counter moved during the
-/// scan the locked rows are read again in a later snapshot, and those no
-/// longer ready are let go instead of run again.
+/// scan on the index, in order, see [`prepare_runner_session`]). Its
+/// snapshot is taken before its locks: a job another worker completed or
+/// failed, and released, while the scan ran would look ready. Releases bump
+/// `queue_lock_releases` (after the commit, before the unlock), so when the
+/// counter moved between a statement before the scan and one after it, the
+/// later one reads the locked rows again in its own snapshot, and those no
+/// longer ready are let go instead of run again: all in one round trip.
 ///
 /// `completed`: the previous batch's completions, committed (and every lock
 /// of the session released) first, in the same round trip.
@@ -105,7 +106,6 @@ pub(crate) fn claim_jobs(
     completed: &[i64],
     wait_for_disk: bool,
 ) -> Result<Vec<ClaimedJob>, SessionError> {
-    const RELEASES: &str = "SELECT last_value FROM queue_lock_releases";
     let delete = [Param::Ints(completed), durability(wait_for_disk)];
     let release = Release::All { holder };
     let param = release_param(release);
@@ -119,8 +119,13 @@ pub(crate) fn claim_jobs(
         Param::Ints(exclude),
         Param::Int(i64::from(holder)),
     ];
+    let recheck = [Param::Int(i64::from(holder))];
     steps.extend([
-        Step::Run(RELEASES, &[]),
+        Step::Run(
+            "SELECT set_config('skiplock.releases', last_value::text, true) \
+             FROM queue_lock_releases",
+            &[],
+        ),
         Step::Run(
             concat!(
                 "WITH locked AS MATERIALIZED ( \
@@ -145,14 +150,43 @@ pub(crate) fn claim_jobs(
             ),
             &claim,
         ),
-        Step::Run(RELEASES, &[]),
+        // Only when a release was counted since the first statement: the
+        // claimed jobs no longer ready, in this statement's snapshot, taken
+        // once every lock is held. They are let go and taken off the claim.
+        Step::Run(
+            concat!(
+                "WITH moved AS MATERIALIZED ( \
+                     SELECT current_setting('skiplock.releases')::int8 <> last_value AS moved \
+                     FROM queue_lock_releases), \
+                 claim AS MATERIALIZED ( \
+                     SELECT jobs FROM queue_claims \
+                     WHERE holder = $1::int4 AND (SELECT moved FROM moved)), \
+                 gone AS MATERIALIZED ( \
+                     SELECT x AS id FROM claim, unnest(jobs) x \
+                     WHERE NOT EXISTS ( \
+                         SELECT 1 FROM queue_jobs \
+                         WHERE id = x AND dead_at IS NULL AND NOT scheduled)), \
+                 unclaimed AS ( \
+                     UPDATE queue_claims \
+                     SET jobs = ARRAY(SELECT x FROM unnest(jobs) x \
+                                      WHERE x NOT IN (SELECT id FROM gone)) \
+                     WHERE holder = $1::int4 AND EXISTS (SELECT 1 FROM gone)) \
+                 SELECT id, pg_advisory_unlock(",
+                job_lock!("id"),
+                ") FROM gone"
+            ),
+            &recheck,
+        ),
         Step::Sync,
     ]);
     let results = session.pipeline(&steps)?;
     // The completion's statements come first when there are any.
     let results = &results[results.len() - 3..];
-    let locked = &results[1];
-    let mut jobs = (0..locked.len())
+    let (locked, gone) = (&results[1], &results[2]);
+    let gone = (0..gone.len())
+        .map(|row| gone.int(row, 0))
+        .collect::<Result<Vec<_>, SessionError>>()?;
+    (0..locked.len())
         .map(|row| {
             Ok(ClaimedJob {
                 id: locked.int(row, 0)?,
@@ -163,29 +197,8 @@ pub(crate) fn claim_jobs(
                 crashed_in: locked.text(row, 5).map(str::to_owned),
             })
         })
-        .collect::<Result<Vec<_>, SessionError>>()?;
-    if jobs.is_empty() || results[0].int(0, 0)? == results[2].int(0, 0)? {
-        return Ok(jobs);
-    }
-    let ids: Vec<i64> = jobs.iter().map(|job| job.id).collect();
-    let results = session.pipeline(&[
-        Step::Run(
-            concat!(
-                "WITH ready AS MATERIALIZED ( \
-                     SELECT id FROM queue_jobs \
-                     WHERE id = ANY ($1::int8[]) AND dead_at IS NULL AND NOT scheduled) \
-                 SELECT ARRAY(SELECT id FROM ready)::text, \
-                     (SELECT count(pg_advisory_unlock(",
-                job_lock!("x"),
-                ")) FROM unnest($1::int8[]) x WHERE x NOT IN (SELECT id FROM ready))"
-            ),
-            &[Param::Ints(&ids)],
-        ),
-        Step::Sync,
-    ])?;
-    let ready = results[0].ints(0, 0)?;
-    jobs.retain(|job| ready.contains(&job.id));
-    Ok(jobs)
+        .filter(|job| job.as_ref().map_or(true, |job| !gone.contains(&job.id)))
+        .collect()
 }
 
 /// Records that `worker` starts running a claimed job carefully, so that
@@ -219,21 +232,31 @@ pub(crate) enum Release<'a> {
 }
 
 /// Counts the release (see [`claim_jobs`]) and releases, after the write
-/// before them in the pipeline has committed.
-fn release_steps<'a>(release: Release<'a>, params: &'a [Param<'a>; 1]) -> Vec<Step<'a>> {
-    const COUNT: &str = "SELECT nextval('queue_lock_releases')";
+/// before it in the pipeline has committed: one statement, the counter
+/// bumped before the first lock goes (the `OFFSET 0` subqueries and the
+/// one-time filter run first, whatever the plan).
+fn release_step<'a>(release: Release<'a>, params: &'a [Param<'a>; 1]) -> Step<'a> {
     match release {
-        Release::These(_) => vec![Step::Run(COUNT, &[]), Step::Run(UNLOCK, params), Step::Sync],
-        Release::All { .. } => vec![
-            Step::Run(COUNT, &[]),
-            Step::Run("SELECT pg_advisory_unlock_all()", &[]),
-            Step::Run("SELECT pg_advisory_lock(-1, $1::int4)", params),
-            Step::Sync,
-        ],
+        Release::These(_) => Step::Run(
+            concat!(
+                "SELECT count(pg_advisory_unlock(",
+                job_lock!("x"),
+                ")) FROM unnest($1::int8[]) x \
+                 WHERE (SELECT nextval('queue_lock_releases')) IS NOT NULL"
+            ),
+            params,
+        ),
+        Release::All { .. } => Step::Run(
+            "SELECT pg_advisory_lock(-1, $1::int4) \
+             FROM (SELECT pg_advisory_unlock_all() \
+                   FROM (SELECT nextval('queue_lock_releases') OFFSET 0) counted \
+                   OFFSET 0) released",
+            params,
+        ),
     }
 }
 
-/// The parameter of [`release_steps`].
+/// The parameter of [`release_step`].
 fn release_param(release: Release<'_>) -> [Param<'_>; 1] {
     match release {
         Release::These(ids) => [Param::Ints(ids)],
@@ -241,22 +264,22 @@ fn release_param(release: Release<'_>) -> [Param<'_>; 1] {
     }
 }
 
-/// The steps of [`complete_jobs`]: `delete` is the ids and durability.
+/// The steps of [`complete_jobs`] (`delete` is the ids and durability),
+/// the release left open for the caller's next statements.
 fn completion_steps<'a>(
     delete: &'a [Param<'a>; 2],
     release: Release<'a>,
     param: &'a [Param<'a>; 1],
 ) -> Vec<Step<'a>> {
-    let mut steps = vec![
+    vec![
         Step::Run(
             "WITH done AS (DELETE FROM queue_jobs WHERE id = ANY ($1::int8[]) RETURNING 1) \
              SELECT count(*), set_config('synchronous_commit', $2, true) FROM done",
             delete,
         ),
         Step::Sync,
-    ];
-    steps.extend(release_steps(release, param));
-    steps
+        release_step(release, param),
+    ]
 }
 
 /// Deletes completed jobs, and once that has committed, releases their
@@ -270,7 +293,9 @@ pub(crate) fn complete_jobs(
 ) -> Result<usize, SessionError> {
     let delete = [Param::Ints(ids), durability(wait_for_disk)];
     let param = release_param(release);
-    let results = session.pipeline(&completion_steps(&delete, release, &param))?;
+    let mut steps = completion_steps(&delete, release, &param);
+    steps.push(Step::Sync);
+    let results = session.pipeline(&steps)?;
     Ok(usize::try_from(results[0].int(0, 0)?).unwrap_or(0))
 }
 
@@ -305,18 +330,11 @@ pub(crate) fn retire_lock_session(session: &mut Session, holder: i32) -> Result<
     Ok(())
 }
 
-/// Releases the locks of `$1`.
-const UNLOCK: &str = concat!(
-    "SELECT count(pg_advisory_unlock(",
-    job_lock!("x"),
-    ")) FROM unnest($1::int8[]) x"
-);
-
 /// Releases the locks of jobs whose rows were written (and committed) on
 /// another connection.
 pub(crate) fn unlock_jobs(session: &mut Session, ids: &[i64]) -> Result<(), SessionError> {
     let param = release_param(Release::These(ids));
-    session.pipeline(&release_steps(Release::These(ids), &param))?;
+    session.pipeline(&[release_step(Release::These(ids), &param), Step::Sync])?;
     Ok(())
 }
 
@@ -371,7 +389,7 @@ pub(crate) fn record_failure(
         ),
         Step::Sync,
     ];
-    steps.extend(release_steps(release, &param));
+    steps.extend([release_step(release, &param), Step::Sync]);
     session.pipeline(&steps)?;
     Ok(())
 }
