@@ -29,9 +29,12 @@ use crate::pq::{Param, Session, SessionError, Step};
 /// - Each prepared statement planned once, with the plan its text is
 ///   written for: the claim walks the ready index in order, and a plan that
 ///   reads the table and sorts it (which the planner may prefer when it
-///   thinks it needs every row) would cost a full scan per claim. No JIT
-///   for statements that run in a fraction of a millisecond. Only the
-///   queue's statements run on these sessions.
+///   thinks it needs every row) would cost a full scan per claim. Nor a
+///   sequential scan where a statement looks jobs up by id: a plan made
+///   while the table was empty (a runner started before the first job) is
+///   kept, and would scan a million rows later. No JIT for statements that
+///   run in a fraction of a millisecond. Only the queue's statements run on
+///   these sessions.
 ///
 /// Parameters the server does not know are skipped.
 pub(crate) fn prepare_runner_session(session: &mut Session) -> Result<(), SessionError> {
@@ -43,6 +46,7 @@ pub(crate) fn prepare_runner_session(session: &mut Session) -> Result<(), Sessio
                       ('transaction_timeout', '0'), \
                       ('plan_cache_mode', 'force_generic_plan'), \
                       ('enable_sort', 'off'), \
+                      ('enable_seqscan', 'off'), \
                       ('jit', 'off')) s(name, value) \
          WHERE s.name IN (SELECT name FROM pg_settings)",
         &[],
@@ -153,6 +157,9 @@ pub(crate) fn claim_jobs(
         // Only when a release was counted since the first statement: the
         // claimed jobs no longer ready, in this statement's snapshot, taken
         // once every lock is held. They are let go and taken off the claim.
+        // (The CASE hides the ready index's predicate: the generic plan,
+        // made when the table may have been empty, can only look the ids
+        // up in the primary key, never walk the ready index.)
         Step::Run(
             concat!(
                 "WITH moved AS MATERIALIZED ( \
@@ -161,15 +168,15 @@ pub(crate) fn claim_jobs(
                  claim AS MATERIALIZED ( \
                      SELECT jobs FROM queue_claims \
                      WHERE holder = $1::int4 AND (SELECT moved FROM moved)), \
+                 ready AS MATERIALIZED ( \
+                     SELECT id FROM queue_jobs \
+                     WHERE id = ANY ((SELECT jobs FROM claim)::int8[]) \
+                       AND CASE WHEN dead_at IS NULL AND NOT scheduled THEN true END), \
                  gone AS MATERIALIZED ( \
                      SELECT x AS id FROM claim, unnest(jobs) x \
-                     WHERE NOT EXISTS ( \
-                         SELECT 1 FROM queue_jobs \
-                         WHERE id = x AND dead_at IS NULL AND NOT scheduled)), \
+                     WHERE x <> ALL (ARRAY(SELECT id FROM ready))), \
                  unclaimed AS ( \
-                     UPDATE queue_claims \
-                     SET jobs = ARRAY(SELECT x FROM unnest(jobs) x \
-                                      WHERE x NOT IN (SELECT id FROM gone)) \
+                     UPDATE queue_claims SET jobs = ARRAY(SELECT id FROM ready) \
                      WHERE holder = $1::int4 AND EXISTS (SELECT 1 FROM gone)) \
                  SELECT id, pg_advisory_unlock(",
                 job_lock!("id"),
