@@ -9,10 +9,7 @@
 use proc_macro2::Span;
 use quote::ToTokens;
 use syn::spanned::Spanned;
-use syn::{
-    Attribute, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type,
-    TypeReference,
-};
+use syn::{Attribute, FnArg, Ident, ItemFn, Pat, ReturnType, Type, TypeReference};
 
 use crate::attr::Errors;
 
@@ -117,7 +114,7 @@ pub(crate) fn analyze(mut item: ItemFn, errors: &mut Errors) -> JobFn {
         }
         params.push(Param { ident, ty, role });
     }
-    let output_span = check_output(&item.sig, errors);
+    let output_span = output_span(&item.sig);
     JobFn {
         item,
         params,
@@ -292,42 +289,13 @@ fn names_pg_connection(ty: &Type) -> bool {
     }
 }
 
-/// Accepts `Result<(), E>` (or a one-argument alias like `io::Result<()>`).
-fn check_output(sig: &syn::Signature, errors: &mut Errors) -> Span {
-    let output = &sig.output;
-    const EXPECTED: &str = "a #[background_job] returns `Result<(), E>`, where `E` is \
-        `skiplock::PerformError` or any `std::error::Error + Send + Sync + 'static`";
-    let ty = match output {
-        ReturnType::Type(_, ty) => ty,
-        ReturnType::Default => {
-            let after_params = sig.paren_token.span.close();
-            errors.push(syn::Error::new(
-                after_params,
-                format!(
-                    "{EXPECTED}; add `-> Result<(), skiplock::PerformError>` and return `Ok(())`"
-                ),
-            ));
-            return after_params;
-        }
-    };
-    let ok = match &**ty {
-        Type::Path(p) if p.qself.is_none() => p.path.segments.last().is_some_and(|last| {
-            last.ident == "Result"
-                && match &last.arguments {
-                    PathArguments::AngleBracketed(args) => {
-                        let mut types = args.args.iter();
-                        matches!(
-                            types.next(),
-                            Some(GenericArgument::Type(Type::Tuple(unit))) if unit.elems.is_empty()
-                        ) && args.args.len() <= 2
-                    }
-                    _ => false,
-                }
-        }),
-        _ => false,
-    };
-    if !ok {
-        errors.spanned(ty, EXPECTED);
+/// Where a return type the job cannot record is reported: the return type,
+/// or the closing parenthesis when there is none. What it may be is the
+/// type system's to check (any `Result<(), E>` alias works, like diesel's
+/// `QueryResult<()>`; no return type is a job that cannot fail).
+fn output_span(sig: &syn::Signature) -> Span {
+    match &sig.output {
+        ReturnType::Type(_, ty) => ty.span(),
+        ReturnType::Default => sig.paren_token.span.close(),
     }
-    ty.span()
 }

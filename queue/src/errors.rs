@@ -111,26 +111,106 @@ impl fmt::Debug for PerformError {
 
 /// Not public API. Used by generated code: what a `#[background_job]`
 /// function may return as its error.
+///
+/// `Via` tells the impls apart (a type is never more than one of them), so
+/// types that are not `std::error::Error` themselves (`BoxError`,
+/// `anyhow::Error`, `eyre::Report`) have impls of their own next to the
+/// blanket one: the compiler picks the only impl whose bounds hold.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be recorded as a job failure",
     label = "the error type of this #[background_job]",
-    note = "a #[background_job] returns `Result<(), E>` where `E` is `skiplock::PerformError` \
-            or implements `std::error::Error + Send + Sync + 'static`"
+    note = "a #[background_job] returns nothing, or `Result<(), E>` where `E` is \
+            `skiplock::PerformError`, `skiplock::BoxError`, `anyhow::Error` or `eyre::Report` \
+            (with skiplock's feature of that name), or any `std::error::Error + Send + Sync + 'static`"
 )]
-pub trait IntoPerformError {
+pub trait IntoPerformError<Via> {
     /// Not public API.
     fn into_perform_error(self) -> PerformError;
 }
 
-impl<E: StdError + Send + Sync + 'static> IntoPerformError for E {
+/// Not public API: the `Via` markers of [`IntoPerformError`] and [`JobOutput`].
+#[doc(hidden)]
+pub mod via {
+    /// An error type.
+    #[derive(Debug)]
+    pub enum StdError {}
+    /// `PerformError` itself.
+    #[derive(Debug)]
+    pub enum Itself {}
+    /// A boxed error.
+    #[derive(Debug)]
+    pub enum Boxed {}
+    /// `anyhow::Error`.
+    #[derive(Debug)]
+    pub enum Anyhow {}
+    /// `eyre::Report`.
+    #[derive(Debug)]
+    pub enum Eyre {}
+    /// A function that returns nothing.
+    #[derive(Debug)]
+    pub enum Nothing {}
+}
+
+// Not recommended: a type that is none of the accepted ones is reported
+// with the trait's own message, not as a missing `std::error::Error`.
+#[diagnostic::do_not_recommend]
+impl<E: StdError + Send + Sync + 'static> IntoPerformError<via::StdError> for E {
     fn into_perform_error(self) -> PerformError {
         PerformError::new(self)
     }
 }
 
-impl IntoPerformError for PerformError {
+impl IntoPerformError<via::Itself> for PerformError {
     fn into_perform_error(self) -> PerformError {
         self
+    }
+}
+
+impl IntoPerformError<via::Boxed> for BoxError {
+    fn into_perform_error(self) -> PerformError {
+        PerformError::new(self)
+    }
+}
+
+/// Its chain is kept: the stored text is what `{:#}` prints.
+#[cfg(feature = "anyhow")]
+impl IntoPerformError<via::Anyhow> for anyhow::Error {
+    fn into_perform_error(self) -> PerformError {
+        PerformError::new(BoxError::from(self))
+    }
+}
+
+/// Its chain is kept, as for `anyhow`.
+#[cfg(feature = "eyre")]
+impl IntoPerformError<via::Eyre> for eyre::Report {
+    fn into_perform_error(self) -> PerformError {
+        PerformError::new(BoxError::from(self))
+    }
+}
+
+/// Not public API. Used by generated code: what a `#[background_job]`
+/// function may return.
+#[diagnostic::on_unimplemented(
+    message = "a #[background_job] cannot return `{Self}`",
+    label = "the return type of this #[background_job]",
+    note = "return nothing (a job that cannot fail), or `Result<(), E>` where `E` is \
+            `skiplock::PerformError`, `skiplock::BoxError`, `anyhow::Error`, `eyre::Report` or any \
+            `std::error::Error + Send + Sync + 'static`"
+)]
+pub trait JobOutput<Via> {
+    /// Not public API.
+    fn into_job_result(self) -> Result<(), PerformError>;
+}
+
+impl JobOutput<via::Nothing> for () {
+    fn into_job_result(self) -> Result<(), PerformError> {
+        Ok(())
+    }
+}
+
+impl<E: IntoPerformError<Via>, Via> JobOutput<Via> for Result<(), E> {
+    fn into_job_result(self) -> Result<(), PerformError> {
+        self.map_err(IntoPerformError::into_perform_error)
     }
 }
 
@@ -150,8 +230,8 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned> JobArgument for T {}
 pub const fn assert_job_argument<T: JobArgument>() {}
 
 /// Not public API. Used by generated code.
-pub fn job_result<E: IntoPerformError>(result: Result<(), E>) -> Result<(), PerformError> {
-    result.map_err(IntoPerformError::into_perform_error)
+pub fn job_result<Via, O: JobOutput<Via>>(output: O) -> Result<(), PerformError> {
+    output.into_job_result()
 }
 
 /// Enqueueing a job failed; nothing was inserted.
@@ -212,11 +292,12 @@ pub enum RunnerError {
         /// `"type name"` or `"queue name"`.
         what: &'static str,
     },
-    /// A job that runs on one of this runner's queues expects another context type.
+    /// A job that runs on one of this runner's queues needs a part the
+    /// runner's state does not give.
     #[error(
-        "job `{job_type}` (`{rust_type}`) runs on queue `{queue}` and needs context `{expected}`, \
-         but this runner's context is `{actual}`; serve queue `{queue}` from a runner built \
-         with a `{expected}`"
+        "job `{job_type}` (`{rust_type}`) runs on queue `{queue}` and needs `{expected}`, which \
+         this runner's state `{actual}` does not give; {}",
+        crate::parts::how_to_give(expected, actual)
     )]
     ContextMismatch {
         /// The job's stored type name.
@@ -225,9 +306,9 @@ pub enum RunnerError {
         rust_type: &'static str,
         /// The queue the job runs on.
         queue: String,
-        /// The context type the job needs.
+        /// The part (context type) the job takes.
         expected: &'static str,
-        /// The context type of this runner.
+        /// The type of this runner's state.
         actual: &'static str,
     },
     /// The runner configuration is not usable.

@@ -26,6 +26,7 @@ mod job;
 mod listener;
 mod metrics;
 mod migrate;
+mod parts;
 mod pq;
 mod prepared;
 mod registry;
@@ -42,6 +43,27 @@ mod worker;
 #[doc = include_str!("background_job.md")]
 pub use skiplock_derive::background_job;
 
+/// Makes each field of an application's state a part that jobs take by
+/// reference: for a field `mailer: Mailer` of `AppState`, a job taking
+/// `&Mailer` runs on a runner built with an `AppState`. Implements
+/// [`FromState`](trait@FromState) and registers it for each field.
+///
+/// `#[from_state(skip)]` on a field leaves it out (two fields of one type
+/// must be told apart this way, or by a type of their own);
+/// `#[from_state(crate = path)]` on the struct names a renamed skiplock.
+///
+/// ```
+/// # struct Mailer; struct Index;
+/// #[derive(skiplock::FromState)]
+/// struct AppState {
+///     mailer: Mailer,
+///     index: Index,
+///     #[from_state(skip)]
+///     admin_password: String,
+/// }
+/// ```
+pub use skiplock_derive::FromState;
+
 pub use crate::admin::{
     dead_jobs, discard_job, failing_jobs, find_job, queue_status, require_schema, retry_job,
     runners, select_jobs, JobState,
@@ -52,6 +74,7 @@ pub use crate::errors::{
 };
 pub use crate::job::{EnqueueOptions, Job, JobBatch, JobId, DEFAULT_QUEUE};
 pub use crate::migrate::{migrate, MigrationReport};
+pub use crate::parts::FromState;
 pub use crate::retry::RetryPolicy;
 pub use crate::runner::{
     FailedRun, RunSummary, Runner, RunnerBuilder, RunningRunner, ShutdownReport,
@@ -80,10 +103,36 @@ macro_rules! register_job {
     };
 }
 
+/// Registers parts of an application's state, each implementing
+/// [`FromState`] for that state, so that runners built with the state give
+/// them to the jobs that take them. `#[derive(FromState)]` does this itself.
+///
+/// ```
+/// # use skiplock::FromState;
+/// # struct Mailer; struct Index;
+/// # struct AppState { mailer: Mailer, index: Index }
+/// # impl FromState<AppState> for Mailer { fn from_state(s: &AppState) -> &Mailer { &s.mailer } }
+/// # impl FromState<AppState> for Index { fn from_state(s: &AppState) -> &Index { &s.index } }
+/// skiplock::state_part!(AppState => Mailer, Index);
+/// ```
+#[macro_export]
+macro_rules! state_part {
+    ($state:ty => $($part:ty),+ $(,)?) => {
+        $(
+            $crate::__private::inventory::submit! {
+                $crate::__private::PartDescriptor::of::<$state, $part>()
+            }
+        )+
+    };
+}
+
 /// Not public API. Used by generated code.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::errors::{assert_job_argument, job_result, IntoPerformError, JobArgument};
+    pub use crate::errors::{
+        assert_job_argument, job_result, via, IntoPerformError, JobArgument, JobOutput,
+    };
+    pub use crate::parts::PartDescriptor;
     pub use crate::registry::JobDescriptor;
     pub use inventory;
     pub use serde;

@@ -44,9 +44,9 @@ impl JobDescriptor {
         (self.rust_type)()
     }
 
-    /// Whether a runner whose context is `C` can run this job.
-    pub(crate) fn runs_with<C: Any>(&self) -> bool {
-        (self.context_type)() == TypeId::of::<C>()
+    /// The part of the runner's state the job takes (`()`: none).
+    pub(crate) fn context_type(&self) -> TypeId {
+        (self.context_type)()
     }
 
     pub(crate) fn context_name(&self) -> &'static str {
@@ -92,7 +92,7 @@ pub(crate) enum RunFailure {
         rust_type: &'static str,
         error: serde_json::Error,
     },
-    /// The job is registered, but for another context type.
+    /// The job needs a part the runner's state does not give.
     ContextMismatch {
         expected: &'static str,
         actual: &'static str,
@@ -121,8 +121,9 @@ impl RunFailure {
                 format!("the stored payload does not deserialize into `{rust_type}`: {error}")
             }
             RunFailure::ContextMismatch { expected, actual } => format!(
-                "job type `{job_type}` needs context `{expected}` but the runner serving queue \
-                 `{queue}` has context `{actual}`"
+                "job type `{job_type}` needs `{expected}`, which the state `{actual}` of the \
+                 runner serving queue `{queue}` does not give; {}",
+                crate::parts::how_to_give(expected, actual)
             ),
             RunFailure::WorkerDied(worker) => format!(
                 "the worker running this job died ({worker}), or lost its database session, \
@@ -189,6 +190,11 @@ impl Registry {
 
     pub(crate) fn get(&self, job_type: &str) -> Option<&'static JobDescriptor> {
         self.by_type.get(job_type).copied()
+    }
+
+    /// Every registered job.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &'static JobDescriptor> + '_ {
+        self.by_type.values().copied()
     }
 
     /// The registered jobs whose own queue is `queue`.

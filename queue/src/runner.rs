@@ -1,7 +1,7 @@
 //! Configuring, starting and stopping the workers of each queue.
 
-use std::any::Any;
-use std::collections::HashSet;
+use std::any::{Any, TypeId};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use crate::connection::{self, PgPool};
 use crate::errors::RunnerError;
 use crate::job::JobId;
 use crate::metrics::{self, Gauge, Metrics};
+use crate::parts::{self, PartFn};
 use crate::registry::Registry;
 use crate::scheduler;
 use crate::shutdown::Signals;
@@ -212,9 +213,16 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         };
 
         let registry = Registry::collect()?;
+        // How each job's part is had from the state, for every job this
+        // state can serve (a job enqueued on another queue may come too).
+        let state = TypeId::of::<C>();
+        let parts: HashMap<TypeId, PartFn> = registry
+            .all()
+            .filter_map(|d| Some((d.context_type(), parts::part_fn(state, d.context_type())?)))
+            .collect();
         for (queue, _) in &self.queues {
             for descriptor in registry.on_queue(queue) {
-                if !descriptor.runs_with::<C>() {
+                if !parts.contains_key(&descriptor.context_type()) {
                     return Err(RunnerError::ContextMismatch {
                         job_type: descriptor.job_type,
                         rust_type: descriptor.rust_type(),
@@ -258,6 +266,7 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
             shared: Arc::new(Shared {
                 registry,
                 context: self.context,
+                parts,
                 pool,
                 database_url,
                 settings: Settings {

@@ -3,12 +3,14 @@
 //! and its batch), which the worker, the watchdog, the wake-up thread and
 //! the metrics read.
 
-use std::collections::VecDeque;
+use std::any::TypeId;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::connection::PgPool;
 use crate::metrics::Metrics;
+use crate::parts::PartFn;
 use crate::pq::Session;
 use crate::registry::Registry;
 use crate::shutdown::Signals;
@@ -31,7 +33,10 @@ pub(crate) struct Settings {
 #[derive(Debug)]
 pub(crate) struct Shared<C> {
     pub(crate) registry: Registry,
+    /// The application's state.
     pub(crate) context: C,
+    /// How each job's part is had from `context`, by the part's type.
+    pub(crate) parts: HashMap<TypeId, PartFn>,
     /// The jobs' connections, and the runner's short queries.
     pub(crate) pool: PgPool,
     /// Where the workers open their lock sessions.

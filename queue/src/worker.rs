@@ -475,13 +475,16 @@ fn execute<C: Any + Send + Sync>(
     job: &ClaimedJob,
 ) -> Result<Completion, RunFailure> {
     let descriptor = descriptor.ok_or(RunFailure::UnknownType)?;
-    if !descriptor.runs_with::<C>() {
+    let part = shared
+        .parts
+        .get(&descriptor.context_type())
+        .and_then(|get| get(&shared.context));
+    let Some(context) = part else {
         return Err(RunFailure::ContextMismatch {
             expected: descriptor.context_name(),
             actual: std::any::type_name::<C>(),
         });
-    }
-    let context: &(dyn Any + Send + Sync) = &shared.context;
+    };
     match descriptor.connection {
         ConnectionMode::JobTransaction => {
             // A transaction of the job's own that deletes the job's row when

@@ -1,4 +1,6 @@
-//! Any `std::error::Error + Send + Sync + 'static`, or `PerformError`, as the error type.
+//! Every error type a Rust user reaches for: any `std::error::Error + Send + Sync + 'static`,
+//! `PerformError`, `BoxError` and the boxed error it names, diesel's `QueryResult`, `anyhow` and
+//! `eyre` (skiplock's features of those names).
 
 use std::fmt;
 
@@ -41,8 +43,37 @@ fn with_diesel_error(conn: &mut diesel::PgConnection) -> Result<(), diesel::resu
     Ok(())
 }
 
+#[background_job]
+fn with_box_error() -> Result<(), skiplock::BoxError> {
+    Err("boxed".into())
+}
+
+#[background_job]
+fn with_box_dyn_error() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    Ok(())
+}
+
+#[background_job]
+fn with_query_result(conn: &mut diesel::PgConnection) -> diesel::QueryResult<()> {
+    let _ = conn;
+    Ok(())
+}
+
+#[background_job]
+fn with_anyhow() -> anyhow::Result<()> {
+    anyhow::bail!("no such crate")
+}
+
+#[background_job]
+fn with_eyre() -> eyre::Result<()> {
+    Ok(())
+}
+
 fn main() {
     assert!(WithPerformErrorJob::perform().unwrap_err().is_permanent());
     assert!(WithOwnErrorJob::perform().is_err());
+    assert!(WithAnyhowJob::perform().is_err());
+    assert!(WithBoxErrorJob::perform().is_err());
     let _ = (with_perform_error(), with_io_error(), with_io_result_alias(), with_own_error(), with_diesel_error());
+    let _ = (with_box_error(), with_box_dyn_error(), with_query_result(), with_anyhow(), with_eyre());
 }
