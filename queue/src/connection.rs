@@ -44,6 +44,8 @@ pub struct JobConnection<'a> {
 }
 
 enum Source<'a> {
+    /// A test's run of the body without a database.
+    Nothing,
     Transaction(&'a mut PgConnection),
     Pool {
         pool: &'a PgPool,
@@ -58,6 +60,13 @@ impl<'a> JobConnection<'a> {
         }
     }
 
+    /// No connection: `get` fails, saying so (`testing::perform`).
+    pub(crate) fn none() -> Self {
+        JobConnection {
+            source: Source::Nothing,
+        }
+    }
+
     pub(crate) fn from_pool(pool: &'a PgPool) -> Self {
         JobConnection {
             source: Source::Pool { pool, taken: None },
@@ -69,6 +78,11 @@ impl<'a> JobConnection<'a> {
     /// Fails (as a retryable error) only when the pool has no connection to give.
     pub fn get(&mut self) -> Result<&mut PgConnection, PerformError> {
         match &mut self.source {
+            Source::Nothing => Err(PerformError::permanent(
+                "this job asked for a database connection, and it ran through \
+                 `skiplock::testing::perform`, which has none; run it through a runner \
+                 (`skiplock::testing::run_all`) instead",
+            )),
             Source::Transaction(conn) => Ok(conn),
             Source::Pool { pool, taken } => {
                 if taken.is_none() {
@@ -83,7 +97,7 @@ impl<'a> JobConnection<'a> {
     pub fn mode(&self) -> ConnectionMode {
         match self.source {
             Source::Transaction(_) => ConnectionMode::JobTransaction,
-            Source::Pool { .. } => ConnectionMode::Pooled,
+            Source::Pool { .. } | Source::Nothing => ConnectionMode::Pooled,
         }
     }
 }

@@ -7,6 +7,8 @@
 //! - Running: [`Runner`], [`RunnerBuilder`], [`RunningRunner`] (and its
 //!   [`metrics`](RunningRunner::metrics)), [`JobConnection`], [`ConnectionMode`].
 //! - Schema: [`migrate`].
+//! - Tests: [`testing`] ([`run_all`](testing::run_all), [`enqueued`](testing::enqueued),
+//!   [`perform`](testing::perform)), [`Runner::run_pending`].
 //! - Operations: [`queue_status`], [`runners`], [`failing_jobs`], [`dead_jobs`], [`find_job`],
 //!   [`retry_job`], [`discard_job`], [`select_jobs`]; the `skiplock` command (crate `skiplock-cli`)
 //!   is built on these.
@@ -37,6 +39,7 @@ mod schema;
 mod shutdown;
 mod state;
 mod storage;
+pub mod testing;
 mod watchdog;
 mod worker;
 

@@ -388,6 +388,18 @@ impl<C: Any + Send + Sync> Runner<C> {
         }
     }
 
+    /// The names of the queues this runner serves.
+    pub(crate) fn queue_names(&self) -> Vec<String> {
+        self.queues.iter().map(|(queue, _)| queue.clone()).collect()
+    }
+
+    /// A connection from the runner's pool.
+    pub(crate) fn connection(
+        &self,
+    ) -> Result<diesel::r2d2::PooledConnection<ConnectionManager<PgConnection>>, RunnerError> {
+        Ok(connection::checked_get(&self.shared.pool)?)
+    }
+
     /// Starts the worker threads and returns at once.
     pub fn start(self) -> RunningRunner {
         // Before any worker claims: a job whose worker died (perhaps this

@@ -315,3 +315,90 @@ fn a_runner_refuses_a_job_whose_part_its_state_does_not_give() {
         summary.failed[0].error
     );
 }
+
+// --- testing helpers ----------------------------------------------------------
+
+/// Fails its first run, then succeeds; retried an hour later.
+#[derive(Debug, Default)]
+struct Flaky {
+    runs: AtomicUsize,
+}
+
+#[background_job(queue = "testing", backoff = "1h")]
+fn flaky(flaky: &Flaky, label: String) -> Result<(), PerformError> {
+    let _ = label;
+    if flaky.runs.fetch_add(1, Ordering::SeqCst) == 0 {
+        return Err(PerformError::msg("first run fails"));
+    }
+    Ok(())
+}
+
+#[background_job(queue = "testing")]
+fn needs_database(conn: &mut PgConnection) -> QueryResult<()> {
+    diesel::sql_query("SELECT 1").execute(conn)?;
+    Ok(())
+}
+
+#[test]
+fn run_all_skips_delays_and_backoffs_forward_where_run_pending_leaves_them() {
+    let db = TestDb::create();
+    let mut conn = db.conn();
+    let id = flaky("a".into()).enqueue(&mut conn).unwrap();
+    let delayed = flaky("later".into())
+        .enqueue_with(
+            &mut conn,
+            &skiplock::EnqueueOptions::new().delay(std::time::Duration::from_secs(3600)),
+        )
+        .unwrap();
+    let runner = Runner::builder(Flaky::default())
+        .database_url(db.url())
+        .queue("testing", 1)
+        .build()
+        .unwrap();
+    // run_pending: the first run fails; its retry, an hour away, waits, and so
+    // does the delayed job.
+    let first = runner.run_pending().unwrap();
+    assert_eq!(first.failed.len(), 1);
+    assert_eq!(first.failed[0].id, id);
+    assert!(runner.run_pending().unwrap().succeeded.is_empty());
+    assert_eq!(runner.context().runs.load(Ordering::SeqCst), 1);
+    // run_all: both run now, the retry and the delayed job, without sleeping.
+    let all = skiplock::testing::run_all(&runner).unwrap();
+    let mut ran = all.succeeded.clone();
+    ran.sort();
+    assert_eq!(ran, vec![id, delayed]);
+    assert!(all.failed.is_empty(), "{:?}", all.failed);
+    assert_eq!(runner.context().runs.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn enqueued_lists_the_jobs_of_a_type_typed_and_perform_runs_a_body_without_a_database() {
+    let db = TestDb::create();
+    let mut conn = db.conn();
+    flaky("one".into()).enqueue(&mut conn).unwrap();
+    needs_database().enqueue(&mut conn).unwrap();
+    flaky("two".into()).enqueue(&mut conn).unwrap();
+    let listed = skiplock::testing::enqueued::<FlakyJob>(&mut conn).unwrap();
+    let labels: Vec<&str> = listed.iter().map(|job| job.label.as_str()).collect();
+    assert_eq!(labels, ["one", "two"]);
+    assert_eq!(
+        skiplock::testing::enqueued::<NeedsDatabaseJob>(&mut conn)
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let state = Flaky::default();
+    let mut listed = listed.into_iter();
+    let first = skiplock::testing::perform(listed.next().unwrap(), &state);
+    assert_eq!(first.unwrap_err().to_string(), "first run fails");
+    skiplock::testing::perform(listed.next().unwrap(), &state).unwrap();
+    assert_eq!(state.runs.load(Ordering::SeqCst), 2);
+
+    let error = skiplock::testing::perform(needs_database(), &()).unwrap_err();
+    assert!(error.is_permanent());
+    assert!(
+        error.to_string().contains("skiplock::testing::run_all"),
+        "{error}"
+    );
+}

@@ -174,6 +174,36 @@ pub(crate) fn promote_due_jobs(conn: &mut PgConnection, limit: i64) -> QueryResu
     Ok(usize::try_from(result.promoted).unwrap_or(0))
 }
 
+/// Makes every scheduled job of `queues` due now (tests skip delays and
+/// backoffs forward). Returns how many.
+pub(crate) fn make_scheduled_due(conn: &mut PgConnection, queues: &[String]) -> QueryResult<usize> {
+    Statement::new(
+        "UPDATE queue_jobs SET run_at = now() \
+         WHERE scheduled AND dead_at IS NULL AND queue = ANY ($1) AND run_at > now()",
+    )
+    .bind::<Array<Text>, _>(queues)
+    .execute(conn)
+}
+
+/// The payloads of the jobs of type `job_type` that will run (not dead),
+/// oldest first.
+pub(crate) fn waiting_payloads(
+    conn: &mut PgConnection,
+    job_type: &str,
+) -> QueryResult<Vec<serde_json::Value>> {
+    #[derive(QueryableByName)]
+    struct Payload {
+        #[diesel(sql_type = Jsonb)]
+        payload: serde_json::Value,
+    }
+    let rows: Vec<Payload> = Statement::new(
+        "SELECT payload FROM queue_jobs WHERE job_type = $1 AND dead_at IS NULL ORDER BY id",
+    )
+    .bind::<Text, _>(job_type)
+    .load(conn)?;
+    Ok(rows.into_iter().map(|row| row.payload).collect())
+}
+
 /// Of `queues`, those with at least one ready job.
 pub(crate) fn queues_with_ready_jobs(
     conn: &mut PgConnection,
