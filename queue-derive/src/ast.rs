@@ -236,6 +236,15 @@ fn classify(
         (Some((Explicit::Context, _)), Some(r)) => context(r, errors),
         (Some((Explicit::Connection, _)), Some(r)) => connection(r, errors),
         (None, Some(r)) if names_pg_connection(&r.elem) => connection(r, errors),
+        (None, Some(r)) if names_type(&r.elem, "JobConnection") => {
+            errors.spanned(
+                r,
+                "a #[background_job] takes its database connection as `&mut PgConnection`; \
+                 the runtime hands it over (from the job's `JobConnection`) itself: write \
+                 `&mut PgConnection`",
+            );
+            None
+        }
         (None, Some(r)) => context(r, errors),
         (None, None) => {
             if let Type::ImplTrait(_) = ty {
@@ -243,6 +252,19 @@ fn classify(
                     ty,
                     "#[background_job] arguments cannot be `impl Trait`: they are stored and \
                      deserialized, so they need a concrete type",
+                );
+                return None;
+            }
+            if let Some(inner) = reference_inside(ty) {
+                errors.spanned(
+                    inner,
+                    format!(
+                        "`{ident}` is a stored argument, and a stored argument cannot hold a \
+                         reference (`{}`); did you mean `{}` (the job's context, a part of the \
+                         runner's state)? Otherwise store owned data",
+                        type_text(ty),
+                        type_text(inner),
+                    ),
                 );
                 return None;
             }
@@ -261,7 +283,69 @@ fn context(r: &TypeReference, errors: &mut Errors) -> Option<Role> {
         );
         return None;
     }
+    let unsized_fix = match &*r.elem {
+        Type::Path(p) if p.qself.is_none() && p.path.is_ident("str") => Some("`String`"),
+        Type::Slice(_) => Some("a `Vec`"),
+        Type::TraitObject(_) => Some("a concrete type"),
+        _ => None,
+    };
+    if let Some(fix) = unsized_fix {
+        errors.spanned(
+            r,
+            format!(
+                "`{}` would be the job's context (a part of the runner's state), and a context \
+                 has a size known at compile time; to store this value with the job, take \
+                 {fix} instead",
+                type_text(r)
+            ),
+        );
+        return None;
+    }
     Some(Role::Context((*r.elem).clone()))
+}
+
+/// A type as its user wrote it, more or less: `Option<&Mailer>`, not
+/// `Option < & Mailer >`.
+fn type_text(ty: &impl ToTokens) -> String {
+    let mut text = ty.to_token_stream().to_string();
+    for (from, to) in [
+        (" <", "<"),
+        ("< ", "<"),
+        (" >", ">"),
+        ("& ", "&"),
+        (" ,", ","),
+        (" ::", "::"),
+        (":: ", "::"),
+    ] {
+        text = text.replace(from, to);
+    }
+    text
+}
+
+/// The first reference inside an owned type (`Option<&Mailer>`), if any.
+fn reference_inside(ty: &Type) -> Option<&Type> {
+    match ty {
+        Type::Reference(_) => Some(ty),
+        Type::Path(p) => p
+            .path
+            .segments
+            .iter()
+            .find_map(|segment| match &segment.arguments {
+                syn::PathArguments::AngleBracketed(args) => {
+                    args.args.iter().find_map(|arg| match arg {
+                        syn::GenericArgument::Type(inner) => reference_inside(inner),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            }),
+        Type::Tuple(t) => t.elems.iter().find_map(reference_inside),
+        Type::Array(a) => reference_inside(&a.elem),
+        Type::Slice(sl) => reference_inside(&sl.elem),
+        Type::Paren(p) => reference_inside(&p.elem),
+        Type::Group(g) => reference_inside(&g.elem),
+        _ => None,
+    }
 }
 
 fn connection(r: &TypeReference, errors: &mut Errors) -> Option<Role> {
@@ -285,6 +369,16 @@ fn names_pg_connection(ty: &Type) -> bool {
             .is_some_and(|s| s.ident == "PgConnection" && s.arguments.is_empty()),
         Type::Group(g) => names_pg_connection(&g.elem),
         Type::Paren(p) => names_pg_connection(&p.elem),
+        _ => false,
+    }
+}
+
+/// Whether `ty` is a path ending in `name` (with any generic arguments).
+fn names_type(ty: &Type, name: &str) -> bool {
+    match ty {
+        Type::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == name),
+        Type::Group(g) => names_type(&g.elem, name),
+        Type::Paren(p) => names_type(&p.elem, name),
         _ => false,
     }
 }

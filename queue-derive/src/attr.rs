@@ -284,3 +284,24 @@ pub(crate) fn path_string(path: &syn::Path) -> LitStr {
         Span::call_site(),
     )
 }
+
+/// Where the generated code finds skiplock when the user does not say
+/// (`crate = path`): under the name the calling crate's `Cargo.toml` gives
+/// it, so a renamed dependency (`jobs = { package = "skiplock" }`) works as
+/// it is.
+pub(crate) fn skiplock_path() -> Result<syn::Path, String> {
+    match proc_macro_crate::crate_name("skiplock") {
+        // Within skiplock itself (its doctests are other crates that link it).
+        Ok(proc_macro_crate::FoundCrate::Itself) => Ok(syn::parse_quote!(::skiplock)),
+        Ok(proc_macro_crate::FoundCrate::Name(name)) => {
+            let ident = syn::Ident::new(&name, Span::call_site());
+            Ok(syn::parse_quote!(::#ident))
+        }
+        Err(_) => Err(
+            "skiplock is not a dependency of this crate, under any name: add it to \
+             Cargo.toml, or say where this crate reaches it with `crate = path` (for example \
+             `crate = my_app::jobs` when another crate re-exports it)"
+                .to_owned(),
+        ),
+    }
+}

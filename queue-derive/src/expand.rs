@@ -1,7 +1,7 @@
 //! Writes the job struct, its constructor, its `Job` impl and its registration.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::{Attribute, Ident, ItemFn};
 
 use crate::ast::{self, JobFn, Role};
@@ -48,10 +48,14 @@ fn fallback(item: ItemFn) -> TokenStream {
 }
 
 fn expand(args: &Args, job: &JobFn) -> TokenStream {
-    let krate = args
-        .krate
-        .clone()
-        .unwrap_or_else(|| syn::parse_quote!(::skiplock));
+    let krate = match args.krate.clone().map_or_else(attr::skiplock_path, Ok) {
+        Ok(krate) => krate,
+        Err(message) => {
+            let error = syn::Error::new(Span::call_site(), message).into_compile_error();
+            let function = fallback(job.item.clone());
+            return quote!(#function #error);
+        }
+    };
     let serde_path = attr::path_string(&syn::parse_quote!(#krate::__private::serde));
     let item = &job.item;
     let vis = &item.vis;
@@ -66,22 +70,28 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
 
     // The stored arguments: fields, constructor parameters.
     let arg_idents: Vec<&Ident> = job.arguments().map(|(p, _)| &p.ident).collect();
+    // Each field is (de)serialized through `JobArgument`, so an argument
+    // that cannot be stored is one error, the crate's, on its type (not
+    // serde's four), unless the user's own `#[serde]` says how.
+    let argument_trait =
+        attr::path_string(&syn::parse_quote!(#krate::__private::JobArgument)).value();
     let fields = job.arguments().map(|(p, serde_attrs)| {
         let (ident, ty) = (&p.ident, &p.ty);
         let doc = format!("The `{ident}` argument.");
-        quote!(#[doc = #doc] #(#serde_attrs)* #vis #ident: #ty)
+        let span = syn::spanned::Spanned::span(ty);
+        let through = (!serde_attrs.iter().any(says_how_to_serialize)).then(|| {
+            // Qualified by the type, so both calls require it of the path,
+            // whose span is the type's.
+            let qualified = format!("<{} as {argument_trait}>", ty.to_token_stream());
+            let ser = syn::LitStr::new(&format!("{qualified}::serialize_argument"), span);
+            let de = syn::LitStr::new(&format!("{qualified}::deserialize_argument"), span);
+            quote_spanned!(span=> #[serde(serialize_with = #ser, deserialize_with = #de)])
+        });
+        quote!(#[doc = #doc] #(#serde_attrs)* #through #vis #ident: #ty)
     });
     let constructor_params = job.arguments().map(|(p, _)| {
         let (ident, ty) = (&p.ident, &p.ty);
         quote!(#ident: #ty)
-    });
-
-    // One clear error per argument that cannot be stored, on its type.
-    let argument_checks = job.arguments().map(|(p, _)| {
-        let ty = &p.ty;
-        quote_spanned!(syn::spanned::Spanned::span(ty)=>
-            const _: () = #krate::__private::assert_job_argument::<#ty>();
-        )
     });
 
     // The call of the body, in the user's parameter order.
@@ -136,14 +146,22 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
         ));
     }
 
-    // The body keeps the user's tokens and spans: its errors and lints are the user's.
-    let body_attrs: Vec<&Attribute> = item.attrs.iter().filter(|a| is_lint_attr(a)).collect();
+    // The body keeps the user's tokens and spans: its errors and lints are
+    // the user's. The function's attributes: doc comments describe the
+    // constructor, `cfg` applies to every item, lints to the constructor and
+    // the body, and everything else (`#[tracing::instrument(skip(mailer))]`,
+    // say) to the body, whose parameters they name.
+    let placed = |wanted: fn(&Attribute) -> bool| -> Vec<&Attribute> {
+        item.attrs.iter().filter(|a| wanted(a)).collect()
+    };
+    let cfg_attrs = placed(|a| a.path().is_ident("cfg"));
+    let body_attrs = placed(|a| !a.path().is_ident("doc") && !a.path().is_ident("cfg"));
+    let constructor_attrs = placed(|a| a.path().is_ident("doc") || is_lint_attr(a));
     let perform_inputs = &item.sig.inputs;
     let perform_output = &item.sig.output;
     let block = &item.block;
     let result = quote_spanned!(job.output_span=> #krate::__private::job_result(__queue_result));
 
-    let constructor_attrs = &item.attrs;
     // The user's braces, so the constructor's span is the user's function
     // and lints such as `dead_code` report it like an ordinary function.
     let mut constructor_body = TokenStream::new();
@@ -158,11 +176,13 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
         format!("\n\nBuilds the `{job_type}` job; store it with `skiplock::Job::enqueue`.");
 
     quote! {
+        #(#cfg_attrs)*
         #(#constructor_attrs)*
         #[doc = #constructor_doc_note]
         #[must_use = "a job does nothing until it is enqueued"]
         #vis #fn_token #fn_ident(#(#constructor_params),*) -> #struct_ident #constructor_body
 
+        #(#cfg_attrs)*
         #[doc = #struct_doc]
         #[derive(#krate::__private::serde::Serialize, #krate::__private::serde::Deserialize)]
         #[serde(crate = #serde_path)]
@@ -170,6 +190,7 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
             #(#fields,)*
         }
 
+        #(#cfg_attrs)*
         impl #struct_ident {
             /// Runs the job's body directly, as the function was written
             /// (for unit tests; runners call it through `skiplock::Job::run`).
@@ -177,8 +198,7 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
             #vis fn perform(#perform_inputs) #perform_output #block
         }
 
-        #(#argument_checks)*
-
+        #(#cfg_attrs)*
         impl #krate::Job for #struct_ident {
             const JOB_TYPE: &'static str = #job_type;
             #(#consts)*
@@ -195,10 +215,20 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
             }
         }
 
+        #(#cfg_attrs)*
         #krate::__private::inventory::submit! {
             #krate::__private::JobDescriptor::of::<#struct_ident>()
         }
     }
+}
+
+/// Whether a `#[serde(..)]` of the user's already says how the field is
+/// (de)serialized, or that it is not.
+fn says_how_to_serialize(attr: &Attribute) -> bool {
+    let text = attr.meta.to_token_stream().to_string();
+    ["with", "skip", "getter"]
+        .iter()
+        .any(|key| text.contains(key))
 }
 
 /// Lint attributes apply to the body too; everything else stays on the constructor.

@@ -75,7 +75,7 @@ pub(crate) fn derive_from_state(input: TokenStream) -> TokenStream {
 
 /// `#[from_state(crate = path)]` on the struct: where skiplock is.
 fn container_crate(input: &DeriveInput, errors: &mut Errors) -> syn::Path {
-    let mut krate = syn::parse_quote!(::skiplock);
+    let mut krate = None;
     for attr in input
         .attrs
         .iter()
@@ -83,7 +83,7 @@ fn container_crate(input: &DeriveInput, errors: &mut Errors) -> syn::Path {
     {
         let parsed = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("crate") {
-                krate = meta.value()?.parse::<syn::Path>()?;
+                krate = Some(meta.value()?.parse::<syn::Path>()?);
                 Ok(())
             } else {
                 Err(meta.error("expected `crate = path` (where skiplock is, if renamed)"))
@@ -93,7 +93,12 @@ fn container_crate(input: &DeriveInput, errors: &mut Errors) -> syn::Path {
             errors.push(error);
         }
     }
-    krate
+    krate.unwrap_or_else(|| {
+        crate::attr::skiplock_path().unwrap_or_else(|message| {
+            errors.push(syn::Error::new(proc_macro2::Span::call_site(), message));
+            syn::parse_quote!(::skiplock)
+        })
+    })
 }
 
 /// `#[from_state(skip)]` on a field: not a part.

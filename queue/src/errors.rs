@@ -219,15 +219,34 @@ impl<E: IntoPerformError<Via>, Via> JobOutput<Via> for Result<(), E> {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a #[background_job] argument: it is not serializable",
     label = "arguments are stored as JSON, so this type must implement `Serialize` and `Deserialize`",
-    note = "derive them (`#[derive(serde::Serialize, serde::Deserialize)]`), or pass the \
-            context as `&{Self}` if this is not data of the job"
+    note = "derive them (`#[derive(serde::Serialize, serde::Deserialize)]`); or, if this is what \
+            the job runs with rather than data of the job, did you mean `&{Self}` (the job's \
+            context, a part of the runner's state)?"
 )]
-pub trait JobArgument: serde::Serialize + serde::de::DeserializeOwned {}
+pub trait JobArgument: Sized {
+    /// Not public API: the `serialize_with` of each stored argument.
+    fn serialize_argument<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error>;
+    /// Not public API: the `deserialize_with` of each stored argument.
+    fn deserialize_argument<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Self, D::Error>;
+}
 
-impl<T: serde::Serialize + serde::de::DeserializeOwned> JobArgument for T {}
+// Not recommended: a type that is not serializable is reported with the
+// trait's own message (once: the serializing and deserializing calls give
+// the same error at the same place), not as serde's missing impls.
+#[diagnostic::do_not_recommend]
+impl<T: serde::Serialize + serde::de::DeserializeOwned> JobArgument for T {
+    fn serialize_argument<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.serialize(serializer)
+    }
 
-/// Not public API. Used by generated code.
-pub const fn assert_job_argument<T: JobArgument>() {}
+    fn deserialize_argument<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Self, D::Error> {
+        T::deserialize(deserializer)
+    }
+}
 
 /// Not public API. Used by generated code.
 pub fn job_result<Via, O: JobOutput<Via>>(output: O) -> Result<(), PerformError> {

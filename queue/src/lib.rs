@@ -132,9 +132,7 @@ macro_rules! state_part {
 /// Not public API. Used by generated code.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::errors::{
-        assert_job_argument, job_result, via, IntoPerformError, JobArgument, JobOutput,
-    };
+    pub use crate::errors::{job_result, via, IntoPerformError, JobArgument, JobOutput};
     pub use crate::parts::PartDescriptor;
     pub use crate::registry::JobDescriptor;
     pub use inventory;
