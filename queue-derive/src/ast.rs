@@ -33,6 +33,8 @@ pub(crate) struct Param {
 /// The checked function.
 pub(crate) struct JobFn {
     pub(crate) item: ItemFn,
+    /// An `async fn`: its body runs on tokio.
+    pub(crate) is_async: bool,
     pub(crate) params: Vec<Param>,
     /// The span of the return type, where an unusable error type is reported.
     pub(crate) output_span: Span,
@@ -68,6 +70,7 @@ pub(crate) fn analyze(mut item: ItemFn, errors: &mut Errors) -> JobFn {
     let mut params = Vec::new();
     let mut context_seen: Option<Ident> = None;
     let mut connection_seen: Option<Ident> = None;
+    let is_async = item.sig.asyncness.is_some();
     for input in &mut item.sig.inputs {
         let FnArg::Typed(typed) = input else {
             errors.spanned(
@@ -91,7 +94,7 @@ pub(crate) fn analyze(mut item: ItemFn, errors: &mut Errors) -> JobFn {
             }
         };
         let ty = (*typed.ty).clone();
-        let Some(role) = classify(&ident, &ty, explicit, serde_attrs, errors) else {
+        let Some(role) = classify(&ident, &ty, explicit, serde_attrs, is_async, errors) else {
             continue;
         };
         let seen = match role {
@@ -116,6 +119,7 @@ pub(crate) fn analyze(mut item: ItemFn, errors: &mut Errors) -> JobFn {
     }
     let output_span = output_span(&item.sig);
     JobFn {
+        is_async: item.sig.asyncness.is_some(),
         item,
         params,
         output_span,
@@ -129,13 +133,6 @@ fn check_signature(item: &ItemFn, errors: &mut Errors) {
     };
     if let Some(t) = &sig.constness {
         errors.spanned(t, not_on("`const`"));
-    }
-    if let Some(t) = &sig.asyncness {
-        errors.spanned(
-            t,
-            "#[background_job] cannot be used on `async` functions: jobs run on worker threads; \
-             write a plain `fn` (block on a runtime inside it if you must)",
-        );
     }
     if let Some(t) = &sig.unsafety {
         errors.spanned(t, not_on("`unsafe`"));
@@ -209,6 +206,7 @@ fn classify(
     ty: &Type,
     explicit: Option<(Explicit, Span)>,
     serde_attrs: Vec<Attribute>,
+    is_async: bool,
     errors: &mut Errors,
 ) -> Option<Role> {
     let reference = match ty {
@@ -235,7 +233,24 @@ fn classify(
         }
         (Some((Explicit::Context, _)), Some(r)) => context(r, errors),
         (Some((Explicit::Connection, _)), Some(r)) => connection(r, errors),
+        (None, Some(r)) if names_pg_connection(&r.elem) && is_async => {
+            errors.spanned(
+                r,
+                "an async #[background_job] takes its connection as `&mut AsyncPgConnection` \
+                 (diesel-async); write `&mut AsyncPgConnection`",
+            );
+            None
+        }
+        (None, Some(r)) if names_type(&r.elem, "AsyncPgConnection") && !is_async => {
+            errors.spanned(
+                r,
+                "`&mut AsyncPgConnection` is the connection of an `async fn` job; make the \
+                 function `async`, or take `&mut PgConnection`",
+            );
+            None
+        }
         (None, Some(r)) if names_pg_connection(&r.elem) => connection(r, errors),
+        (None, Some(r)) if names_type(&r.elem, "AsyncPgConnection") => connection(r, errors),
         (None, Some(r)) if names_type(&r.elem, "JobConnection") => {
             errors.spanned(
                 r,

@@ -9,8 +9,8 @@ use syn::{Expr, ExprLit, ExprPath, ExprUnary, Lit, LitStr, Meta, Token, UnOp};
 use crate::duration;
 
 /// Every key the attribute accepts, in the order error messages list them.
-pub(crate) const KEYS: &str =
-    "`name`, `queue`, `priority`, `max_attempts`, `backoff`, `max_backoff`, `transaction`, `crate`";
+pub(crate) const KEYS: &str = "`name`, `queue`, `priority`, `max_attempts`, `backoff`, \
+    `max_backoff`, `timeout`, `transaction`, `crate`";
 
 /// The parsed, validated arguments.
 #[derive(Default)]
@@ -21,6 +21,8 @@ pub(crate) struct Args {
     pub(crate) max_attempts: Option<u32>,
     pub(crate) backoff_micros: Option<u64>,
     pub(crate) max_backoff_micros: Option<u64>,
+    /// An async job's deadline: microseconds, as written, and where.
+    pub(crate) timeout: Option<(u64, String, Span)>,
     /// The `transaction` flag, with its span for errors.
     pub(crate) transaction: Option<Span>,
     pub(crate) krate: Option<syn::Path>,
@@ -98,6 +100,7 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Args {
     let mut max_attempts = Slot::new("max_attempts");
     let mut backoff = Slot::new("backoff");
     let mut max_backoff = Slot::new("max_backoff");
+    let mut timeout = Slot::new("timeout");
     let mut transaction = Slot::new("transaction");
     let mut krate = Slot::new("crate");
 
@@ -120,6 +123,14 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Args {
             }
             "backoff" => backoff.set(errors, meta, duration_value(meta)),
             "max_backoff" => max_backoff.set(errors, meta, duration_value(meta)),
+            "timeout" => timeout.set(
+                errors,
+                meta,
+                duration_value(meta).and_then(|micros| {
+                    let written = string(meta)?;
+                    Ok((micros, written, syn::spanned::Spanned::span(meta)))
+                }),
+            ),
             "transaction" => transaction.set(errors, meta, flag(meta)),
             "crate" => krate.set(errors, meta, crate_path(meta)),
             _ => errors.spanned(
@@ -136,6 +147,7 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Args {
         max_attempts: max_attempts.value,
         backoff_micros: backoff.value,
         max_backoff_micros: max_backoff.value,
+        timeout: timeout.value,
         transaction: transaction.value.flatten(),
         krate: krate.value,
     }

@@ -31,6 +31,21 @@ pub(crate) fn background_job(args: TokenStream, item: TokenStream) -> TokenStrea
              this function takes no `&mut PgConnection`; add one, or remove `transaction`",
         ));
     }
+    if job.is_async {
+        if let Some(span) = args.transaction {
+            errors.push(syn::Error::new(
+                span,
+                "`transaction` is for plain jobs: an async job's queries run on its own \
+                 `AsyncPgConnection`; remove `transaction` (or make the job a plain `fn`)",
+            ));
+        }
+    } else if let Some((_, _, span)) = &args.timeout {
+        errors.push(syn::Error::new(
+            *span,
+            "`timeout` cancels an `async fn` job at its deadline; a plain job's thread cannot be \
+             stopped from outside. Make the job `async`, or remove `timeout`",
+        ));
+    }
     match errors.into_result() {
         Ok(()) => expand(&args, &job),
         Err(error) => {
@@ -97,8 +112,10 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
     // The call of the body, in the user's parameter order.
     let ctx = Ident::new("__queue_ctx", Span::mixed_site());
     let db = Ident::new("__queue_db", Span::mixed_site());
+    let conn = Ident::new("__queue_conn", Span::mixed_site());
     let call_args = job.params.iter().map(|p| match &p.role {
         Role::Context(_) => quote!(#ctx),
+        Role::Connection if job.is_async => quote!(&mut *#conn),
         Role::Connection => quote!(#db.get()?),
         Role::Argument(_) => {
             let ident = &p.ident;
@@ -111,7 +128,7 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
     } else {
         quote!(_)
     };
-    let db_param = if job.takes_connection() {
+    let db_param = if job.takes_connection() || job.is_async {
         quote!(#db)
     } else {
         quote!(_)
@@ -140,6 +157,11 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
         }
         consts.push(quote!(const RETRY_POLICY: #krate::RetryPolicy = #policy;));
     }
+    if job.is_async {
+        consts.push(quote!(
+            const ASYNC: bool = true;
+        ));
+    }
     if args.transaction.is_some() {
         consts.push(quote!(
             const CONNECTION: #krate::ConnectionMode = #krate::ConnectionMode::JobTransaction;
@@ -158,9 +180,42 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
     let body_attrs = placed(|a| !a.path().is_ident("doc") && !a.path().is_ident("cfg"));
     let constructor_attrs = placed(|a| a.path().is_ident("doc") || is_lint_attr(a));
     let perform_inputs = &item.sig.inputs;
+    let asyncness = &item.sig.asyncness;
     let perform_output = &item.sig.output;
     let block = &item.block;
     let result = quote_spanned!(job.output_span=> #krate::__private::job_result(__queue_result));
+    let run_body = if job.is_async {
+        // The same engine runs it: the worker's thread waits for the body
+        // on the runner's runtime.
+        let timeout = match &args.timeout {
+            Some((micros, written, _)) => quote!(::core::option::Option::Some((
+                ::core::time::Duration::from_micros(#micros),
+                #written,
+            ))),
+            None => quote!(::core::option::Option::None),
+        };
+        let (pool, get) = if job.takes_connection() {
+            (
+                quote!(let __queue_pool = #krate::__private::async_pool(#db)?;),
+                quote!(let mut #conn = #krate::__private::async_connection(&__queue_pool).await?;),
+            )
+        } else {
+            (quote!(), quote!())
+        };
+        quote!(#krate::__async_job! {
+            #pool
+            #krate::__private::run_async(#db, #timeout, async move {
+                #get
+                let __queue_result = Self::perform(#(#call_args),*).await;
+                #result
+            })
+        })
+    } else {
+        quote!(
+            let __queue_result = Self::perform(#(#call_args),*);
+            #result
+        )
+    };
 
     // The user's braces, so the constructor's span is the user's function
     // and lints such as `dead_code` report it like an ordinary function.
@@ -195,7 +250,7 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
             /// Runs the job's body directly, as the function was written
             /// (for unit tests; runners call it through `skiplock::Job::run`).
             #(#body_attrs)*
-            #vis fn perform(#perform_inputs) #perform_output #block
+            #vis #asyncness fn perform(#perform_inputs) #perform_output #block
         }
 
         #(#cfg_attrs)*
@@ -210,8 +265,7 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
                 #db_param: &mut #krate::JobConnection<'_>,
             ) -> ::core::result::Result<(), #krate::PerformError> {
                 let #struct_ident { #(#arg_idents),* } = self;
-                let __queue_result = Self::perform(#(#call_args),*);
-                #result
+                #run_body
             }
         }
 

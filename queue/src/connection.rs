@@ -41,6 +41,9 @@ pub enum ConnectionMode {
 /// which connection [`get`](JobConnection::get) returns.
 pub struct JobConnection<'a> {
     source: Source<'a>,
+    /// Where async jobs run, and their connections.
+    #[cfg(feature = "tokio")]
+    runtime: Option<&'a crate::asynchronous::AsyncRuntime>,
 }
 
 enum Source<'a> {
@@ -57,6 +60,8 @@ impl<'a> JobConnection<'a> {
     pub(crate) fn in_transaction(conn: &'a mut PgConnection) -> Self {
         JobConnection {
             source: Source::Transaction(conn),
+            #[cfg(feature = "tokio")]
+            runtime: None,
         }
     }
 
@@ -64,13 +69,33 @@ impl<'a> JobConnection<'a> {
     pub(crate) fn none() -> Self {
         JobConnection {
             source: Source::Nothing,
+            #[cfg(feature = "tokio")]
+            runtime: None,
         }
     }
 
     pub(crate) fn from_pool(pool: &'a PgPool) -> Self {
         JobConnection {
             source: Source::Pool { pool, taken: None },
+            #[cfg(feature = "tokio")]
+            runtime: None,
         }
+    }
+
+    /// With the runner's runtime for async jobs.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn with_runtime(
+        mut self,
+        runtime: Option<&'a crate::asynchronous::AsyncRuntime>,
+    ) -> Self {
+        self.runtime = runtime;
+        self
+    }
+
+    /// The runner's runtime for async jobs.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn runtime(&self) -> Option<&'a crate::asynchronous::AsyncRuntime> {
+        self.runtime
     }
 
     /// The connection for the job's queries, taking one from the pool on first use.

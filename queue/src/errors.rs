@@ -91,6 +91,21 @@ where
     }
 }
 
+/// For `?` in functions that return boxed errors (tests, `main`): the
+/// underlying error (whether it was permanent is not kept).
+impl From<PerformError> for BoxError {
+    fn from(error: PerformError) -> Self {
+        error.error
+    }
+}
+
+/// As for [`BoxError`].
+impl From<PerformError> for Box<dyn StdError + 'static> {
+    fn from(error: PerformError) -> Self {
+        error.error
+    }
+}
+
 impl fmt::Display for PerformError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.permanent {

@@ -77,6 +77,11 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     /// Which connection [`JobConnection::get`] hands the job. See [`ConnectionMode`].
     const CONNECTION: ConnectionMode = ConnectionMode::Pooled;
 
+    /// Whether the body is an `async fn` run on the runner's tokio runtime
+    /// (set by `#[background_job]`; the `tokio` feature).
+    #[doc(hidden)]
+    const ASYNC: bool = false;
+
     /// What all jobs of a runner share (a git checkout, an HTTP client, a
     /// pool...). A runner only runs jobs whose context is its own.
     type Context: Send + Sync + 'static;
@@ -213,7 +218,7 @@ impl JobBatch {
 }
 
 impl NewJob {
-    fn build<J: Job>(job: &J, options: &EnqueueOptions) -> Result<NewJob, EnqueueError> {
+    pub(crate) fn build<J: Job>(job: &J, options: &EnqueueOptions) -> Result<NewJob, EnqueueError> {
         let payload = serde_json::to_value(job).map_err(|source| EnqueueError::Serialize {
             job_type: J::JOB_TYPE,
             source,

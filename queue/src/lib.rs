@@ -22,6 +22,8 @@
 //! sessions, `listener`); `metrics` the Prometheus counters.
 
 mod admin;
+#[cfg(feature = "tokio")]
+pub mod asynchronous;
 mod connection;
 mod errors;
 mod job;
@@ -129,9 +131,34 @@ macro_rules! state_part {
     };
 }
 
+/// Not public API. Used by generated code: the body of an async job's
+/// `run`, which needs the `tokio` feature.
+#[cfg(feature = "tokio")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __async_job {
+    ($($body:tt)*) => { $($body)* };
+}
+
+/// Not public API. Used by generated code: the body of an async job's
+/// `run`, which needs the `tokio` feature.
+#[cfg(not(feature = "tokio"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __async_job {
+    ($($body:tt)*) => {
+        ::core::compile_error!(
+            "an `async fn` job needs skiplock's `tokio` feature: \
+             skiplock = { version = \"0.1\", features = [\"tokio\"] }"
+        )
+    };
+}
+
 /// Not public API. Used by generated code.
 #[doc(hidden)]
 pub mod __private {
+    #[cfg(feature = "tokio")]
+    pub use crate::asynchronous::{async_connection, async_pool, run_async};
     pub use crate::errors::{job_result, via, IntoPerformError, JobArgument, JobOutput};
     pub use crate::parts::PartDescriptor;
     pub use crate::registry::JobDescriptor;

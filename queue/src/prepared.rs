@@ -13,14 +13,15 @@ use diesel::serialize::ToSql;
 use diesel::sql_types::{HasSqlType, Untyped};
 use diesel::{PgConnection, QueryResult, RunQueryDsl};
 
-/// One bind value with its SQL type.
-pub(crate) trait Bind {
+/// One bind value with its SQL type (`Send`: a statement may be awaited
+/// in async code).
+pub(crate) trait Bind: Send {
     fn push<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()>;
 }
 
 struct Typed<ST, T>(T, PhantomData<ST>);
 
-impl<ST, T> Bind for Typed<ST, T>
+impl<ST: Send, T: Send> Bind for Typed<ST, T>
 where
     Pg: HasSqlType<ST>,
     T: ToSql<ST, Pg>,
@@ -45,7 +46,7 @@ impl<'a> Statement<'a> {
     }
 
     /// Adds the next bind (`$1` first).
-    pub(crate) fn bind<ST: 'a, T: ToSql<ST, Pg> + 'a>(mut self, value: T) -> Self
+    pub(crate) fn bind<ST: Send + 'a, T: ToSql<ST, Pg> + Send + 'a>(mut self, value: T) -> Self
     where
         Pg: HasSqlType<ST>,
     {

@@ -16,6 +16,9 @@ pub struct JobDescriptor {
     pub(crate) queue: &'static str,
     pub(crate) retry_policy: RetryPolicy,
     pub(crate) connection: ConnectionMode,
+    /// Runs on the runner's tokio runtime.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) is_async: bool,
     rust_type: fn() -> &'static str,
     context_type: fn() -> TypeId,
     context_name: fn() -> &'static str,
@@ -32,6 +35,7 @@ impl JobDescriptor {
             queue: J::QUEUE,
             retry_policy: J::RETRY_POLICY,
             connection: J::CONNECTION,
+            is_async: J::ASYNC,
             rust_type: std::any::type_name::<J>,
             context_type: TypeId::of::<J::Context>,
             context_name: std::any::type_name::<J::Context>,

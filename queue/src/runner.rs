@@ -54,6 +54,8 @@ pub struct RunnerBuilder<C> {
     completion_window: Duration,
     slow_job_threshold: Duration,
     metrics_listener: Option<TcpListener>,
+    #[cfg(feature = "tokio")]
+    tokio_handle: Option<tokio::runtime::Handle>,
 }
 
 impl<C> fmt::Debug for RunnerBuilder<C> {
@@ -95,6 +97,17 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
     /// [`database_url`](Self::database_url).
     pub fn pool(mut self, pool: PgPool) -> Self {
         self.pool = Some(pool);
+        self
+    }
+
+    /// Runs the bodies of `async fn` jobs on this tokio runtime (the
+    /// application's own, typically `Handle::current()`) instead of a
+    /// runtime of the runner's. The worker threads stay the runner's: each
+    /// waits for its job's body, so the runtime's threads are only busy
+    /// while the bodies are. The `tokio` feature.
+    #[cfg(feature = "tokio")]
+    pub fn tokio_handle(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.tokio_handle = Some(handle);
         self
     }
 
@@ -262,8 +275,27 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         // Fail now, not in every worker, when the database is unreachable.
         drop(pool.get()?);
 
+        // Async jobs on the runner's queues run on tokio, with connections
+        // of their own (one per worker at most).
+        #[cfg(feature = "tokio")]
+        let runtime = if self
+            .queues
+            .iter()
+            .any(|(queue, _)| registry.on_queue(queue).any(|d| d.is_async))
+        {
+            Some(crate::asynchronous::AsyncRuntime::new(
+                self.tokio_handle,
+                &database_url,
+                workers,
+            )?)
+        } else {
+            None
+        };
+
         Ok(Runner {
             shared: Arc::new(Shared {
+                #[cfg(feature = "tokio")]
+                runtime,
                 registry,
                 context: self.context,
                 parts,
@@ -335,6 +367,8 @@ impl<C: Any + Send + Sync> Runner<C> {
             completion_window: Duration::from_millis(50),
             slow_job_threshold: Duration::from_millis(100),
             metrics_listener: None,
+            #[cfg(feature = "tokio")]
+            tokio_handle: None,
         }
     }
 

@@ -37,6 +37,9 @@ pub(crate) struct Shared<C> {
     pub(crate) context: C,
     /// How each job's part is had from `context`, by the part's type.
     pub(crate) parts: HashMap<TypeId, PartFn>,
+    /// Where async jobs run (the `tokio` feature).
+    #[cfg(feature = "tokio")]
+    pub(crate) runtime: Option<crate::asynchronous::AsyncRuntime>,
     /// The jobs' connections, and the runner's short queries.
     pub(crate) pool: PgPool,
     /// Where the workers open their lock sessions.

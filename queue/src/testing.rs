@@ -14,9 +14,9 @@
 //!     Ok(())
 //! }
 //!
-//! # fn signup(conn: &mut diesel::PgConnection, user_id: i64) -> Result<(), Box<dyn std::error::Error>> {
+//! # fn signup(conn: &mut diesel::PgConnection, user_id: i64) -> Result<(), skiplock::BoxError> {
 //! #     send_welcome_mail(user_id).enqueue(conn)?; Ok(()) }
-//! # fn demo(conn: &mut diesel::PgConnection, url: &str) -> Result<(), Box<dyn std::error::Error>> {
+//! # fn demo(conn: &mut diesel::PgConnection, url: &str) -> Result<(), skiplock::BoxError> {
 //! signup(conn, 42)?; // the handler under test enqueues a `SendWelcomeMailJob`
 //!
 //! // What it enqueued, typed: the struct `#[background_job]` generated.

@@ -522,11 +522,10 @@ fn execute<C: Any + Send + Sync>(
             }
         }
         _ => catch_panic(|| {
-            descriptor.run(
-                context,
-                &job.payload,
-                &mut JobConnection::from_pool(&shared.pool),
-            )
+            let conn = JobConnection::from_pool(&shared.pool);
+            #[cfg(feature = "tokio")]
+            let conn = conn.with_runtime(shared.runtime.as_ref());
+            descriptor.run(context, &job.payload, &mut { conn })
         })
         .map(|()| Completion::Pending),
     }

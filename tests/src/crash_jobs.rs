@@ -176,3 +176,39 @@ pub fn runs(conn: &mut PgConnection) -> Vec<Run> {
         .load(conn)
         .expect("read runs")
 }
+
+/// The async twin of [`HangOnce`]: logs its start on its own async
+/// connection; on its first run it then waits (the test kills the worker),
+/// on any later run it logs `finished`.
+#[skiplock::background_job(queue = "crash", priority = 10)]
+pub async fn async_hang_once(
+    conn: &mut diesel_async::AsyncPgConnection,
+    key: String,
+) -> Result<(), PerformError> {
+    let log = |event: &'static str| {
+        diesel::sql_query("INSERT INTO crash_log (key, event, pid) VALUES ($1, $2, $3)")
+            .bind::<diesel::sql_types::Text, _>(key.clone())
+            .bind::<diesel::sql_types::Text, _>(event)
+            .bind::<diesel::sql_types::Integer, _>(std::process::id() as i32)
+    };
+    diesel_async::RunQueryDsl::execute(log("started"), conn).await?;
+    #[derive(QueryableByName)]
+    struct Starts {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let starts: Starts = diesel_async::RunQueryDsl::get_result(
+        diesel::sql_query(
+            "SELECT count(*) AS n FROM crash_log WHERE key = $1 AND event = 'started'",
+        )
+        .bind::<diesel::sql_types::Text, _>(key.clone()),
+        conn,
+    )
+    .await?;
+    if starts.n == 1 {
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        return Err(PerformError::msg("the test should have killed this worker"));
+    }
+    diesel_async::RunQueryDsl::execute(log("finished"), conn).await?;
+    Ok(())
+}

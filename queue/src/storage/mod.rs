@@ -91,8 +91,24 @@ struct InsertedId {
 /// Inserts one job and returns its id. A job ready now also wakes the
 /// runners listening on its queue, when the caller commits.
 pub(crate) fn insert_job(conn: &mut PgConnection, job: &NewJob) -> QueryResult<JobId> {
+    let inserted: InsertedId = insert_statement(job).get_result(conn)?;
+    Ok(JobId(inserted.id))
+}
+
+/// [`insert_job`] on an async connection.
+#[cfg(feature = "tokio")]
+pub(crate) async fn insert_job_async(
+    conn: &mut diesel_async::AsyncPgConnection,
+    job: &NewJob,
+) -> QueryResult<JobId> {
+    let inserted: InsertedId =
+        diesel_async::RunQueryDsl::get_result(insert_statement(job), conn).await?;
+    Ok(JobId(inserted.id))
+}
+
+fn insert_statement(job: &NewJob) -> Statement<'_> {
     let (run_at, delay_us) = schedule_binds(job.schedule);
-    let inserted: InsertedId = Statement::new(
+    Statement::new(
         "WITH job AS ( \
              INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled) \
              SELECT $1, $2, $3, $4, s.run_at, s.run_at > now() \
@@ -107,8 +123,6 @@ pub(crate) fn insert_job(conn: &mut PgConnection, job: &NewJob) -> QueryResult<J
     .bind::<Jsonb, _>(&job.payload)
     .bind::<Nullable<Timestamptz>, _>(run_at)
     .bind::<Nullable<BigInt>, _>(delay_us)
-    .get_result(conn)?;
-    Ok(JobId(inserted.id))
 }
 
 /// Inserts many jobs with one statement (a fixed number of array binds,
