@@ -174,7 +174,9 @@ impl IndexRepo {
                 repo
             }
             Err(_) => {
-                info!(upstream = %config.upstream, checkout = %config.checkout.display(), "cloning the index");
+                // A URL may carry a token (`https://token:secret@host/...`).
+                let upstream = skiplock::redact_connection_string(&config.upstream);
+                info!(%upstream, checkout = %config.checkout.display(), "cloning the index");
                 let mut fetch = FetchOptions::new();
                 fetch.remote_callbacks(config.credentials.callbacks());
                 git2::build::RepoBuilder::new()

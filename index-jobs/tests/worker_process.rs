@@ -104,3 +104,34 @@ fn the_worker_binary_explains_a_bad_configuration() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--database-url"), "{stderr}");
 }
+
+#[test]
+fn the_worker_binary_never_prints_its_database_or_index_credentials() {
+    const SECRET: &str = "hunter2-Sw0rdfish";
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], database_url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_index-worker"))
+            .args(args)
+            .env("DATABASE_URL", database_url)
+            .env(
+                "INDEX_URL",
+                format!("https://token:{SECRET}@git.example/index.git"),
+            )
+            .env("INDEX_CHECKOUT", dir.path().join("checkout"))
+            .output()
+            .unwrap()
+    };
+    let well_formed = format!("postgres://app:{SECRET}@127.0.0.1:1/none");
+    let malformed = format!("postgres://app:{SECRET}@[::1/none");
+    for (args, url) in [
+        (&["--help"][..], &well_formed),
+        (&[], &well_formed),
+        (&[], &malformed),
+    ] {
+        let output = run(args, url);
+        for text in [&output.stdout, &output.stderr] {
+            let text = String::from_utf8_lossy(text);
+            assert!(!text.contains(SECRET), "{args:?} {url}: {text}");
+        }
+    }
+}

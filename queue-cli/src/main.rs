@@ -10,9 +10,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use diesel::{Connection, PgConnection};
+use diesel::PgConnection;
 use skiplock::{AdminError, JobId, JobRecord, JobState, QueueStatus, RunnerRecord};
 
+mod connect;
 mod monitor;
 mod table;
 
@@ -25,6 +26,12 @@ struct Cli {
     /// The database holding the queue.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
+    /// Give up connecting after this long (a server that accepts and never answers).
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// Cancel each query after this long.
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    statement_timeout: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -105,43 +112,26 @@ impl<E: std::fmt::Display> From<E> for Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_monitor = matches!(cli.command, Command::Monitor(_));
+    // Whatever fails, the password given is not shown (libpq quotes a
+    // malformed connection string whole in its errors).
+    let secrets = cli
+        .database_url
+        .as_deref()
+        .map(skiplock::connection_secrets)
+        .unwrap_or_default();
     match run(cli) {
         Ok(code) => code,
         Err(Failure(message)) if is_monitor => {
             // A check that cannot look is a page.
+            let message = skiplock::scrub_secrets(&message, &secrets);
             println!("CRITICAL: cannot check the queue: {message}");
             ExitCode::from(2)
         }
         Err(Failure(message)) => {
+            let message = skiplock::scrub_secrets(&message, &secrets);
             eprintln!("skiplock: {message}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn connect(url: Option<&str>) -> Result<PgConnection, Failure> {
-    let url = url.ok_or_else(|| {
-        Failure("no database: set DATABASE_URL or pass --database-url postgres://...".into())
-    })?;
-    PgConnection::establish(url).map_err(|e| {
-        Failure(format!(
-            "cannot connect to the database at {}: {e}",
-            redact(url)
-        ))
-    })
-}
-
-/// The URL without its password.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
     }
 }
 
@@ -151,7 +141,11 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
-    let mut conn = connect(cli.database_url.as_deref())?;
+    let mut conn = connect::connect(
+        cli.database_url.as_deref(),
+        cli.connect_timeout,
+        cli.statement_timeout,
+    )?;
     match cli.command {
         Command::Migrate => {
             let report = skiplock::migrate(&mut conn)?;
@@ -414,21 +408,18 @@ fn confirm(question: &str) -> Result<bool, Failure> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-/// Parses `30s`, `10m`, `2h`, `1d`.
+/// The longest duration a flag takes: ten years.
+const LONGEST: Duration = Duration::from_secs(10 * 366 * 86_400);
+
+/// Parses `30s`, `10m`, `2h`, `1d`, `1h 30m` (humantime), up to ten years.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}`: write a number and a unit, like 30s, 10m, 2h or 1d"))?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
-    };
-    Ok(Duration::from_secs(number * seconds))
+    let duration = humantime::parse_duration(text).map_err(|e| {
+        format!("`{text}`: {e}; write a number and a unit, like 30s, 10m, 2h or 1d")
+    })?;
+    if duration > LONGEST {
+        return Err(format!(
+            "`{text}` is longer than ten years; use at most 3660d"
+        ));
+    }
+    Ok(duration)
 }

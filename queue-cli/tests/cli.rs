@@ -285,3 +285,96 @@ fn bad_input_gives_a_clear_message_and_a_nonzero_exit_without_changing_anything(
     assert!(err.contains("write a number and a unit"), "{err}");
     assert_eq!(db.count_jobs("true"), 4, "nothing changed");
 }
+
+/// A password that must never be printed.
+const SECRET: &str = "hunter2-Sw0rdfish";
+
+fn assert_no_secret(what: &str, out: &Output) {
+    for text in [&out.stdout, &out.stderr] {
+        let text = String::from_utf8_lossy(text);
+        assert!(
+            !text.contains(SECRET),
+            "{what} printed the password: {text}"
+        );
+    }
+}
+
+#[test]
+fn the_monitor_answers_within_10_s_when_the_server_accepts_and_never_answers() {
+    // A server that accepts connections and never says a word.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let url = format!("postgres://app:{SECRET}@127.0.0.1:{port}/queue");
+    let started = std::time::Instant::now();
+    let out = queue_cmd(&url, &["monitor"], "");
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("CRITICAL: cannot check the queue: cannot connect to the database"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("timeout"), "{stdout}");
+    assert_no_secret("monitor", &out);
+    // The timeout is the command's to choose.
+    let started = std::time::Instant::now();
+    let out = queue_cmd(&url, &["status", "--connect-timeout", "2s"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_no_secret("status", &out);
+}
+
+#[test]
+fn no_password_appears_in_any_output_whatever_the_connection_string() {
+    let malformed = [
+        format!("postgres://postgres:{SECRET}@[::1/db"),
+        format!("postgres://postgres:{SECRET}@127.0.0.1:1/db?sslmode=bogus"),
+        format!("postgresql://u@127.0.0.1:1/db?password={SECRET}"),
+        format!("host=127.0.0.1 port=1 password={SECRET} dbname=x"),
+        format!("host=127.0.0.1 port=1 password='{SECRET}' dbname=x sslmode=bogus"),
+        format!("host=127.0.0.1 port=1 password={SECRET} dbname=x bogus_key=1"),
+    ];
+    for url in &malformed {
+        for command in [&["status"][..], &["monitor"], &["migrate"], &["dead"]] {
+            let out = queue_cmd(url, command, "");
+            assert_ne!(out.status.code(), Some(0), "{url} {command:?}");
+            assert_no_secret(&format!("{command:?} with {url}"), &out);
+            let all = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+            assert!(all.contains("cannot connect to the database"), "{all}");
+        }
+    }
+    // `--help` names the variable, never its value.
+    let out = queue_cmd(&malformed[0], &["--help"], "");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("DATABASE_URL"));
+    assert_no_secret("--help", &out);
+    let out = queue_cmd(&malformed[0], &["monitor", "--help"], "");
+    assert_no_secret("monitor --help", &out);
+}
+
+#[test]
+fn threshold_flags_reject_out_of_range_values_with_a_clear_error() {
+    let db = TestDb::create();
+    for (flag, value) in [
+        ("--failing-warning", "999999999999999999d"),
+        ("--waiting-critical", "18446744073709551615s"),
+        ("--no-runner", "11y"),
+    ] {
+        let (code, _, err) = run(&db, &["monitor", flag, value]);
+        assert_eq!(code, 2, "{flag} {value}");
+        assert!(
+            err.contains("longer than ten years") || err.contains("too large"),
+            "{flag} {value}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let (code, _, err) = run(&db, &["monitor", "--failing-warning", "3650d"]);
+    assert!(code <= 2 && !err.contains("error"), "{err}");
+}

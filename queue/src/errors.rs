@@ -363,9 +363,10 @@ pub enum RunnerError {
         /// Connections needed.
         needed: u32,
     },
-    /// The database could not be reached.
+    /// The database could not be reached (the message never shows the
+    /// connection string's password).
     #[error("cannot connect to the database: {0}")]
-    Connect(#[from] diesel::ConnectionError),
+    Connect(String),
     /// No connection could be had from the pool.
     #[error("cannot get a database connection: {0}")]
     Pool(#[from] r2d2::Error),

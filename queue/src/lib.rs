@@ -33,6 +33,7 @@ mod migrate;
 mod parts;
 mod pq;
 mod prepared;
+mod redact;
 mod registry;
 mod retry;
 mod runner;
@@ -80,6 +81,7 @@ pub use crate::errors::{
 pub use crate::job::{EnqueueOptions, Job, JobBatch, JobId, DEFAULT_QUEUE};
 pub use crate::migrate::{migrate, MigrationReport};
 pub use crate::parts::FromState;
+pub use crate::redact::{connection_secrets, redact_connection_string, scrub_secrets};
 pub use crate::retry::RetryPolicy;
 pub use crate::runner::{
     FailedRun, RunSummary, Runner, RunnerBuilder, RunningRunner, ShutdownReport,

@@ -149,6 +149,7 @@ impl Session {
     /// Connects to `url` (a URL or a key=value string, as libpq takes them).
     /// `application_name` applies unless the URL sets its own.
     pub(crate) fn connect(url: &str, application_name: &str) -> Result<Session, SessionError> {
+        let secrets = crate::redact::connection_secrets(url);
         let url = CString::new(url)
             .map_err(|_| SessionError::new("the database URL contains a NUL byte"))?;
         let name =
@@ -173,7 +174,11 @@ impl Session {
         };
         // SAFETY: the connection is valid until `session` drops.
         if unsafe { PQstatus(session.conn.as_ptr()) } != ConnStatusType::CONNECTION_OK {
-            return Err(SessionError::new(session.connection_error()));
+            // libpq quotes a malformed connection string whole.
+            return Err(SessionError::new(crate::redact::scrub_secrets(
+                &session.connection_error(),
+                &secrets,
+            )));
         }
         let notices: *const Notices = &*session.notices;
         // SAFETY: the receiver's argument outlives the connection (dropped

@@ -251,7 +251,11 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         let needed = u32::try_from(workers + 2).unwrap_or(u32::MAX);
         // Connect once directly: an unreachable database is reported with
         // its real cause at once, not after a pool's timeout.
-        PgConnection::establish(&database_url)?;
+        let secrets = crate::redact::connection_secrets(&database_url);
+        let unreachable = |e: &dyn fmt::Display| {
+            RunnerError::Connect(crate::redact::scrub_secrets(&e.to_string(), &secrets))
+        };
+        PgConnection::establish(&database_url).map_err(|e| unreachable(&e))?;
         let pool = match self.pool {
             Some(pool) => pool,
             None => Pool::builder()
@@ -263,7 +267,8 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
                 // jobs get connections within a second of it coming back.
                 .connection_timeout(Duration::from_secs(2))
                 .error_handler(Box::new(connection::QuietPoolErrors))
-                .build(ConnectionManager::new(database_url.clone()))?,
+                .build(ConnectionManager::new(database_url.clone()))
+                .map_err(|e| unreachable(&e))?,
         };
         if pool.max_size() < needed {
             return Err(RunnerError::PoolTooSmall {
@@ -273,7 +278,7 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
             });
         }
         // Fail now, not in every worker, when the database is unreachable.
-        drop(pool.get()?);
+        drop(pool.get().map_err(|e| unreachable(&e))?);
 
         // Async jobs on the runner's queues run on tokio, with connections
         // of their own (one per worker at most).

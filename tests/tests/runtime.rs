@@ -1225,3 +1225,22 @@ fn a_running_runner_serves_prometheus_metrics() {
     assert!(scrape(addr, "/other").starts_with("HTTP/1.1 404"));
     running.shutdown(PATIENCE);
 }
+
+#[test]
+fn a_runner_that_cannot_connect_never_shows_the_password() {
+    const SECRET: &str = "hunter2-Sw0rdfish";
+    for url in [
+        format!("postgres://app:{SECRET}@[::1/queue"),
+        format!("postgres://app:{SECRET}@127.0.0.1:1/queue"),
+        format!("host=127.0.0.1 port=1 password={SECRET} dbname=queue sslmode=bogus"),
+    ] {
+        let error = Runner::builder(())
+            .database_url(url.as_str())
+            .queue("default", 1)
+            .build()
+            .unwrap_err();
+        let shown = format!("{error} {error:?}");
+        assert!(shown.contains("cannot connect to the database"), "{shown}");
+        assert!(!shown.contains(SECRET), "{shown}");
+    }
+}

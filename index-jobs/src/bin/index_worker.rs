@@ -19,10 +19,10 @@ use signal_hook::iterator::Signals;
 #[command(version)]
 struct Args {
     /// The PostgreSQL database holding the job queue.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
     /// The upstream index: any URL git supports, or a path.
-    #[arg(long, env = "INDEX_URL")]
+    #[arg(long, env = "INDEX_URL", hide_env_values = true)]
     index_url: String,
     /// Where to keep the working clone of the index.
     #[arg(long, env = "INDEX_CHECKOUT", default_value = "./index-checkout")]

@@ -1,0 +1,85 @@
+//! The command's database connection: bounded in time, and never showing
+//! the password it was given.
+//!
+//! The connection string is the user's: a URL (`postgres://user:pw@host/db`)
+//! or libpq's `key=value` form, well-formed or not. The password it holds is
+//! taken out of every message the command prints (libpq's own errors quote
+//! a malformed string whole), and the connection gives up after
+//! `--connect-timeout` (a server that accepts and never answers) and each
+//! statement after `--statement-timeout`.
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, PgConnection};
+
+use crate::Failure;
+
+/// Connects within `connect_timeout`; statements are cancelled after
+/// `statement_timeout`.
+pub(crate) fn connect(
+    url: Option<&str>,
+    connect_timeout: Duration,
+    statement_timeout: Duration,
+) -> Result<PgConnection, Failure> {
+    let url = url.ok_or_else(|| {
+        Failure("no database: set DATABASE_URL or pass --database-url postgres://...".into())
+    })?;
+    let mut conn =
+        PgConnection::establish(&with_connect_timeout(url, connect_timeout)).map_err(|e| {
+            Failure(format!(
+                "cannot connect to the database at {}: {e}",
+                skiplock::redact_connection_string(url)
+            ))
+        })?;
+    conn.batch_execute(&format!(
+        "SET statement_timeout = {}",
+        statement_timeout.as_millis().max(1)
+    ))?;
+    Ok(conn)
+}
+
+/// `url` with libpq's `connect_timeout` (whole seconds, at least 2, as
+/// libpq reads it), unless it says one itself.
+fn with_connect_timeout(url: &str, timeout: Duration) -> String {
+    if url.contains("connect_timeout") {
+        return url.to_owned();
+    }
+    let seconds = timeout.as_secs().max(2);
+    if is_url(url) {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}connect_timeout={seconds}")
+    } else {
+        format!("{url} connect_timeout={seconds}")
+    }
+}
+
+fn is_url(text: &str) -> bool {
+    text.starts_with("postgres://") || text.starts_with("postgresql://")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connect_timeout_is_added_to_each_form_unless_given() {
+        let five = Duration::from_secs(5);
+        assert_eq!(
+            with_connect_timeout("postgres://h/db", five),
+            "postgres://h/db?connect_timeout=5"
+        );
+        assert_eq!(
+            with_connect_timeout("postgres://h/db?sslmode=disable", five),
+            "postgres://h/db?sslmode=disable&connect_timeout=5"
+        );
+        assert_eq!(
+            with_connect_timeout("host=h dbname=db", five),
+            "host=h dbname=db connect_timeout=5"
+        );
+        assert_eq!(
+            with_connect_timeout("postgres://h/db?connect_timeout=9", five),
+            "postgres://h/db?connect_timeout=9"
+        );
+    }
+}
