@@ -18,7 +18,7 @@ use crate::table::age;
 use crate::{parse_duration, print_json, Failure};
 
 /// Runners seen this recently count as alive for `status`.
-pub(crate) const RUNNER_FRESH_SECS: f64 = 60.0;
+pub(crate) const RUNNER_FRESH_SECS: f64 = skiplock::RUNNER_FRESH_SECS;
 
 #[derive(Debug, Args)]
 pub(crate) struct Thresholds {

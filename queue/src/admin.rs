@@ -57,10 +57,15 @@ fn with_idle_job(
     })
 }
 
+/// Runners seen this recently count as alive: their running jobs are
+/// not ready (the `skiplock` command's `status` and `monitor`, the metrics).
+pub const RUNNER_FRESH_SECS: f64 = 60.0;
+
 /// Per queue and job type: how many jobs are ready, scheduled, running,
 /// failing and dead, the age of the oldest ready job and how long the
 /// longest failing job has been failing. Running jobs are those that live
-/// runners (seen within `runner_fresh_secs`) announced as running.
+/// runners (seen within `runner_fresh_secs`, [`RUNNER_FRESH_SECS`] for the
+/// metrics and the `skiplock` command) announced as running.
 pub fn queue_status(
     conn: &mut PgConnection,
     runner_fresh_secs: f64,

@@ -72,7 +72,7 @@ pub use skiplock_derive::FromState;
 
 pub use crate::admin::{
     dead_jobs, discard_job, failing_jobs, find_job, queue_status, require_schema, retry_job,
-    runners, select_jobs, JobState,
+    runners, select_jobs, JobState, RUNNER_FRESH_SECS,
 };
 pub use crate::connection::{ConnectionMode, JobConnection, PgPool};
 pub use crate::errors::{

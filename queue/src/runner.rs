@@ -535,7 +535,9 @@ impl<C: Send + Sync> Control for Shared<C> {
             .pool
             .get()
             .ok()
-            .and_then(|mut conn| storage::queue_depths(&mut conn, &queues).ok())
+            .and_then(|mut conn| {
+                storage::queue_depths(&mut conn, &queues, crate::admin::RUNNER_FRESH_SECS).ok()
+            })
             .unwrap_or_default();
         let ready = depths
             .iter()

@@ -1244,3 +1244,81 @@ fn a_runner_that_cannot_connect_never_shows_the_password() {
         assert!(!shown.contains(SECRET), "{shown}");
     }
 }
+
+// --- gauges count ready jobs as `skiplock status` does ----------------------
+
+static GATE_STARTED: AtomicUsize = AtomicUsize::new(0);
+static GATE_OPEN: AtomicBool = AtomicBool::new(false);
+
+#[skiplock::background_job(queue = "gauges", priority = 10)]
+fn hold_the_gate() {
+    GATE_STARTED.fetch_add(1, Ordering::SeqCst);
+    while !GATE_OPEN.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[skiplock::background_job(queue = "gauges")]
+fn behind_the_gate() {}
+
+fn gauge(metrics: &str, name: &str, queue: &str) -> f64 {
+    let prefix = format!("{name}{{queue=\"{queue}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_ready_gauges_leave_out_running_jobs_like_status_and_sql() {
+    let db = TestDb::create();
+    let mut conn = db.conn();
+    // Two jobs due an hour ago that will run for as long as the test likes,
+    // and three behind them with no free worker.
+    let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    for _ in 0..2 {
+        hold_the_gate()
+            .enqueue_with(&mut conn, &EnqueueOptions::new().run_at(an_hour_ago))
+            .unwrap();
+    }
+    for _ in 0..3 {
+        behind_the_gate().enqueue(&mut conn).unwrap();
+    }
+    let runner = runner_with(&db, (), &[("gauges", 2)], |b| b.batch_size(1));
+    let running = runner.start();
+    wait_until("both workers hold the gate", PATIENCE, || {
+        GATE_STARTED.load(Ordering::SeqCst) == 2
+    });
+    wait_until("the runner announced them as running", PATIENCE, || {
+        skiplock::queue_status(&mut conn, skiplock::RUNNER_FRESH_SECS)
+            .unwrap()
+            .iter()
+            .filter(|s| s.queue == "gauges")
+            .map(|s| s.running)
+            .sum::<i64>()
+            == 2
+    });
+    let metrics = running.metrics();
+    let status_ready: i64 = skiplock::queue_status(&mut conn, skiplock::RUNNER_FRESH_SECS)
+        .unwrap()
+        .iter()
+        .filter(|s| s.queue == "gauges")
+        .map(|s| s.ready)
+        .sum();
+    let sql_ready = count(
+        &mut conn,
+        "SELECT count(*) AS n FROM queue_jobs WHERE queue = 'gauges' AND dead_at IS NULL \
+         AND NOT scheduled AND id NOT IN (SELECT unnest(running) FROM queue_runners)",
+    );
+    assert_eq!(status_ready, 3);
+    assert_eq!(sql_ready, 3);
+    assert_eq!(gauge(&metrics, "queue_ready_jobs", "gauges"), 3.0);
+    // The jobs due an hour ago are running: the oldest ready job is seconds old.
+    let oldest = gauge(&metrics, "queue_oldest_ready_age_seconds", "gauges");
+    assert!(oldest < 600.0, "{oldest}");
+    GATE_OPEN.store(true, Ordering::SeqCst);
+    wait_until("everything ran", PATIENCE, || db.count_jobs("true") == 0);
+    running.shutdown(PATIENCE);
+}

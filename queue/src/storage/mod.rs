@@ -610,9 +610,12 @@ pub(crate) fn select_jobs(
 }
 
 /// Per queue: ready jobs, and seconds since the oldest of them fell due.
+/// Per queue: ready jobs and the age of the oldest, counted as [`status`]
+/// counts them (a job a live runner announces as running is not ready).
 pub(crate) fn queue_depths(
     conn: &mut PgConnection,
     queues: &[String],
+    fresh_secs: f64,
 ) -> QueryResult<Vec<(String, i64, f64)>> {
     #[derive(QueryableByName)]
     struct Depth {
@@ -624,13 +627,18 @@ pub(crate) fn queue_depths(
         oldest_secs: f64,
     }
     Ok(Statement::new(
-        "SELECT q AS queue, count(j.id) AS ready, \
+        "WITH running AS ( \
+             SELECT DISTINCT unnest(running) AS id FROM queue_runners \
+             WHERE last_seen_at > now() - $2 * interval '1 second') \
+         SELECT q AS queue, count(j.id) AS ready, \
              COALESCE(EXTRACT(EPOCH FROM now() - min(j.run_at)), 0)::float8 AS oldest_secs \
          FROM unnest($1::text[]) AS q \
          LEFT JOIN queue_jobs j ON j.queue = q AND j.dead_at IS NULL AND NOT j.scheduled \
+             AND j.id NOT IN (SELECT id FROM running) \
          GROUP BY q ORDER BY q",
     )
     .bind::<Array<Text>, _>(queues)
+    .bind::<diesel::sql_types::Double, _>(fresh_secs)
     .load::<Depth>(conn)?
     .into_iter()
     .map(|d| (d.queue, d.ready, d.oldest_secs))
