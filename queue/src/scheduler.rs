@@ -123,7 +123,14 @@ fn check<C>(
             .iter()
             .filter_map(|slot| lock(&slot.batch).running.map(|job| job.id))
             .collect();
-        storage::announce_runner(&mut conn, &shared.runner_id, &hostname(), queues, &running)?;
+        storage::announce_runner(
+            &mut conn,
+            &shared.runner_id,
+            &hostname(),
+            queues,
+            &running,
+            shared.settings.poll_interval,
+        )?;
         reap(&mut conn)?;
         while storage::promote_due_jobs(&mut conn, PROMOTION_BATCH)? == PROMOTION_BATCH as usize {}
         for queue in storage::queues_with_ready_jobs(&mut conn, queues)? {

@@ -265,3 +265,42 @@ fn a_job_that_kills_its_worker_is_charged_for_it_and_ends_dead_while_the_rest_dr
     );
     assert_eq!(done, 30, "the other jobs all ran");
 }
+
+#[test]
+fn a_sigkilled_runners_row_is_removed_by_the_living_within_a_few_poll_intervals() {
+    let db = TestDb::create();
+    let listed = |pid: u32| {
+        skiplock::runners(&mut db.conn())
+            .unwrap()
+            .iter()
+            .any(|r| r.pid == pid as i32)
+    };
+    // Polls every 50 ms: dead after max(3 x 50 ms, 2 s) without an announcement.
+    let victim = spawn(&db, 1, 5, 50, 60_000);
+    let pid = victim.pid();
+    wait_until(
+        "the runner announced itself",
+        Duration::from_secs(10),
+        || listed(pid),
+    );
+    victim.kill();
+    let killed_at = Instant::now();
+    let living = skiplock::Runner::builder(())
+        .database_url(db.url())
+        .queue("elsewhere", 1)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .unwrap()
+        .start();
+    wait_until(
+        "the dead runner's row is gone",
+        Duration::from_secs(10),
+        || !listed(pid),
+    );
+    let took = killed_at.elapsed();
+    println!("the dead runner's row went {took:?} after SIGKILL");
+    // Not before it could be told from a slow one.
+    assert!(took >= Duration::from_millis(1_900), "{took:?}");
+    assert!(skiplock::runners(&mut db.conn()).unwrap().len() == 1);
+    living.shutdown(Duration::from_secs(5));
+}

@@ -34,3 +34,7 @@ ALTER TABLE queue_jobs
 -- before it releases the job's lock. A claim that sees it unchanged across
 -- its lock scan knows no job it locked was completed or failed meanwhile.
 CREATE SEQUENCE queue_lock_releases;
+
+-- Each runner's poll interval: a runner not seen for three of its intervals
+-- (and at least 2 s) has died, and the living remove its row.
+ALTER TABLE queue_runners ADD COLUMN poll_interval_ms INTEGER NOT NULL DEFAULT 1000;

@@ -452,10 +452,17 @@ pub(crate) fn announce_runner(
     hostname: &str,
     queues: &[String],
     running: &[i64],
+    poll_interval: Duration,
 ) -> QueryResult<()> {
+    // Runners not seen for three of their own poll intervals (and at least
+    // 2 s) died without retiring: their rows go, so no one lists them.
     Statement::new(
-        "INSERT INTO queue_runners (id, hostname, pid, queues, running) \
-         VALUES ($1, $2, $3, $4, $5) \
+        "WITH dead AS ( \
+             DELETE FROM queue_runners \
+             WHERE id <> $1 AND last_seen_at < now() \
+                 - greatest(3 * poll_interval_ms, 2000) * interval '1 millisecond') \
+         INSERT INTO queue_runners (id, hostname, pid, queues, running, poll_interval_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (id) DO UPDATE SET last_seen_at = now(), running = EXCLUDED.running",
     )
     .bind::<Text, _>(id)
@@ -463,6 +470,9 @@ pub(crate) fn announce_runner(
     .bind::<diesel::sql_types::Integer, _>(std::process::id() as i32)
     .bind::<Array<Text>, _>(queues)
     .bind::<Array<BigInt>, _>(running)
+    .bind::<diesel::sql_types::Integer, _>(
+        i32::try_from(poll_interval.as_millis()).unwrap_or(i32::MAX),
+    )
     .execute(conn)?;
     Ok(())
 }
