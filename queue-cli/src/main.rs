@@ -40,7 +40,7 @@ struct Cli {
 enum Command {
     /// Create or upgrade the queue's tables (idempotent).
     Migrate,
-    /// Jobs per queue and type: ready, scheduled, running, failing, dead.
+    /// Jobs per queue and type: ready, scheduled, running, failing, dead; paused queues.
     Status(Output),
     /// Jobs that failed and will be retried.
     Failed(Listing),
@@ -61,6 +61,16 @@ enum Command {
     Discard(Selection),
     /// Check the queue's health for a pager: exit 0 ok, 1 warning, 2 critical.
     Monitor(monitor::Thresholds),
+    /// Pause a queue on every runner: running jobs finish, nothing new starts (survives restarts).
+    Pause {
+        /// The queue.
+        queue: String,
+    },
+    /// Resume a paused queue.
+    Resume {
+        /// The queue.
+        queue: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -165,10 +175,26 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Status(output) => {
             let status = skiplock::queue_status(&mut conn, monitor::RUNNER_FRESH_SECS)?;
+            let paused = skiplock::paused_queues(&mut conn)?;
             if output.json {
+                // Each row says whether its queue is paused.
                 print_json(&status)?;
             } else {
-                print_status(&status);
+                print_status(&status, &paused);
+            }
+        }
+        Command::Pause { queue } => {
+            if skiplock::pause_queue(&mut conn, &queue)? {
+                println!("paused queue `{queue}`: running jobs finish, nothing new starts");
+            } else {
+                println!("queue `{queue}` was already paused");
+            }
+        }
+        Command::Resume { queue } => {
+            if skiplock::resume_queue(&mut conn, &queue)? {
+                println!("resumed queue `{queue}`");
+            } else {
+                println!("queue `{queue}` was not paused");
             }
         }
         Command::Failed(listing) => {
@@ -207,7 +233,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_status(status: &[QueueStatus]) {
+fn print_status(status: &[QueueStatus], paused: &[skiplock::PausedQueue]) {
     let mut table = Table::new([
         "queue",
         "job type",
@@ -219,8 +245,13 @@ fn print_status(status: &[QueueStatus]) {
         "oldest ready",
     ]);
     for row in status {
+        let queue = if row.paused {
+            format!("{} (paused)", row.queue)
+        } else {
+            row.queue.clone()
+        };
         table.row([
-            row.queue.clone(),
+            queue,
             row.job_type.clone(),
             row.ready.to_string(),
             row.scheduled.to_string(),
@@ -234,6 +265,13 @@ fn print_status(status: &[QueueStatus]) {
         println!("no jobs");
     } else {
         print!("{table}");
+    }
+    for pause in paused {
+        println!(
+            "paused: {} since {}",
+            pause.queue,
+            pause.paused_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
     }
 }
 

@@ -276,7 +276,7 @@ fn bad_input_gives_a_clear_message_and_a_nonzero_exit_without_changing_anything(
     }
     let (code, out, _) = run(&empty, &["migrate"]);
     assert_eq!(code, 0);
-    assert!(out.starts_with("applied 4 migration(s)"), "{out}");
+    assert!(out.starts_with("applied 5 migration(s)"), "{out}");
     let (_, out, _) = run(&empty, &["migrate"]);
     assert!(out.starts_with("the queue schema is up to date"), "{out}");
 
@@ -377,4 +377,34 @@ fn threshold_flags_reject_out_of_range_values_with_a_clear_error() {
     }
     let (code, _, err) = run(&db, &["monitor", "--failing-warning", "3650d"]);
     assert!(code <= 2 && !err.contains("error"), "{err}");
+}
+
+#[test]
+fn pause_and_resume_a_queue_and_status_shows_it() {
+    let db = TestDb::create();
+    prepared_queue(&db, "1 minute");
+    let (code, out, _) = run(&db, &["pause", "mail"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        "paused queue `mail`: running jobs finish, nothing new starts"
+    );
+    let (_, out, _) = run(&db, &["pause", "mail"]);
+    assert_eq!(out.trim(), "queue `mail` was already paused");
+    let (_, out, _) = run(&db, &["status"]);
+    assert!(out.contains("mail (paused)"), "{out}");
+    assert!(out.contains("paused: mail since "), "{out}");
+    let (_, json, _) = run(&db, &["status", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for row in rows.as_array().unwrap() {
+        assert_eq!(row["paused"], row["queue"] == "mail", "{row}");
+    }
+    let (code, out, _) = run(&db, &["resume", "mail"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "resumed queue `mail`");
+    let (_, out, _) = run(&db, &["status"]);
+    assert!(!out.contains("paused"), "{out}");
+    let (code, _, err) = run(&db, &["pause", ""]);
+    assert_eq!(code, 1);
+    assert!(err.contains("the queue name is empty"), "{err}");
 }

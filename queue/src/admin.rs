@@ -80,6 +80,45 @@ pub fn runners(conn: &mut PgConnection) -> Result<Vec<RunnerRecord>, AdminError>
     Ok(storage::runners(conn)?)
 }
 
+/// Pauses `queue` on every runner: jobs already running finish, nothing
+/// new starts (a runner learns of it by `NOTIFY` at once, or at its next
+/// poll without one), and enqueueing goes on. The pause is stored, so it
+/// survives runner restarts. Returns `false` if the queue was paused
+/// already.
+pub fn pause_queue(conn: &mut PgConnection, queue: &str) -> Result<bool, AdminError> {
+    require_schema(conn)?;
+    if queue.is_empty() {
+        return Err(AdminError::Invalid("the queue name is empty".into()));
+    }
+    Ok(storage::pause_queue(conn, queue)?)
+}
+
+/// Resumes a paused `queue`: its runners start claiming again at once.
+/// Returns `false` if it was not paused.
+pub fn resume_queue(conn: &mut PgConnection, queue: &str) -> Result<bool, AdminError> {
+    require_schema(conn)?;
+    Ok(storage::resume_queue(conn, queue)?)
+}
+
+/// A paused queue.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct PausedQueue {
+    /// The queue.
+    pub queue: String,
+    /// When it was paused.
+    pub paused_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The paused queues, by name.
+pub fn paused_queues(conn: &mut PgConnection) -> Result<Vec<PausedQueue>, AdminError> {
+    require_schema(conn)?;
+    Ok(storage::paused_queues(conn)?
+        .into_iter()
+        .map(|(queue, paused_at)| PausedQueue { queue, paused_at })
+        .collect())
+}
+
 /// Which jobs a bulk operation selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

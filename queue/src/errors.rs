@@ -388,6 +388,9 @@ pub enum AdminError {
     /// The database has no queue tables.
     #[error("this database has no queue schema (no queue_jobs table); run `skiplock migrate` (or `skiplock::migrate`) first")]
     NoSchema,
+    /// The request is not valid (the text says why).
+    #[error("{0}")]
+    Invalid(String),
     /// The job is being run by a worker right now; try again when it finishes.
     #[error("job {0} is running right now; retry or discard it once it has finished")]
     Running(JobId),

@@ -544,6 +544,13 @@ impl<C: Send + Sync> Control for Shared<C> {
             .map(|(q, n, _)| (q.clone(), *n as f64))
             .collect();
         let oldest = depths.iter().map(|(q, _, age)| (q.clone(), *age)).collect();
+        let paused = queues
+            .iter()
+            .map(|q| {
+                let paused = self.signals.queue(q).is_some_and(|w| w.is_paused());
+                (q.clone(), if paused { 1.0 } else { 0.0 })
+            })
+            .collect();
         let gauge = |name, help, values| Gauge {
             name,
             help,
@@ -562,6 +569,11 @@ impl<C: Send + Sync> Control for Shared<C> {
                 oldest,
             ),
             gauge("queue_workers_busy", "Workers running a job now.", busy),
+            gauge(
+                "queue_paused",
+                "1 while the queue is paused (nothing new starts), else 0.",
+                paused,
+            ),
         ])
     }
 }

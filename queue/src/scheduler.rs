@@ -68,7 +68,10 @@ pub(crate) fn run<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slots: Vec<Arc<S
             Some(connected) => match connected.wait(wait) {
                 Ok(queues_with_jobs) => {
                     for queue in queues_with_jobs {
-                        if let Some(wakeup) = shared.signals.queue(&queue) {
+                        if queue == storage::PAUSES_CHANGED {
+                            // Paused or resumed somewhere: look now.
+                            next_check = Instant::now();
+                        } else if let Some(wakeup) = shared.signals.queue(&queue) {
                             wakeup.wake_one();
                         }
                     }
@@ -132,6 +135,12 @@ fn check<C>(
             shared.settings.poll_interval,
         )?;
         reap(&mut conn)?;
+        let paused = storage::paused_queues(&mut conn)?;
+        for queue in queues {
+            if let Some(wakeup) = shared.signals.queue(queue) {
+                wakeup.set_paused(paused.iter().any(|(q, _)| q == queue));
+            }
+        }
         while storage::promote_due_jobs(&mut conn, PROMOTION_BATCH)? == PROMOTION_BATCH as usize {}
         for queue in storage::queues_with_ready_jobs(&mut conn, queues)? {
             if let Some(wakeup) = shared.signals.queue(&queue) {

@@ -10,9 +10,22 @@ use std::time::Duration;
 pub(crate) struct Wakeup {
     generation: Mutex<u64>,
     changed: Condvar,
+    /// The queue is paused: its workers start nothing new.
+    paused: AtomicBool,
 }
 
 impl Wakeup {
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Records the queue's pause; a resumed queue's workers are woken.
+    pub(crate) fn set_paused(&self, paused: bool) {
+        if self.paused.swap(paused, Ordering::SeqCst) && !paused {
+            self.wake_all();
+        }
+    }
+
     /// The current generation: read it *before* looking for jobs, then wait
     /// for it to change, so a wake-up in between is never missed.
     pub(crate) fn generation(&self) -> u64 {

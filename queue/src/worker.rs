@@ -310,6 +310,14 @@ fn start_next<C>(
             if started > 0 && shared.signals.is_stopped() {
                 return Ok(None);
             }
+            // Paused meanwhile: the rest of the batch goes back unstarted.
+            if shared
+                .signals
+                .queue(&slot.queue)
+                .is_some_and(|w| w.is_paused())
+            {
+                return Ok(None);
+            }
             let lost = guard.as_mut().is_none_or(|s| s.session.is_lost());
             if batch.pending.is_empty() {
                 return Ok(None);
@@ -650,6 +658,14 @@ pub(crate) fn work<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slot: Arc<Slot>
     let mut trouble = Trouble::default();
     while !shared.signals.is_stopped() {
         let seen = wakeup.generation();
+        if wakeup.is_paused() {
+            // The last batch's completions, then nothing until resumed.
+            if let Err(error) = end_batch(&shared, &slot) {
+                warn!(queue, %error, "while pausing");
+            }
+            shared.signals.wait(wakeup, seen, idle_timeout);
+            continue;
+        }
         match run_batch(&shared, &slot, &queue, None, &[], true, |_, _, _| {}) {
             Ok(batch) => {
                 trouble.over(&queue);

@@ -864,12 +864,12 @@ fn migrate_is_idempotent_and_records_the_schema_version() {
     let mut conn = db.conn();
     let again = skiplock::migrate(&mut conn).unwrap();
     assert!(again.applied.is_empty());
-    assert_eq!(again.current_version, "20261127000004");
+    assert_eq!(again.current_version, "20261127000005");
     let versions = count(
         &mut conn,
         "SELECT count(*) AS n FROM queue_schema_migrations",
     );
-    assert_eq!(versions, 4);
+    assert_eq!(versions, 5);
 }
 
 #[test]
@@ -890,7 +890,12 @@ fn migrate_upgrades_a_live_table_of_the_first_schema_in_place() {
     let report = skiplock::migrate(&mut db.conn()).unwrap();
     assert_eq!(
         report.applied,
-        ["20261126000002", "20261126000003", "20261127000004"]
+        [
+            "20261126000002",
+            "20261126000003",
+            "20261127000004",
+            "20261127000005"
+        ]
     );
     assert_eq!(
         db.count_jobs("scheduled"),
@@ -1321,4 +1326,90 @@ fn the_ready_gauges_leave_out_running_jobs_like_status_and_sql() {
     GATE_OPEN.store(true, Ordering::SeqCst);
     wait_until("everything ran", PATIENCE, || db.count_jobs("true") == 0);
     running.shutdown(PATIENCE);
+}
+
+// --- pausing a queue ---------------------------------------------------------
+
+static PAUSE_GATE_OPEN: AtomicBool = AtomicBool::new(false);
+static PAUSE_GATE_STARTED: AtomicUsize = AtomicUsize::new(0);
+static BEHIND_PAUSE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[skiplock::background_job(queue = "pausable", priority = 10)]
+fn pause_gate() {
+    PAUSE_GATE_STARTED.fetch_add(1, Ordering::SeqCst);
+    while !PAUSE_GATE_OPEN.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[skiplock::background_job(queue = "pausable")]
+fn behind_the_pause() {
+    BEHIND_PAUSE_RUNS.fetch_add(1, Ordering::SeqCst);
+}
+
+#[test]
+fn a_paused_queue_finishes_what_runs_starts_nothing_on_any_runner_and_stays_paused_across_restarts()
+{
+    let db = TestDb::create();
+    let mut conn = db.conn();
+    pause_gate().enqueue(&mut conn).unwrap();
+    for _ in 0..5 {
+        behind_the_pause().enqueue(&mut conn).unwrap();
+    }
+    // One batch holds the gate and the five behind it (no slow-job release).
+    let start = || {
+        runner_with(&db, (), &[("pausable", 1)], |b| {
+            b.batch_size(10).slow_job_threshold(Duration::from_secs(60))
+        })
+        .start()
+    };
+    let first = start();
+    wait_until("the gate job runs", PATIENCE, || {
+        PAUSE_GATE_STARTED.load(Ordering::SeqCst) == 1
+    });
+    assert!(skiplock::pause_queue(&mut conn, "pausable").unwrap());
+    assert!(
+        !skiplock::pause_queue(&mut conn, "pausable").unwrap(),
+        "already paused"
+    );
+    wait_until("the runner knows", PATIENCE, || {
+        first
+            .metrics()
+            .contains("queue_paused{queue=\"pausable\"} 1")
+    });
+    // The running job finishes; the five claimed with it do not start.
+    PAUSE_GATE_OPEN.store(true, Ordering::SeqCst);
+    wait_until("the running job completed", PATIENCE, || {
+        db.count_jobs("job_type = 'pause_gate'") == 0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(BEHIND_PAUSE_RUNS.load(Ordering::SeqCst), 0);
+    assert_eq!(db.count_jobs("job_type = 'behind_the_pause'"), 5);
+    let status = skiplock::queue_status(&mut conn, skiplock::RUNNER_FRESH_SECS).unwrap();
+    assert!(status.iter().all(|s| s.queue != "pausable" || s.paused));
+    assert_eq!(
+        skiplock::paused_queues(&mut conn).unwrap()[0].queue,
+        "pausable"
+    );
+
+    // Restarted, and a second runner besides: still paused.
+    first.shutdown(PATIENCE);
+    let second = start();
+    let third = start();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(BEHIND_PAUSE_RUNS.load(Ordering::SeqCst), 0);
+    assert!(second
+        .metrics()
+        .contains("queue_paused{queue=\"pausable\"} 1"));
+
+    assert!(skiplock::resume_queue(&mut conn, "pausable").unwrap());
+    wait_until("everything ran once resumed", PATIENCE, || {
+        db.count_jobs("true") == 0
+    });
+    assert_eq!(BEHIND_PAUSE_RUNS.load(Ordering::SeqCst), 5);
+    assert!(second
+        .metrics()
+        .contains("queue_paused{queue=\"pausable\"} 0"));
+    second.shutdown(PATIENCE);
+    third.shutdown(PATIENCE);
 }

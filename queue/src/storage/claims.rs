@@ -82,9 +82,9 @@ pub(crate) struct ClaimedJob {
     pub(crate) crashed_in: Option<String>,
 }
 
-/// Claims up to `limit` ready jobs of `queue` (not in `exclude`) in
-/// priority order, skipping jobs other workers hold, and records them as
-/// the latest claim of lock session `holder`.
+/// Claims up to `limit` ready jobs of `queue` (not in `exclude`; none while
+/// the queue is paused) in priority order, skipping jobs other workers
+/// hold, and records them as the latest claim of lock session `holder`.
 ///
 /// The lock scan walks the ready index in claim order and takes the
 /// advisory lock of jobs until `limit` are locked (the `OFFSET 0` fence
@@ -138,6 +138,7 @@ pub(crate) fn claim_jobs(
                          FROM queue_jobs \
                          WHERE queue = $1 AND dead_at IS NULL AND NOT scheduled \
                            AND id <> ALL ($3::int8[]) \
+                           AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1) \
                          ORDER BY priority DESC, id \
                          OFFSET 0) c \
                      WHERE pg_try_advisory_lock(",

@@ -218,6 +218,65 @@ pub(crate) fn waiting_payloads(
     Ok(rows.into_iter().map(|row| row.payload).collect())
 }
 
+/// The NOTIFY payload that tells runners the paused queues changed (not a
+/// queue name: those are plain identifiers without `!`).
+pub(crate) const PAUSES_CHANGED: &str = "!pauses";
+
+/// Pauses `queue` (no runner claims its jobs from now on). `false`: it
+/// already was.
+pub(crate) fn pause_queue(conn: &mut PgConnection, queue: &str) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Paused {
+        #[diesel(sql_type = BigInt)]
+        paused: i64,
+    }
+    let result: Paused = Statement::new(
+        "WITH paused AS ( \
+             INSERT INTO queue_pauses (queue) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1) \
+         SELECT count(*) AS paused FROM paused, pg_notify('queue_jobs', $2) n",
+    )
+    .bind::<Text, _>(queue)
+    .bind::<Text, _>(PAUSES_CHANGED)
+    .get_result(conn)?;
+    Ok(result.paused > 0)
+}
+
+/// Resumes `queue`, waking its runners. `false`: it was not paused.
+pub(crate) fn resume_queue(conn: &mut PgConnection, queue: &str) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Resumed {
+        #[diesel(sql_type = BigInt)]
+        resumed: i64,
+    }
+    let result: Resumed = Statement::new(
+        "WITH resumed AS (DELETE FROM queue_pauses WHERE queue = $1 RETURNING 1) \
+         SELECT count(*) AS resumed FROM resumed, \
+             pg_notify('queue_jobs', $2) a, pg_notify('queue_jobs', $1) b",
+    )
+    .bind::<Text, _>(queue)
+    .bind::<Text, _>(PAUSES_CHANGED)
+    .get_result(conn)?;
+    Ok(result.resumed > 0)
+}
+
+/// The paused queues, with when each was paused.
+pub(crate) fn paused_queues(conn: &mut PgConnection) -> QueryResult<Vec<(String, DateTime<Utc>)>> {
+    #[derive(QueryableByName)]
+    struct Pause {
+        #[diesel(sql_type = Text)]
+        queue: String,
+        #[diesel(sql_type = Timestamptz)]
+        paused_at: DateTime<Utc>,
+    }
+    Ok(
+        Statement::new("SELECT queue, paused_at FROM queue_pauses ORDER BY queue")
+            .load::<Pause>(conn)?
+            .into_iter()
+            .map(|p| (p.queue, p.paused_at))
+            .collect(),
+    )
+}
+
 /// Of `queues`, those with at least one ready job.
 pub(crate) fn queues_with_ready_jobs(
     conn: &mut PgConnection,
@@ -515,6 +574,9 @@ pub struct QueueStatus {
     /// Seconds since the longest failing job first failed, if any.
     #[diesel(sql_type = Nullable<diesel::sql_types::Double>)]
     pub failing_for_secs: Option<f64>,
+    /// The queue is paused: no runner starts its jobs.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub paused: bool,
 }
 
 /// Per queue and job type: ready, scheduled, running, failing, dead.
@@ -535,7 +597,8 @@ pub(crate) fn status(conn: &mut PgConnection, fresh_secs: f64) -> QueryResult<Ve
              EXTRACT(EPOCH FROM now() - min(run_at) FILTER ( \
                  WHERE dead_at IS NULL AND NOT scheduled AND NOT is_running))::float8 AS oldest_ready_secs, \
              EXTRACT(EPOCH FROM now() - min(first_failed_at) FILTER ( \
-                 WHERE dead_at IS NULL AND attempts > 0))::float8 AS failing_for_secs \
+                 WHERE dead_at IS NULL AND attempts > 0))::float8 AS failing_for_secs, \
+             EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = jobs.queue) AS paused \
          FROM jobs GROUP BY queue, job_type ORDER BY queue, job_type",
     )
     .bind::<diesel::sql_types::Double, _>(fresh_secs)
