@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -168,45 +167,44 @@ fn escape(label: &str) -> String {
 }
 
 /// Serves `render()` at `/metrics` on `listener` until `stopped()`.
+///
+/// tiny_http reads each connection on a thread of its pool, so a client
+/// that connects and says nothing, or drips its request, holds only its
+/// own thread: other scrapes are answered meanwhile.
 pub(crate) fn serve(
     listener: TcpListener,
     render: impl Fn() -> String,
     stopped: impl Fn() -> bool,
 ) {
-    if listener.set_nonblocking(true).is_err() {
-        return;
-    }
-    while !stopped() {
-        match listener.accept() {
-            Ok((mut stream, _)) => {
-                let _ = stream.set_nonblocking(false);
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut request_line = String::new();
-                let mut reader = BufReader::new(&stream);
-                if reader.read_line(&mut request_line).is_err() {
-                    continue;
-                }
-                // Skip the headers.
-                let mut header = String::new();
-                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
-                    header.clear();
-                }
-                let response = if request_line.starts_with("GET /metrics ") {
-                    let body = render();
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                } else {
-                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        .to_owned()
-                };
-                let _ = stream.write_all(response.as_bytes());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+    let server = match tiny_http::Server::from_listener(listener, None) {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!(%error, "cannot serve metrics");
+            return;
         }
+    };
+    while !stopped() {
+        let request = match server.recv_timeout(Duration::from_millis(100)) {
+            Ok(Some(request)) => request,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "the metrics server stopped");
+                return;
+            }
+        };
+        let is_metrics = request.method() == &tiny_http::Method::Get
+            && request.url().split('?').next() == Some("/metrics");
+        let response = if is_metrics {
+            tiny_http::Response::from_string(render()).with_header(
+                tiny_http::Header::from_bytes(
+                    &b"Content-Type"[..],
+                    &b"text/plain; version=0.0.4"[..],
+                )
+                .expect("a valid header"),
+            )
+        } else {
+            tiny_http::Response::from_string("").with_status_code(404)
+        };
+        let _ = request.respond(response);
     }
 }

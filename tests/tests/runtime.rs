@@ -1157,7 +1157,11 @@ test_job!(
 fn scrape(addr: std::net::SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
@@ -1412,4 +1416,38 @@ fn a_paused_queue_finishes_what_runs_starts_nothing_on_any_runner_and_stays_paus
         .contains("queue_paused{queue=\"pausable\"} 0"));
     second.shutdown(PATIENCE);
     third.shutdown(PATIENCE);
+}
+
+#[test]
+fn a_silent_client_and_a_slow_one_do_not_hold_up_a_scrape() {
+    use std::io::Write;
+    let db = TestDb::create();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let running = runner_with(&db, (), &[("metrics", 1)], |b| b.metrics_listener(listener)).start();
+    // One client connects and never says a word; another drips its request.
+    let _silent = std::net::TcpStream::connect(addr).unwrap();
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    let dripping = std::thread::spawn(move || {
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: slow\r\n".iter().take(12) {
+            if slow.write_all(&[*byte]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let response = scrape(addr, "/metrics");
+        slowest = slowest.max(started.elapsed());
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.contains("queue_workers_busy{queue=\"metrics\"}"));
+    }
+    println!("slowest of 5 scrapes beside a silent and a dripping client: {slowest:?}");
+    // The previous server waited out the silent client's 5 s read timeout.
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    dripping.join().unwrap();
+    running.shutdown(PATIENCE);
 }
