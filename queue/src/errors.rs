@@ -351,9 +351,9 @@ pub enum RunnerError {
     /// The connection pool is smaller than the runner needs.
     #[error(
         "the connection pool holds at most {pool_size} connections but {workers} workers need \
-         {needed} (one for each job's own queries, one for the wake-up thread, one for metrics \
-         and recovery); raise the pool's max_size, or leave out `.pool(..)` and let the runner \
-         build its own"
+         {needed} (one per worker for its job's queries, one for the wake-up thread, one for \
+         the watchdog's recovery of a lost session's completions, one for a metrics scrape); \
+         raise the pool's max_size, or leave out `.pool(..)` and let the runner build its own"
     )]
     PoolTooSmall {
         /// The pool's `max_size`.

@@ -248,7 +248,9 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         }
 
         let workers: usize = self.queues.iter().map(|(_, n)| n).sum();
-        let needed = u32::try_from(workers + 2).unwrap_or(u32::MAX);
+        // Every taker of a pooled connection at once: each worker's job, the
+        // wake-up thread, the watchdog (completions of a lost session), a scrape.
+        let needed = u32::try_from(workers + 3).unwrap_or(u32::MAX);
         // Connect once directly: an unreachable database is reported with
         // its real cause at once, not after a pool's timeout.
         let secrets = crate::redact::connection_secrets(&database_url);

@@ -780,8 +780,8 @@ fn a_runner_refuses_bad_configurations_with_what_to_do() {
     assert!(build(base()).contains("no queue to serve"));
     assert!(build(base().queue("rollback", 0)).contains("give it at least 1"));
     assert!(build(base().queue("rollback", 1).queue("rollback", 2)).contains("configured twice"));
-    let small = base().queue("rollback", 3).pool(db.pool(4));
-    assert!(build(small).contains("at most 4 connections but 3 workers need 5"));
+    let small = base().queue("rollback", 3).pool(db.pool(5));
+    assert!(build(small).contains("at most 5 connections but 3 workers need 6"));
     // A pool serves the jobs' connections; the lock sessions need the URL.
     let pool_only = Runner::builder(()).queue("rollback", 1).pool(db.pool(4));
     assert!(build(pool_only).contains("no database; give one with `.database_url(..)`"));
@@ -1449,5 +1449,62 @@ fn a_silent_client_and_a_slow_one_do_not_hold_up_a_scrape() {
     // The previous server waited out the silent client's 5 s read timeout.
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
     dripping.join().unwrap();
+    running.shutdown(PATIENCE);
+}
+
+static FULL_LOAD_HELD: AtomicUsize = AtomicUsize::new(0);
+static FULL_LOAD_RELEASE: AtomicBool = AtomicBool::new(false);
+
+/// Holds its pooled connection until released.
+#[skiplock::background_job(queue = "full_load", priority = 10)]
+fn hold_a_connection(conn: &mut PgConnection) -> QueryResult<()> {
+    diesel::sql_query("SELECT 1").execute(conn)?;
+    FULL_LOAD_HELD.fetch_add(1, Ordering::SeqCst);
+    while !FULL_LOAD_RELEASE.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+#[skiplock::background_job(queue = "full_load")]
+fn waits_for_a_worker() {}
+
+#[test]
+fn a_scrape_under_full_load_gets_a_connection_of_its_own() {
+    let db = TestDb::create();
+    let mut conn = db.conn();
+    for _ in 0..2 {
+        hold_a_connection().enqueue(&mut conn).unwrap();
+    }
+    for _ in 0..4 {
+        waits_for_a_worker().enqueue(&mut conn).unwrap();
+    }
+    // A pool of exactly the size the runner asks for (2 workers + 3), one
+    // connection of it held as the watchdog holds one while it records a
+    // lost session's completions.
+    let pool = db.pool(2 + 3);
+    let _watchdogs = pool.get().unwrap();
+    let running = runner_with(&db, (), &[("full_load", 2)], |b| {
+        b.batch_size(1)
+            .poll_interval(Duration::from_millis(10))
+            .pool(pool.clone())
+    })
+    .start();
+    wait_until("both workers hold a connection", PATIENCE, || {
+        FULL_LOAD_HELD.load(Ordering::SeqCst) == 2
+    });
+    // Every worker holds a pooled connection and the wake-up thread polls
+    // every 10 ms: a scrape still counts the queue at once.
+    for _ in 0..20 {
+        let started = Instant::now();
+        let metrics = running.metrics();
+        assert!(
+            metrics.contains("queue_ready_jobs{queue=\"full_load\"} 4"),
+            "{metrics}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    FULL_LOAD_RELEASE.store(true, Ordering::SeqCst);
+    wait_until("everything ran", PATIENCE, || db.count_jobs("true") == 0);
     running.shutdown(PATIENCE);
 }
