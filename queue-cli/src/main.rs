@@ -266,6 +266,17 @@ fn print_status(status: &[QueueStatus], paused: &[skiplock::PausedQueue]) {
     } else {
         print!("{table}");
     }
+    for row in status
+        .iter()
+        .filter(|r| !r.served && r.ready + r.scheduled > 0)
+    {
+        println!(
+            "no live runner registers `{}` on `{}`: its {} job(s) wait for one that does",
+            row.job_type,
+            row.queue,
+            row.ready + row.scheduled
+        );
+    }
     for pause in paused {
         println!(
             "paused: {} since {}",

@@ -37,6 +37,10 @@ pub(crate) struct Thresholds {
     /// Page when ready jobs sit on a queue no runner has served for this long.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     no_runner: Duration,
+    /// Warn when ready jobs of a type that no live runner registers (a rolling deploy that
+    /// did not finish, a type no binary knows any more) have waited this long.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    unregistered: Duration,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -107,6 +111,25 @@ pub(crate) fn check(conn: &mut PgConnection, limits: &Thresholds) -> Result<Exit
                     format!("`{}` on `{}` {what} {}", s.job_type, s.queue, age(seconds)),
                 );
             }
+        }
+    }
+    for s in status.iter().filter(|s| s.ready > 0 && !s.served) {
+        let queue_served = runners
+            .iter()
+            .any(|r| r.last_seen_secs <= fresh && r.queues.iter().any(|q| *q == s.queue));
+        let waited = s.oldest_ready_secs.unwrap_or(0.0);
+        // A queue nobody serves is paged below.
+        if queue_served && waited >= limits.unregistered.as_secs_f64() {
+            flag(
+                Level::Warning,
+                format!(
+                    "`{}` on `{}`: no live runner registers this type; {} job(s) waiting for {}",
+                    s.job_type,
+                    s.queue,
+                    s.ready,
+                    age(waited)
+                ),
+            );
         }
     }
     let mut queues: Vec<&str> = status

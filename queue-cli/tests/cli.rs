@@ -276,7 +276,7 @@ fn bad_input_gives_a_clear_message_and_a_nonzero_exit_without_changing_anything(
     }
     let (code, out, _) = run(&empty, &["migrate"]);
     assert_eq!(code, 0);
-    assert!(out.starts_with("applied 5 migration(s)"), "{out}");
+    assert!(out.starts_with("applied 6 migration(s)"), "{out}");
     let (_, out, _) = run(&empty, &["migrate"]);
     assert!(out.starts_with("the queue schema is up to date"), "{out}");
 
@@ -393,6 +393,11 @@ fn pause_and_resume_a_queue_and_status_shows_it() {
     assert_eq!(out.trim(), "queue `mail` was already paused");
     let (_, out, _) = run(&db, &["status"]);
     assert!(out.contains("mail (paused)"), "{out}");
+    // No runner is alive here: no one registers the types.
+    assert!(
+        out.contains("no live runner registers `send_mail` on `mail`: its 2 job(s) wait"),
+        "{out}"
+    );
     assert!(out.contains("paused: mail since "), "{out}");
     let (_, json, _) = run(&db, &["status", "--json"]);
     let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -407,4 +412,46 @@ fn pause_and_resume_a_queue_and_status_shows_it() {
     let (code, _, err) = run(&db, &["pause", ""]);
     assert_eq!(code, 1);
     assert!(err.contains("the queue name is empty"), "{err}");
+}
+
+#[test]
+fn the_monitor_warns_when_no_live_runner_registers_a_waiting_type() {
+    let db = TestDb::create();
+    // A live runner serves `mail` but registers only `send_digest`.
+    db.execute(
+        "INSERT INTO queue_runners (id, hostname, pid, queues, job_types) \
+         VALUES ('r1', 'host', 1, '{mail}', '{send_digest}'); \
+         INSERT INTO queue_jobs (job_type, queue, payload, run_at) \
+         VALUES ('send_mail', 'mail', '{}', now() - interval '20 minutes')",
+    );
+    let (code, out, _) = run(
+        &db,
+        &[
+            "monitor",
+            "--waiting-warning",
+            "1h",
+            "--waiting-critical",
+            "2h",
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with(
+            "WARNING: `send_mail` on `mail`: no live runner registers this type; 1 job(s) waiting for 20m"
+        ),
+        "{out}"
+    );
+    let (code, out, _) = run(
+        &db,
+        &[
+            "monitor",
+            "--waiting-warning",
+            "1h",
+            "--waiting-critical",
+            "2h",
+            "--unregistered",
+            "30m",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
 }

@@ -63,6 +63,8 @@ pub(crate) enum Param<'a> {
     Int(i64),
     Text(&'a str),
     Ints(&'a [i64]),
+    /// A `text[]`.
+    Texts(&'a [&'a str]),
 }
 
 impl Param<'_> {
@@ -72,6 +74,14 @@ impl Param<'_> {
             Param::Text(s) => (*s).to_owned(),
             Param::Ints(ns) => {
                 let items: Vec<String> = ns.iter().map(i64::to_string).collect();
+                format!("{{{}}}", items.join(","))
+            }
+            // Each element quoted, its `"` and `\` escaped: any text is one element.
+            Param::Texts(texts) => {
+                let items: Vec<String> = texts
+                    .iter()
+                    .map(|t| format!("\"{}\"", t.replace('\\', "\\\\").replace('"', "\\\"")))
+                    .collect();
                 format!("{{{}}}", items.join(","))
             }
         };

@@ -159,6 +159,8 @@ fn run_erased<J: Job>(
 #[derive(Debug)]
 pub(crate) struct Registry {
     by_type: HashMap<&'static str, &'static JobDescriptor>,
+    /// The type names, sorted: what this binary's runners claim.
+    names: Vec<&'static str>,
 }
 
 impl Registry {
@@ -189,7 +191,14 @@ impl Registry {
                 });
             }
         }
-        Ok(Registry { by_type })
+        let mut names: Vec<&'static str> = by_type.keys().copied().collect();
+        names.sort_unstable();
+        Ok(Registry { by_type, names })
+    }
+
+    /// Every registered type name, sorted.
+    pub(crate) fn type_names(&self) -> &[&'static str] {
+        &self.names
     }
 
     pub(crate) fn get(&self, job_type: &str) -> Option<&'static JobDescriptor> {

@@ -133,6 +133,7 @@ fn check<C>(
             queues,
             &running,
             shared.settings.poll_interval,
+            shared.registry.type_names(),
         )?;
         reap(&mut conn)?;
         let paused = storage::paused_queues(&mut conn)?;

@@ -139,6 +139,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 *holder,
                 &completed,
                 synchronous,
+                shared.registry.type_names(),
             )
             .map_err(BatchError::Connect)
         });

@@ -304,3 +304,57 @@ fn a_sigkilled_runners_row_is_removed_by_the_living_within_a_few_poll_intervals(
     assert!(skiplock::runners(&mut db.conn()).unwrap().len() == 1);
     living.shutdown(Duration::from_secs(5));
 }
+
+/// A job type the test-worker binary (the "old" runner) does not register.
+#[skiplock::background_job(queue = "crash", max_attempts = 2)]
+fn only_in_the_new_binary(key: String) -> Result<(), skiplock::PerformError> {
+    let _ = key;
+    Ok(())
+}
+
+#[test]
+fn an_old_runner_leaves_a_new_job_type_to_the_new_one_during_a_rolling_deploy() {
+    let db = TestDb::create();
+    db.execute("CREATE TABLE crash_log (key TEXT NOT NULL, event TEXT NOT NULL, pid INT NOT NULL)");
+    let mut conn = db.conn();
+    let new_job = only_in_the_new_binary("k".into())
+        .enqueue(&mut conn)
+        .unwrap();
+    Record { key: "old".into() }.enqueue(&mut conn).unwrap();
+    // The old binary runs what it knows and leaves the rest untouched.
+    let old = spawn(&db, 2, 5, 50, 60_000);
+    wait_until(
+        "the old runner ran its own job",
+        Duration::from_secs(10),
+        || events(&db, "done") == 1,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let job = skiplock::find_job(&mut conn, new_job).unwrap();
+    assert_eq!(job.attempts, 0, "{:?}", job.last_error);
+    assert!(job.last_error.is_none());
+    assert!(job.dead_at.is_none());
+    let row = |conn: &mut diesel::PgConnection| {
+        skiplock::queue_status(conn, skiplock::RUNNER_FRESH_SECS)
+            .unwrap()
+            .into_iter()
+            .find(|s| s.job_type == "only_in_the_new_binary")
+            .unwrap()
+    };
+    let waiting = row(&mut conn);
+    assert_eq!((waiting.ready, waiting.served), (1, false));
+    // The new binary rolls out next to the old one and runs it, first try.
+    let new = skiplock::Runner::builder(skiplock_tests::crash_jobs::WorkerContext)
+        .database_url(db.url())
+        .queue("crash", 1)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .unwrap()
+        .start();
+    wait_until(
+        "the new runner ran the new type",
+        Duration::from_secs(10),
+        || db.count_jobs("job_type = 'only_in_the_new_binary'") == 0,
+    );
+    old.kill();
+    new.shutdown(Duration::from_secs(5));
+}

@@ -864,12 +864,12 @@ fn migrate_is_idempotent_and_records_the_schema_version() {
     let mut conn = db.conn();
     let again = skiplock::migrate(&mut conn).unwrap();
     assert!(again.applied.is_empty());
-    assert_eq!(again.current_version, "20261127000005");
+    assert_eq!(again.current_version, "20261127000006");
     let versions = count(
         &mut conn,
         "SELECT count(*) AS n FROM queue_schema_migrations",
     );
-    assert_eq!(versions, 5);
+    assert_eq!(versions, 6);
 }
 
 #[test]
@@ -894,7 +894,8 @@ fn migrate_upgrades_a_live_table_of_the_first_schema_in_place() {
             "20261126000002",
             "20261126000003",
             "20261127000004",
-            "20261127000005"
+            "20261127000005",
+            "20261127000006"
         ]
     );
     assert_eq!(

@@ -82,8 +82,10 @@ pub(crate) struct ClaimedJob {
     pub(crate) crashed_in: Option<String>,
 }
 
-/// Claims up to `limit` ready jobs of `queue` (not in `exclude`; none while
-/// the queue is paused) in priority order, skipping jobs other workers
+/// Claims up to `limit` ready jobs of `queue` (not in `exclude`; of the
+/// `job_types` this binary registers, so that during a rolling deploy an
+/// old runner leaves a new type's jobs to the new one; none while the queue
+/// is paused) in priority order, skipping jobs other workers
 /// hold, and records them as the latest claim of lock session `holder`.
 ///
 /// The lock scan walks the ready index in claim order and takes the
@@ -109,6 +111,7 @@ pub(crate) fn claim_jobs(
     holder: i32,
     completed: &[i64],
     wait_for_disk: bool,
+    job_types: &[&str],
 ) -> Result<Vec<ClaimedJob>, SessionError> {
     let delete = [Param::Ints(completed), durability(wait_for_disk)];
     let release = Release::All { holder };
@@ -122,6 +125,7 @@ pub(crate) fn claim_jobs(
         Param::Int(limit),
         Param::Ints(exclude),
         Param::Int(i64::from(holder)),
+        Param::Texts(job_types),
     ];
     let recheck = [Param::Int(i64::from(holder))];
     steps.extend([
@@ -139,6 +143,7 @@ pub(crate) fn claim_jobs(
                          WHERE queue = $1 AND dead_at IS NULL AND NOT scheduled \
                            AND id <> ALL ($3::int8[]) \
                            AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1) \
+                           AND job_type = ANY ($5::text[]) \
                          ORDER BY priority DESC, id \
                          OFFSET 0) c \
                      WHERE pg_try_advisory_lock(",

@@ -504,7 +504,8 @@ pub(crate) fn forget_migration(conn: &mut PgConnection, version: &str) -> QueryR
     Ok(())
 }
 
-/// Records that runner `id` is alive, serving `queues`, running `running`.
+/// Records that runner `id` is alive, serving `queues` with the
+/// `job_types` it registers, running `running`.
 pub(crate) fn announce_runner(
     conn: &mut PgConnection,
     id: &str,
@@ -512,6 +513,7 @@ pub(crate) fn announce_runner(
     queues: &[String],
     running: &[i64],
     poll_interval: Duration,
+    job_types: &[&str],
 ) -> QueryResult<()> {
     // Runners not seen for three of their own poll intervals (and at least
     // 2 s) died without retiring: their rows go, so no one lists them.
@@ -520,8 +522,8 @@ pub(crate) fn announce_runner(
              DELETE FROM queue_runners \
              WHERE id <> $1 AND last_seen_at < now() \
                  - greatest(3 * poll_interval_ms, 2000) * interval '1 millisecond') \
-         INSERT INTO queue_runners (id, hostname, pid, queues, running, poll_interval_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
+         INSERT INTO queue_runners (id, hostname, pid, queues, running, poll_interval_ms, job_types) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
          ON CONFLICT (id) DO UPDATE SET last_seen_at = now(), running = EXCLUDED.running",
     )
     .bind::<Text, _>(id)
@@ -532,6 +534,7 @@ pub(crate) fn announce_runner(
     .bind::<diesel::sql_types::Integer, _>(
         i32::try_from(poll_interval.as_millis()).unwrap_or(i32::MAX),
     )
+    .bind::<Array<Text>, _>(job_types)
     .execute(conn)?;
     Ok(())
 }
@@ -577,6 +580,11 @@ pub struct QueueStatus {
     /// The queue is paused: no runner starts its jobs.
     #[diesel(sql_type = diesel::sql_types::Bool)]
     pub paused: bool,
+    /// A live runner serving the queue registers this job type. When none
+    /// does, its jobs wait (a rolling deploy in progress, or a type no
+    /// binary knows any more).
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub served: bool,
 }
 
 /// Per queue and job type: ready, scheduled, running, failing, dead.
@@ -586,6 +594,10 @@ pub(crate) fn status(conn: &mut PgConnection, fresh_secs: f64) -> QueryResult<Ve
         "WITH running AS ( \
              SELECT DISTINCT unnest(running) AS id FROM queue_runners \
              WHERE last_seen_at > now() - $1 * interval '1 second'), \
+         served AS ( \
+             SELECT DISTINCT q.queue, t.job_type FROM queue_runners r, \
+                 unnest(r.queues) q(queue), unnest(r.job_types) t(job_type) \
+             WHERE r.last_seen_at > now() - $1 * interval '1 second'), \
          jobs AS ( \
              SELECT j.*, r.id IS NOT NULL AS is_running FROM queue_jobs j LEFT JOIN running r ON r.id = j.id) \
          SELECT queue, job_type, \
@@ -598,7 +610,9 @@ pub(crate) fn status(conn: &mut PgConnection, fresh_secs: f64) -> QueryResult<Ve
                  WHERE dead_at IS NULL AND NOT scheduled AND NOT is_running))::float8 AS oldest_ready_secs, \
              EXTRACT(EPOCH FROM now() - min(first_failed_at) FILTER ( \
                  WHERE dead_at IS NULL AND attempts > 0))::float8 AS failing_for_secs, \
-             EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = jobs.queue) AS paused \
+             EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = jobs.queue) AS paused, \
+             EXISTS (SELECT 1 FROM served s \
+                     WHERE s.queue = jobs.queue AND s.job_type = jobs.job_type) AS served \
          FROM jobs GROUP BY queue, job_type ORDER BY queue, job_type",
     )
     .bind::<diesel::sql_types::Double, _>(fresh_secs)

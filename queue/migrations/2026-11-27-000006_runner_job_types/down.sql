@@ -1,0 +1,1 @@
+ALTER TABLE queue_runners DROP COLUMN job_types;
