@@ -116,7 +116,7 @@ pub(crate) fn check(conn: &mut PgConnection, limits: &Thresholds) -> Result<Exit
     for s in status.iter().filter(|s| s.ready > 0 && !s.served) {
         let queue_served = runners
             .iter()
-            .any(|r| r.last_seen_secs <= fresh && r.queues.iter().any(|q| *q == s.queue));
+            .any(|r| r.last_seen_secs <= fresh && r.queues.contains(&s.queue));
         let waited = s.oldest_ready_secs.unwrap_or(0.0);
         // A queue nobody serves is paged below.
         if queue_served && waited >= limits.unregistered.as_secs_f64() {
