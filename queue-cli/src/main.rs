@@ -174,7 +174,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
         }
         Command::Status(output) => {
-            let status = skiplock::queue_status(&mut conn, monitor::RUNNER_FRESH_SECS)?;
+            let status = skiplock::queue_status(&mut conn, skiplock::RUNNER_FRESH_SECS)?;
             let paused = skiplock::paused_queues(&mut conn)?;
             if output.json {
                 // Each row says whether its queue is paused.

@@ -17,9 +17,6 @@ use serde::Serialize;
 use crate::table::age;
 use crate::{parse_duration, print_json, Failure};
 
-/// Runners seen this recently count as alive for `status`.
-pub(crate) const RUNNER_FRESH_SECS: f64 = skiplock::RUNNER_FRESH_SECS;
-
 #[derive(Debug, Args)]
 pub(crate) struct Thresholds {
     /// Warn when a job has been failing this long.

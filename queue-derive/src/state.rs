@@ -76,23 +76,14 @@ pub(crate) fn derive_from_state(input: TokenStream) -> TokenStream {
 /// `#[from_state(crate = path)]` on the struct: where skiplock is.
 fn container_crate(input: &DeriveInput, errors: &mut Errors) -> syn::Path {
     let mut krate = None;
-    for attr in input
-        .attrs
-        .iter()
-        .filter(|a| a.path().is_ident("from_state"))
-    {
-        let parsed = attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident("crate") {
-                krate = Some(meta.value()?.parse::<syn::Path>()?);
-                Ok(())
-            } else {
-                Err(meta.error("expected `crate = path` (where skiplock is, if renamed)"))
-            }
-        });
-        if let Err(error) = parsed {
-            errors.push(error);
+    each_option(&input.attrs, errors, |meta| {
+        if meta.path.is_ident("crate") {
+            krate = Some(meta.value()?.parse::<syn::Path>()?);
+            Ok(())
+        } else {
+            Err(meta.error("expected `crate = path` (where skiplock is, if renamed)"))
         }
-    }
+    });
     krate.unwrap_or_else(|| {
         crate::attr::skiplock_path().unwrap_or_else(|message| {
             errors.push(syn::Error::new(proc_macro2::Span::call_site(), message));
@@ -104,22 +95,27 @@ fn container_crate(input: &DeriveInput, errors: &mut Errors) -> syn::Path {
 /// `#[from_state(skip)]` on a field: not a part.
 fn is_skipped(field: &syn::Field, errors: &mut Errors) -> bool {
     let mut skipped = false;
-    for attr in field
-        .attrs
-        .iter()
-        .filter(|a| a.path().is_ident("from_state"))
-    {
-        let parsed = attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident("skip") {
-                skipped = true;
-                Ok(())
-            } else {
-                Err(meta.error("expected `#[from_state(skip)]` on a field"))
-            }
-        });
-        if let Err(error) = parsed {
+    each_option(&field.attrs, errors, |meta| {
+        if meta.path.is_ident("skip") {
+            skipped = true;
+            Ok(())
+        } else {
+            Err(meta.error("expected `#[from_state(skip)]` on a field"))
+        }
+    });
+    skipped
+}
+
+/// Hands each option of every `#[from_state(..)]` in `attrs` to `read`,
+/// collecting its errors.
+fn each_option(
+    attrs: &[syn::Attribute],
+    errors: &mut Errors,
+    mut read: impl FnMut(syn::meta::ParseNestedMeta<'_>) -> syn::Result<()>,
+) {
+    for attr in attrs.iter().filter(|a| a.path().is_ident("from_state")) {
+        if let Err(error) = attr.parse_nested_meta(&mut read) {
             errors.push(error);
         }
     }
-    skipped
 }

@@ -33,6 +33,21 @@ macro_rules! job_lock {
     };
 }
 
+/// The `running` CTE: the ids of the jobs that runners seen within `$fresh`
+/// seconds announced as running (what `status` and the gauges leave out
+/// of "ready").
+macro_rules! running_cte {
+    ($fresh:literal) => {
+        concat!(
+            "running AS ( \
+                 SELECT DISTINCT unnest(running) AS id FROM queue_runners \
+                 WHERE last_seen_at > now() - ",
+            $fresh,
+            " * interval '1 second')"
+        )
+    };
+}
+
 mod claims;
 
 pub(crate) use claims::*;
@@ -225,38 +240,43 @@ pub(crate) const PAUSES_CHANGED: &str = "!pauses";
 /// Pauses `queue` (no runner claims its jobs from now on). `false`: it
 /// already was.
 pub(crate) fn pause_queue(conn: &mut PgConnection, queue: &str) -> QueryResult<bool> {
-    #[derive(QueryableByName)]
-    struct Paused {
-        #[diesel(sql_type = BigInt)]
-        paused: i64,
-    }
-    let result: Paused = Statement::new(
-        "WITH paused AS ( \
-             INSERT INTO queue_pauses (queue) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1) \
-         SELECT count(*) AS paused FROM paused, pg_notify('queue_jobs', $2) n",
+    changed(
+        Statement::new(
+            "WITH changed AS ( \
+                 INSERT INTO queue_pauses (queue) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1) \
+             SELECT count(*) AS changed FROM changed, pg_notify('queue_jobs', $2) n",
+        ),
+        conn,
+        queue,
     )
-    .bind::<Text, _>(queue)
-    .bind::<Text, _>(PAUSES_CHANGED)
-    .get_result(conn)?;
-    Ok(result.paused > 0)
 }
 
 /// Resumes `queue`, waking its runners. `false`: it was not paused.
 pub(crate) fn resume_queue(conn: &mut PgConnection, queue: &str) -> QueryResult<bool> {
-    #[derive(QueryableByName)]
-    struct Resumed {
-        #[diesel(sql_type = BigInt)]
-        resumed: i64,
-    }
-    let result: Resumed = Statement::new(
-        "WITH resumed AS (DELETE FROM queue_pauses WHERE queue = $1 RETURNING 1) \
-         SELECT count(*) AS resumed FROM resumed, \
-             pg_notify('queue_jobs', $2) a, pg_notify('queue_jobs', $1) b",
+    changed(
+        Statement::new(
+            "WITH changed AS (DELETE FROM queue_pauses WHERE queue = $1 RETURNING 1) \
+             SELECT count(*) AS changed FROM changed, \
+                 pg_notify('queue_jobs', $2) a, pg_notify('queue_jobs', $1) b",
+        ),
+        conn,
+        queue,
     )
-    .bind::<Text, _>(queue)
-    .bind::<Text, _>(PAUSES_CHANGED)
-    .get_result(conn)?;
-    Ok(result.resumed > 0)
+}
+
+/// Runs a pause or resume of `queue` (binds: the queue, [`PAUSES_CHANGED`]);
+/// whether it changed anything.
+fn changed(statement: Statement<'_>, conn: &mut PgConnection, queue: &str) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Changed {
+        #[diesel(sql_type = BigInt)]
+        changed: i64,
+    }
+    let result: Changed = statement
+        .bind::<Text, _>(queue)
+        .bind::<Text, _>(PAUSES_CHANGED)
+        .get_result(conn)?;
+    Ok(result.changed > 0)
 }
 
 /// The paused queues, with when each was paused.
@@ -590,10 +610,10 @@ pub struct QueueStatus {
 /// Per queue and job type: ready, scheduled, running, failing, dead.
 /// "Running" trusts runners seen within `fresh_secs`.
 pub(crate) fn status(conn: &mut PgConnection, fresh_secs: f64) -> QueryResult<Vec<QueueStatus>> {
-    Statement::new(
-        "WITH running AS ( \
-             SELECT DISTINCT unnest(running) AS id FROM queue_runners \
-             WHERE last_seen_at > now() - $1 * interval '1 second'), \
+    Statement::new(concat!(
+        "WITH ",
+        running_cte!("$1"),
+        ", \
          served AS ( \
              SELECT DISTINCT q.queue, t.job_type FROM queue_runners r, \
                  unnest(r.queues) q(queue), unnest(r.job_types) t(job_type) \
@@ -613,8 +633,8 @@ pub(crate) fn status(conn: &mut PgConnection, fresh_secs: f64) -> QueryResult<Ve
              EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = jobs.queue) AS paused, \
              EXISTS (SELECT 1 FROM served s \
                      WHERE s.queue = jobs.queue AND s.job_type = jobs.job_type) AS served \
-         FROM jobs GROUP BY queue, job_type ORDER BY queue, job_type",
-    )
+         FROM jobs GROUP BY queue, job_type ORDER BY queue, job_type"
+    ))
     .bind::<diesel::sql_types::Double, _>(fresh_secs)
     .load(conn)
 }
@@ -713,17 +733,17 @@ pub(crate) fn queue_depths(
         #[diesel(sql_type = diesel::sql_types::Double)]
         oldest_secs: f64,
     }
-    Ok(Statement::new(
-        "WITH running AS ( \
-             SELECT DISTINCT unnest(running) AS id FROM queue_runners \
-             WHERE last_seen_at > now() - $2 * interval '1 second') \
+    Ok(Statement::new(concat!(
+        "WITH ",
+        running_cte!("$2"),
+        " \
          SELECT q AS queue, count(j.id) AS ready, \
              COALESCE(EXTRACT(EPOCH FROM now() - min(j.run_at)), 0)::float8 AS oldest_secs \
          FROM unnest($1::text[]) AS q \
          LEFT JOIN queue_jobs j ON j.queue = q AND j.dead_at IS NULL AND NOT j.scheduled \
              AND j.id NOT IN (SELECT id FROM running) \
-         GROUP BY q ORDER BY q",
-    )
+         GROUP BY q ORDER BY q"
+    ))
     .bind::<Array<Text>, _>(queues)
     .bind::<diesel::sql_types::Double, _>(fresh_secs)
     .load::<Depth>(conn)?
