@@ -10,7 +10,7 @@ use crate::duration;
 
 /// Every key the attribute accepts, in the order error messages list them.
 pub(crate) const KEYS: &str = "`name`, `queue`, `priority`, `max_attempts`, `backoff`, \
-    `max_backoff`, `timeout`, `transaction`, `crate`";
+    `max_backoff`, `timeout`, `transaction`, `unique`, `crate`";
 
 /// The parsed, validated arguments.
 #[derive(Default)]
@@ -25,6 +25,8 @@ pub(crate) struct Args {
     pub(crate) timeout: Option<(u64, String, Span)>,
     /// The `transaction` flag, with its span for errors.
     pub(crate) transaction: Option<Span>,
+    /// The `unique` flag: at most one job with the same payload waits.
+    pub(crate) unique: bool,
     pub(crate) krate: Option<syn::Path>,
 }
 
@@ -102,6 +104,7 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Args {
     let mut max_backoff = Slot::new("max_backoff");
     let mut timeout = Slot::new("timeout");
     let mut transaction = Slot::new("transaction");
+    let mut unique = Slot::new("unique");
     let mut krate = Slot::new("crate");
 
     for meta in &metas {
@@ -132,6 +135,7 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Args {
                 }),
             ),
             "transaction" => transaction.set(errors, meta, flag(meta)),
+            "unique" => unique.set(errors, meta, flag(meta)),
             "crate" => krate.set(errors, meta, crate_path(meta)),
             _ => errors.spanned(
                 meta.path(),
@@ -149,6 +153,7 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Args {
         max_backoff_micros: max_backoff.value,
         timeout: timeout.value,
         transaction: transaction.value.flatten(),
+        unique: unique.value.flatten().is_some(),
         krate: krate.value,
     }
 }
@@ -262,17 +267,17 @@ fn duration_value(meta: &Meta) -> Result<u64, String> {
 
 /// `transaction` or `transaction = true/false`; `Some(span)` when on.
 fn flag(meta: &Meta) -> Result<Option<Span>, String> {
+    let key = key_of(meta);
+    let expected = || format!("`{key}` is a flag: write `{key}` or `{key} = true`");
     match meta {
         Meta::Path(path) => Ok(Some(syn::spanned::Spanned::span(path))),
         Meta::NameValue(nv) => match &nv.value {
             Expr::Lit(ExprLit {
                 lit: Lit::Bool(b), ..
             }) => Ok(b.value.then_some(b.span)),
-            _ => Err("`transaction` is a flag: write `transaction` or `transaction = true`".into()),
+            _ => Err(expected()),
         },
-        Meta::List(_) => {
-            Err("`transaction` is a flag: write `transaction` or `transaction = true`".into())
-        }
+        Meta::List(_) => Err(expected()),
     }
 }
 

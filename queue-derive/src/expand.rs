@@ -138,6 +138,11 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
     if let Some(queue) = &args.queue {
         consts.push(quote!(const QUEUE: &'static str = #queue;));
     }
+    if args.unique {
+        consts.push(quote!(
+            const UNIQUE: bool = true;
+        ));
+    }
     if let Some(priority) = args.priority {
         consts.push(quote!(const PRIORITY: i16 = #priority;));
     }

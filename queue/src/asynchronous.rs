@@ -40,7 +40,7 @@ use tokio::runtime::{Handle, Runtime};
 
 use crate::connection::JobConnection;
 use crate::errors::{EnqueueError, PerformError, RunnerError};
-use crate::job::{EnqueueOptions, Job, JobId};
+use crate::job::{EnqueueOptions, Enqueued, Job};
 use crate::storage::{self, NewJob};
 
 /// Stores `job` on `conn` (an async connection), to run as soon as a worker
@@ -49,7 +49,7 @@ use crate::storage::{self, NewJob};
 pub async fn enqueue<J: Job + Sync>(
     job: &J,
     conn: &mut AsyncPgConnection,
-) -> Result<JobId, EnqueueError> {
+) -> Result<Enqueued, EnqueueError> {
     enqueue_with(job, conn, &EnqueueOptions::new()).await
 }
 
@@ -58,9 +58,9 @@ pub async fn enqueue_with<J: Job + Sync>(
     job: &J,
     conn: &mut AsyncPgConnection,
     options: &EnqueueOptions,
-) -> Result<JobId, EnqueueError> {
+) -> Result<Enqueued, EnqueueError> {
     let job = NewJob::build(job, options)?;
-    Ok(storage::insert_job_async(conn, &job).await?)
+    Ok(Enqueued::from(storage::insert_job_async(conn, &job).await?))
 }
 
 /// The async jobs' connections.

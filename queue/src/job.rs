@@ -77,6 +77,14 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     /// Which connection [`JobConnection::get`] hands the job. See [`ConnectionMode`].
     const CONNECTION: ConnectionMode = ConnectionMode::Pooled;
 
+    /// Whether at most one job of this type with the same payload waits to
+    /// run (`#[background_job(unique)]`): enqueueing another while one
+    /// waits stores nothing and says so ([`Enqueued::Duplicate`]). A job
+    /// gives its key up when a worker claims it, so one enqueued while the
+    /// first runs is stored and runs after it. [`EnqueueOptions::unique_key`]
+    /// gives a key of the caller's instead.
+    const UNIQUE: bool = false;
+
     /// Whether the body is an `async fn` run on the runner's tokio runtime
     /// (set by `#[background_job]`; the `tokio` feature).
     #[doc(hidden)]
@@ -93,8 +101,10 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     /// run as soon as a worker is free.
     ///
     /// The insert joins whatever transaction `conn` is in: if the caller
-    /// rolls back, the job never existed; workers see it once the caller commits.
-    fn enqueue(&self, conn: &mut PgConnection) -> Result<JobId, EnqueueError> {
+    /// rolls back, the job never existed; workers see it once the caller
+    /// commits. A unique job that has a twin waiting is not stored:
+    /// [`Enqueued::Duplicate`].
+    fn enqueue(&self, conn: &mut PgConnection) -> Result<Enqueued, EnqueueError> {
         self.enqueue_with(conn, &EnqueueOptions::new())
     }
 
@@ -104,9 +114,40 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
         &self,
         conn: &mut PgConnection,
         options: &EnqueueOptions,
-    ) -> Result<JobId, EnqueueError> {
+    ) -> Result<Enqueued, EnqueueError> {
         let job = NewJob::build(self, options)?;
-        Ok(storage::insert_job(conn, &job)?)
+        Ok(Enqueued::from(storage::insert_job(conn, &job)?))
+    }
+}
+
+/// What an enqueue did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The job was stored under this id.
+    Inserted(JobId),
+    /// Nothing was stored: a job with the same unique key is already
+    /// waiting to run (see [`Job::UNIQUE`] and [`EnqueueOptions::unique_key`]).
+    Duplicate,
+}
+
+impl Enqueued {
+    /// The new job's id; `None` for a duplicate.
+    pub fn id(self) -> Option<JobId> {
+        match self {
+            Enqueued::Inserted(id) => Some(id),
+            Enqueued::Duplicate => None,
+        }
+    }
+
+    /// Whether a job was stored.
+    pub fn inserted(self) -> bool {
+        matches!(self, Enqueued::Inserted(_))
+    }
+}
+
+impl From<Option<JobId>> for Enqueued {
+    fn from(id: Option<JobId>) -> Self {
+        id.map_or(Enqueued::Duplicate, Enqueued::Inserted)
     }
 }
 
@@ -125,7 +166,11 @@ pub struct EnqueueOptions {
     pub(crate) queue: Option<String>,
     pub(crate) priority: Option<i16>,
     pub(crate) schedule: Option<Schedule>,
+    pub(crate) unique_key: Option<String>,
 }
+
+/// The longest unique key [`EnqueueOptions::unique_key`] accepts, in bytes.
+pub const MAX_UNIQUE_KEY_BYTES: usize = 512;
 
 impl EnqueueOptions {
     /// The job type's own queue and priority, to run at once.
@@ -148,6 +193,17 @@ impl EnqueueOptions {
     /// Does not run the job before this time.
     pub fn run_at(mut self, at: DateTime<Utc>) -> Self {
         self.schedule = Some(Schedule::At(at));
+        self
+    }
+
+    /// Stores the job only if no job of its type with this key is waiting
+    /// to run (whatever its payload): at most one waits per key, and
+    /// enqueue says [`Enqueued::Duplicate`] otherwise. Keys are per job
+    /// type, at most [`MAX_UNIQUE_KEY_BYTES`] bytes. A claimed job gives its
+    /// key up, so a job enqueued while one with the key runs is stored.
+    /// Race-free: a unique index decides, however many enqueue at once.
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
         self
     }
 
@@ -208,12 +264,26 @@ impl JobBatch {
     }
 
     /// Inserts every job in one statement on `conn`, joining the caller's
-    /// transaction. Returns the ids in the order the jobs were pushed.
-    pub fn enqueue(self, conn: &mut PgConnection) -> Result<Vec<JobId>, EnqueueError> {
+    /// transaction. Returns what happened to each, in the order the jobs
+    /// were pushed: a unique job whose key is already waiting, or was
+    /// pushed earlier in the batch, is a [`Enqueued::Duplicate`].
+    pub fn enqueue(self, conn: &mut PgConnection) -> Result<Vec<Enqueued>, EnqueueError> {
         if self.jobs.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(storage::insert_jobs(conn, &self.jobs)?)
+        // Twins within the batch: the first is inserted (or not), the
+        // rest are duplicates without asking the database.
+        let mut keys = std::collections::HashSet::new();
+        let firsts: Vec<usize> = (0..self.jobs.len())
+            .filter(|&i| self.jobs[i].batch_key().is_none_or(|key| keys.insert(key)))
+            .collect();
+        let to_insert: Vec<&NewJob> = firsts.iter().map(|&i| &self.jobs[i]).collect();
+        let ids = storage::insert_jobs(conn, &to_insert)?;
+        let mut outcomes = vec![Enqueued::Duplicate; self.jobs.len()];
+        for (&i, id) in firsts.iter().zip(ids) {
+            outcomes[i] = Enqueued::from(id);
+        }
+        Ok(outcomes)
     }
 }
 
@@ -238,12 +308,41 @@ impl NewJob {
                 )));
             }
         }
+        if let Some(key) = &options.unique_key {
+            if key.len() > MAX_UNIQUE_KEY_BYTES || key.contains('\0') {
+                return Err(EnqueueError::InvalidOptions(format!(
+                    "a unique key of {} bytes{} is refused; use at most {MAX_UNIQUE_KEY_BYTES} \
+                     bytes without NUL (a hash of a longer key will do)",
+                    key.len(),
+                    if key.contains('\0') {
+                        " with a NUL byte"
+                    } else {
+                        ""
+                    },
+                )));
+            }
+        }
         Ok(NewJob {
             job_type: J::JOB_TYPE,
             queue: queue.to_owned(),
             priority: options.priority.unwrap_or(J::PRIORITY),
             payload,
             schedule: options.schedule,
+            unique_key: options
+                .unique_key
+                .as_ref()
+                .map(|key| format!("{}:{key}", J::JOB_TYPE)),
+            unique_by_payload: J::UNIQUE && options.unique_key.is_none(),
         })
+    }
+
+    /// What makes two unique jobs of one batch twins; `None` for a job
+    /// that is not unique.
+    fn batch_key(&self) -> Option<String> {
+        match &self.unique_key {
+            Some(key) => Some(key.clone()),
+            None if self.unique_by_payload => Some(format!("{}#{}", self.job_type, self.payload)),
+            None => None,
+        }
     }
 }

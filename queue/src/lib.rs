@@ -79,7 +79,9 @@ pub use crate::connection::{ConnectionMode, JobConnection, PgPool};
 pub use crate::errors::{
     AdminError, BoxError, EnqueueError, MigrationError, PerformError, RunnerError,
 };
-pub use crate::job::{EnqueueOptions, Job, JobBatch, JobId, DEFAULT_QUEUE};
+pub use crate::job::{
+    EnqueueOptions, Enqueued, Job, JobBatch, JobId, DEFAULT_QUEUE, MAX_UNIQUE_KEY_BYTES,
+};
 pub use crate::migrate::{migrate, MigrationReport};
 pub use crate::parts::FromState;
 pub use crate::redact::{connection_secrets, redact_connection_string, scrub_secrets};

@@ -19,5 +19,6 @@ diesel::table! {
         scheduled -> Bool,
         suspect -> Bool,
         running_by -> Nullable<Text>,
+        unique_key -> Nullable<Text>,
     }
 }

@@ -63,6 +63,8 @@ fn an_async_job_calls_an_http_endpoint_on_the_runners_runtime() {
     let (port, server) = serve_once();
     let id = fetch(port, "/crates/serde".into())
         .enqueue(&mut db.conn())
+        .unwrap()
+        .id()
         .unwrap();
     let runner = Runner::builder(Responses::default())
         .database_url(db.url())
@@ -155,8 +157,12 @@ async fn panics_while_awaiting() -> Result<(), PerformError> {
 fn an_async_job_is_cancelled_at_its_timeout_and_a_panic_is_a_recorded_failure() {
     let db = TestDb::create();
     let mut conn = db.conn();
-    let slow = too_slow().enqueue(&mut conn).unwrap();
-    let panicking = panics_while_awaiting().enqueue(&mut conn).unwrap();
+    let slow = too_slow().enqueue(&mut conn).unwrap().id().unwrap();
+    let panicking = panics_while_awaiting()
+        .enqueue(&mut conn)
+        .unwrap()
+        .id()
+        .unwrap();
     let runner = Runner::builder(())
         .database_url(db.url())
         .queue("async_fail", 1)
@@ -213,6 +219,8 @@ fn an_async_enqueue_joins_the_callers_transaction() {
                 Ok::<_, BoxError>(asynchronous::enqueue(&welcome(2), conn).await?)
             })
             .await
+            .unwrap()
+            .id()
             .unwrap();
         let listed = skiplock::find_job(&mut PgConnection::establish(&url).unwrap(), id).unwrap();
         assert_eq!(listed.payload["user_id"], 2);
@@ -281,7 +289,11 @@ fn async_jobs_run_on_the_runtime_the_runner_is_given() {
         .enable_all()
         .build()
         .unwrap();
-    let id = where_tasks_run().enqueue(&mut db.conn()).unwrap();
+    let id = where_tasks_run()
+        .enqueue(&mut db.conn())
+        .unwrap()
+        .id()
+        .unwrap();
     let runner = Runner::builder(Mutex::new(Vec::<String>::new()))
         .database_url(db.url())
         .queue("async_handle", 1)

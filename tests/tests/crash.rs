@@ -207,7 +207,7 @@ fn a_job_that_kills_its_worker_is_charged_for_it_and_ends_dead_while_the_rest_dr
     let db = TestDb::create();
     db.execute("CREATE TABLE crash_log (key TEXT NOT NULL, event TEXT NOT NULL, pid INT NOT NULL)");
     let mut conn = db.conn();
-    let killer = KillsItsWorker.enqueue(&mut conn).unwrap();
+    let killer = KillsItsWorker.enqueue(&mut conn).unwrap().id().unwrap();
     let mut batch = JobBatch::new();
     for i in 0..30 {
         batch
@@ -319,6 +319,8 @@ fn an_old_runner_leaves_a_new_job_type_to_the_new_one_during_a_rolling_deploy() 
     let mut conn = db.conn();
     let new_job = only_in_the_new_binary("k".into())
         .enqueue(&mut conn)
+        .unwrap()
+        .id()
         .unwrap();
     Record { key: "old".into() }.enqueue(&mut conn).unwrap();
     // The old binary runs what it knows and leaves the rest untouched.

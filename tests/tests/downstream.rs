@@ -20,7 +20,11 @@ fn a_runner_finds_and_runs_jobs_from_another_crates_modules_without_listing_them
     signup::send_welcome_mail(1).enqueue(&mut conn).unwrap();
     signup::count_signup().enqueue(&mut conn).unwrap();
     images::resize("a.png".into()).enqueue(&mut conn).unwrap();
-    let charge = billing::charge_card(100).enqueue(&mut conn).unwrap();
+    let charge = billing::charge_card(100)
+        .enqueue(&mut conn)
+        .unwrap()
+        .id()
+        .unwrap();
 
     let app = App::new();
     app.crm_calls.store(1, Ordering::SeqCst);

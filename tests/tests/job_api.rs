@@ -80,16 +80,32 @@ fn a_job_returns_the_error_types_rust_users_reach_for_and_keeps_the_chain() {
     let db = TestDb::create();
     let mut conn = db.conn();
     let ids = [
-        with_anyhow().enqueue(&mut conn).unwrap(),
-        with_eyre().enqueue(&mut conn).unwrap(),
-        with_box_dyn_error().enqueue(&mut conn).unwrap(),
-        with_box_error().enqueue(&mut conn).unwrap(),
-        with_query_result().enqueue(&mut conn).unwrap(),
-        with_diesel_error().enqueue(&mut conn).unwrap(),
-        with_own_error().enqueue(&mut conn).unwrap(),
-        with_permanent_error().enqueue(&mut conn).unwrap(),
+        with_anyhow().enqueue(&mut conn).unwrap().id().unwrap(),
+        with_eyre().enqueue(&mut conn).unwrap().id().unwrap(),
+        with_box_dyn_error()
+            .enqueue(&mut conn)
+            .unwrap()
+            .id()
+            .unwrap(),
+        with_box_error().enqueue(&mut conn).unwrap().id().unwrap(),
+        with_query_result()
+            .enqueue(&mut conn)
+            .unwrap()
+            .id()
+            .unwrap(),
+        with_diesel_error()
+            .enqueue(&mut conn)
+            .unwrap()
+            .id()
+            .unwrap(),
+        with_own_error().enqueue(&mut conn).unwrap().id().unwrap(),
+        with_permanent_error()
+            .enqueue(&mut conn)
+            .unwrap()
+            .id()
+            .unwrap(),
     ];
-    let done = cannot_fail().enqueue(&mut conn).unwrap();
+    let done = cannot_fail().enqueue(&mut conn).unwrap().id().unwrap();
     let runner = Runner::builder(())
         .database_url(db.url())
         .queue("errors", 1)
@@ -248,6 +264,8 @@ fn a_job_without_a_context_runs_on_a_runner_of_any_state() {
             &mut db.conn(),
             &skiplock::EnqueueOptions::new().queue("anywhere"),
         )
+        .unwrap()
+        .id()
         .unwrap();
     let runner = Runner::builder(42_u64)
         .database_url(db.url())
@@ -300,6 +318,8 @@ fn a_runner_refuses_a_job_whose_part_its_state_does_not_give() {
             &mut db.conn(),
             &skiplock::EnqueueOptions::new().queue("parts"),
         )
+        .unwrap()
+        .id()
         .unwrap();
     let runner = Runner::builder(AppState::default())
         .database_url(db.url())
@@ -343,12 +363,14 @@ fn needs_database(conn: &mut PgConnection) -> QueryResult<()> {
 fn run_all_skips_delays_and_backoffs_forward_where_run_pending_leaves_them() {
     let db = TestDb::create();
     let mut conn = db.conn();
-    let id = flaky("a".into()).enqueue(&mut conn).unwrap();
+    let id = flaky("a".into()).enqueue(&mut conn).unwrap().id().unwrap();
     let delayed = flaky("later".into())
         .enqueue_with(
             &mut conn,
             &skiplock::EnqueueOptions::new().delay(std::time::Duration::from_secs(3600)),
         )
+        .unwrap()
+        .id()
         .unwrap();
     let runner = Runner::builder(Flaky::default())
         .database_url(db.url())

@@ -78,8 +78,8 @@ test_job!(
 fn a_job_held_by_one_worker_is_skipped_by_another() {
     let db = TestDb::create();
     let mut conn = db.conn();
-    let first = Meet { n: 1 }.enqueue(&mut conn).unwrap();
-    let second = Meet { n: 2 }.enqueue(&mut conn).unwrap();
+    let first = Meet { n: 1 }.enqueue(&mut conn).unwrap().id().unwrap();
+    let second = Meet { n: 2 }.enqueue(&mut conn).unwrap().id().unwrap();
     // Both jobs must be running at once to meet: the worker that does not
     // hold the first job's lock must skip it and claim the second. (One job
     // per claim, so the first worker cannot take both.)
@@ -123,7 +123,11 @@ fn the_callers_rollback_removes_the_enqueued_job() {
     assert!(rolled_back.is_err());
     assert_eq!(db.count_jobs("true"), 0);
 
-    let id = conn.transaction(|conn| Noop.enqueue(conn)).unwrap();
+    let id = conn
+        .transaction(|conn| Noop.enqueue(conn))
+        .unwrap()
+        .id()
+        .unwrap();
     assert_eq!(
         db.count_jobs(&format!("id = {id} AND job_type = 'noop'")),
         1
@@ -160,7 +164,7 @@ test_job!(
 #[test]
 fn a_failed_job_is_not_rerun_before_its_backoff_and_is_rerun_after_it() {
     let db = TestDb::create();
-    let id = FailOnce.enqueue(&mut db.conn()).unwrap();
+    let id = FailOnce.enqueue(&mut db.conn()).unwrap().id().unwrap();
     let attempts = Arc::new(Attempts::default());
     let runner = runner(&db, Arc::clone(&attempts), &[("backoff", 1)]);
     let summary = runner.run_pending().unwrap();
@@ -268,7 +272,7 @@ fn a_panicking_job_is_recorded_as_failed_and_other_jobs_keep_running() {
     let db = TestDb::create();
     let mut conn = db.conn();
     Tally.enqueue(&mut conn).unwrap();
-    let panicked = Panicker.enqueue(&mut conn).unwrap();
+    let panicked = Panicker.enqueue(&mut conn).unwrap().id().unwrap();
     for _ in 0..4 {
         Tally.enqueue(&mut conn).unwrap();
     }
@@ -309,7 +313,7 @@ fn malformed_payloads_are_recorded_failures_and_unknown_types_wait_untouched() {
          ('no_such_job', 'bad_rows', '{}'), \
          ('typed', 'bad_rows', '{\"count\": \"three\"}')",
     );
-    let good = Typed { count: 3 }.enqueue(&mut conn).unwrap();
+    let good = Typed { count: 3 }.enqueue(&mut conn).unwrap().id().unwrap();
     let summary = runner(&db, (), &[("bad_rows", 1)]).run_pending().unwrap();
     assert_eq!(summary.succeeded, vec![good]);
     assert_eq!(summary.failed.len(), 1);
@@ -378,8 +382,8 @@ test_job!(
 fn max_attempts_and_permanent_errors_make_jobs_dead_and_operators_retry_or_discard_them() {
     let db = TestDb::create();
     let mut conn = db.conn();
-    let strikes = TwoStrikes.enqueue(&mut conn).unwrap();
-    let hopeless = Hopeless.enqueue(&mut conn).unwrap();
+    let strikes = TwoStrikes.enqueue(&mut conn).unwrap().id().unwrap();
+    let hopeless = Hopeless.enqueue(&mut conn).unwrap().id().unwrap();
     let runner = runner(&db, AtomicBool::new(false), &[("dead", 1)]);
 
     let first = runner.run_pending().unwrap();
@@ -481,7 +485,7 @@ test_job!(
 fn operators_cannot_retry_or_discard_a_running_job() {
     let db = TestDb::create();
     let mut conn = db.conn();
-    let id = Blocker.enqueue(&mut conn).unwrap();
+    let id = Blocker.enqueue(&mut conn).unwrap().id().unwrap();
     let (handshake, started, release) = Handshake::new();
     let running = runner(&db, handshake, &[("admin_running", 1)]).start();
     started.recv_timeout(PATIENCE).unwrap();
@@ -638,8 +642,10 @@ fn a_job_writing_in_its_own_transaction_leaves_nothing_behind_when_it_fails() {
     TxWrite(write("tx-ok", false)).enqueue(&mut conn).unwrap();
     let tx_failed = TxWrite(write("tx-failed", true))
         .enqueue(&mut conn)
+        .unwrap()
+        .id()
         .unwrap();
-    let panicked = TxPanic.enqueue(&mut conn).unwrap();
+    let panicked = TxPanic.enqueue(&mut conn).unwrap().id().unwrap();
     // The contrast: on its own connection, a write stays even if the job fails.
     PooledWrite(write("pooled-failed", true))
         .enqueue(&mut conn)
@@ -694,7 +700,12 @@ fn a_batch_is_inserted_in_one_statement_with_each_jobs_options() {
             &EnqueueOptions::new().delay(Duration::from_secs(3600)),
         )
         .unwrap();
-    let ids = conn.transaction(|conn| batch.enqueue(conn)).unwrap();
+    let ids: Vec<JobId> = conn
+        .transaction(|conn| batch.enqueue(conn))
+        .unwrap()
+        .into_iter()
+        .map(|enqueued| enqueued.id().expect("not unique: always stored"))
+        .collect();
     assert_eq!(ids.len(), 3);
     assert!(ids.windows(2).all(|w| w[0] < w[1]));
 
@@ -815,11 +826,11 @@ test_job!(
 fn shutdown_stops_claiming_and_lets_the_running_job_finish() {
     let db = TestDb::create();
     let mut conn = db.conn();
-    let first = Slow.enqueue(&mut conn).unwrap();
+    let first = Slow.enqueue(&mut conn).unwrap().id().unwrap();
     let (handshake, started, release) = Handshake::new();
     let running = runner(&db, handshake, &[("shutdown", 1)]).start();
     started.recv_timeout(PATIENCE).unwrap();
-    let second = Slow.enqueue(&mut conn).unwrap();
+    let second = Slow.enqueue(&mut conn).unwrap().id().unwrap();
 
     let stopper = std::thread::spawn(move || running.shutdown(PATIENCE));
     // The runner waits for the running job, then stops without claiming more.
@@ -863,7 +874,7 @@ fn migrate_is_idempotent_and_records_the_schema_version() {
     let mut conn = db.conn();
     let again = skiplock::migrate(&mut conn).unwrap();
     assert!(again.applied.is_empty());
-    assert_eq!(again.current_version, "20261127000006");
+    assert_eq!(again.current_version, "20261127000007");
     let versions = count(
         &mut conn,
         "SELECT count(*) AS n FROM queue_schema_migrations",
@@ -894,7 +905,7 @@ fn migrate_upgrades_a_live_table_of_the_first_schema_in_place() {
             "20261126000003",
             "20261127000004",
             "20261127000005",
-            "20261127000006"
+            "20261127000007"
         ]
     );
     assert_eq!(
@@ -1107,7 +1118,7 @@ test_job!(
 #[test]
 fn runners_announce_themselves_with_their_running_jobs_and_retire_on_shutdown() {
     let db = TestDb::create();
-    let id = Announced.enqueue(&mut db.conn()).unwrap();
+    let id = Announced.enqueue(&mut db.conn()).unwrap().id().unwrap();
     let (handshake, started, release) = Handshake::new();
     let running = runner(&db, handshake, &[("announce", 1)]).start();
     started.recv_timeout(PATIENCE).unwrap();

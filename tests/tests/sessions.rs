@@ -162,7 +162,7 @@ fn server_wide_timeouts_end_none_of_the_runners_own_sessions() {
     let listener = backend_named(&db, "skiplock listener");
     // Every session of the runner idles past the timeouts before the job.
     std::thread::sleep(Duration::from_millis(1_500));
-    let id = Long.enqueue(&mut db.conn()).unwrap();
+    let id = Long.enqueue(&mut db.conn()).unwrap().id().unwrap();
     wait_until("the long job completed", PATIENCE, || {
         db.count_jobs("true") == 0
     });
@@ -204,7 +204,7 @@ test_job!(
 #[test]
 fn a_free_job_that_a_dead_worker_was_running_counts_as_a_failed_attempt() {
     let db = TestDb::create();
-    let id = Charged.enqueue(&mut db.conn()).unwrap();
+    let id = Charged.enqueue(&mut db.conn()).unwrap().id().unwrap();
     // What a worker that died in a careful run leaves behind.
     let dead_worker = "UPDATE queue_jobs SET running_by = 'host gone, pid 4242'";
     db.execute(dead_worker);
@@ -280,7 +280,7 @@ test_job!(
 fn a_job_abandoned_by_a_dead_worker_runs_with_its_runner_recorded_and_completes_at_once() {
     let db = TestDb::create();
     let mut conn = db.conn();
-    let abandoned = Careful(1).enqueue(&mut conn).unwrap();
+    let abandoned = Careful(1).enqueue(&mut conn).unwrap().id().unwrap();
     Careful(2).enqueue(&mut conn).unwrap();
     // What a worker that died holding job 1 leaves behind: its last claim,
     // under a session number nobody holds any more.

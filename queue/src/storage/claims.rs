@@ -100,6 +100,11 @@ pub(crate) struct ClaimedJob {
 /// later one reads the locked rows again in its own snapshot, and those no
 /// longer ready are let go instead of run again: all in one round trip.
 ///
+/// A claimed unique job gives its key up (see [`crate::Job::UNIQUE`]), in the
+/// claim's own transaction: an identical job enqueued from now on is stored
+/// and runs after this one. A job released unstarted does not take its key
+/// back (an enqueue meanwhile has stored its twin).
+///
 /// `completed`: the previous batch's completions, committed (and every lock
 /// of the session released) first, in the same round trip.
 #[allow(clippy::too_many_arguments)]
@@ -138,7 +143,8 @@ pub(crate) fn claim_jobs(
             concat!(
                 "WITH locked AS MATERIALIZED ( \
                      SELECT c.* FROM ( \
-                         SELECT id, job_type, payload, attempts, suspect, running_by \
+                         SELECT id, job_type, payload, attempts, suspect, running_by, \
+                                unique_key IS NOT NULL AS keyed \
                          FROM queue_jobs \
                          WHERE queue = $1 AND dead_at IS NULL AND NOT scheduled \
                            AND id <> ALL ($3::int8[]) \
@@ -153,7 +159,10 @@ pub(crate) fn claim_jobs(
                  recorded AS ( \
                      INSERT INTO queue_claims (holder, jobs) \
                      SELECT $4::int4, COALESCE(array_agg(id), '{}') FROM locked \
-                     ON CONFLICT (holder) DO UPDATE SET jobs = EXCLUDED.jobs, claimed_at = now()) \
+                     ON CONFLICT (holder) DO UPDATE SET jobs = EXCLUDED.jobs, claimed_at = now()), \
+                 unkeyed AS ( \
+                     UPDATE queue_jobs SET unique_key = NULL \
+                     WHERE id IN (SELECT id FROM locked WHERE keyed)) \
                  SELECT id, job_type, payload::text, attempts, suspect, running_by \
                  FROM locked, \
                       set_config('synchronous_commit', 'off', true) d"

@@ -81,6 +81,30 @@ pub(crate) struct NewJob {
     pub(crate) priority: i16,
     pub(crate) payload: serde_json::Value,
     pub(crate) schedule: Option<Schedule>,
+    /// The caller's unique key, prefixed with the job type.
+    pub(crate) unique_key: Option<String>,
+    /// Unique by job type and payload (the key is made from them in SQL).
+    pub(crate) unique_by_payload: bool,
+}
+
+/// The unique key of a row to insert: the caller's (`$7`), or the job
+/// type and a hash of the payload when unique by payload (`$8`), as SQL
+/// over the insert's binds. `jsonb` text is canonical, so equal payloads
+/// make equal keys.
+macro_rules! unique_key {
+    ($key:literal, $by_payload:literal, $job_type:literal, $payload:literal) => {
+        concat!(
+            "COALESCE(",
+            $key,
+            ", CASE WHEN ",
+            $by_payload,
+            " THEN ",
+            $job_type,
+            " || '#' || md5(",
+            $payload,
+            "::text) END)"
+        )
+    };
 }
 
 fn interval(duration: Duration) -> PgInterval {
@@ -103,11 +127,12 @@ struct InsertedId {
     id: i64,
 }
 
-/// Inserts one job and returns its id. A job ready now also wakes the
-/// runners listening on its queue, when the caller commits.
-pub(crate) fn insert_job(conn: &mut PgConnection, job: &NewJob) -> QueryResult<JobId> {
-    let inserted: InsertedId = insert_statement(job).get_result(conn)?;
-    Ok(JobId(inserted.id))
+/// Inserts one job and returns its id; `None` when it is unique and its
+/// key is taken. A job ready now also wakes the runners listening on its
+/// queue, when the caller commits.
+pub(crate) fn insert_job(conn: &mut PgConnection, job: &NewJob) -> QueryResult<Option<JobId>> {
+    let inserted: Vec<InsertedId> = insert_statement(job).load(conn)?;
+    Ok(inserted.first().map(|row| JobId(row.id)))
 }
 
 /// [`insert_job`] on an async connection.
@@ -115,22 +140,26 @@ pub(crate) fn insert_job(conn: &mut PgConnection, job: &NewJob) -> QueryResult<J
 pub(crate) async fn insert_job_async(
     conn: &mut diesel_async::AsyncPgConnection,
     job: &NewJob,
-) -> QueryResult<JobId> {
-    let inserted: InsertedId =
-        diesel_async::RunQueryDsl::get_result(insert_statement(job), conn).await?;
-    Ok(JobId(inserted.id))
+) -> QueryResult<Option<JobId>> {
+    let inserted: Vec<InsertedId> =
+        diesel_async::RunQueryDsl::load(insert_statement(job), conn).await?;
+    Ok(inserted.first().map(|row| JobId(row.id)))
 }
 
 fn insert_statement(job: &NewJob) -> Statement<'_> {
     let (run_at, delay_us) = schedule_binds(job.schedule);
     Statement::new(
-        "WITH job AS ( \
-             INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled) \
-             SELECT $1, $2, $3, $4, s.run_at, s.run_at > now() \
-             FROM (SELECT COALESCE($5, now() + COALESCE($6, 0) * interval '1 microsecond') AS run_at) s \
-             RETURNING id, queue, scheduled) \
-         SELECT job.id FROM job \
-         LEFT JOIN LATERAL (SELECT pg_notify('queue_jobs', job.queue) WHERE NOT job.scheduled) n ON true",
+        concat!(
+            "WITH job AS ( \
+                 INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled, unique_key) \
+                 SELECT $1, $2, $3, $4, s.run_at, s.run_at > now(), ",
+            unique_key!("$7", "$8", "$1", "$4"),
+            " FROM (SELECT COALESCE($5, now() + COALESCE($6, 0) * interval '1 microsecond') AS run_at) s \
+                 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING \
+                 RETURNING id, queue, scheduled) \
+             SELECT job.id FROM job \
+             LEFT JOIN LATERAL (SELECT pg_notify('queue_jobs', job.queue) WHERE NOT job.scheduled) n ON true"
+        ),
     )
     .bind::<Text, _>(job.job_type)
     .bind::<Text, _>(&job.queue)
@@ -138,43 +167,91 @@ fn insert_statement(job: &NewJob) -> Statement<'_> {
     .bind::<Jsonb, _>(&job.payload)
     .bind::<Nullable<Timestamptz>, _>(run_at)
     .bind::<Nullable<BigInt>, _>(delay_us)
+    .bind::<Nullable<Text>, _>(job.unique_key.as_deref())
+    .bind::<diesel::sql_types::Bool, _>(job.unique_by_payload)
 }
 
 /// Inserts many jobs with one statement (a fixed number of array binds,
 /// whatever the batch size), waking each queue with ready jobs once.
-/// Returns the ids in input order.
-pub(crate) fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> QueryResult<Vec<JobId>> {
+/// Returns the ids in input order; `None` for a unique job whose key is
+/// taken. The jobs' unique keys must differ from each other.
+pub(crate) fn insert_jobs(
+    conn: &mut PgConnection,
+    jobs: &[&NewJob],
+) -> QueryResult<Vec<Option<JobId>>> {
+    #[derive(QueryableByName)]
+    struct Inserted {
+        /// The input position of a unique job (inserted or not); `None`
+        /// for the others, which are all inserted, in input order.
+        #[diesel(sql_type = Nullable<BigInt>)]
+        ord: Option<i64>,
+        #[diesel(sql_type = Nullable<Int8>)]
+        id: Option<i64>,
+    }
     let (run_at, delay_us): (Vec<_>, Vec<_>) =
         jobs.iter().map(|job| schedule_binds(job.schedule)).unzip();
-    let mut ids: Vec<i64> = Statement::new(
-        "WITH jobs AS ( \
-             INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled) \
-             SELECT t.job_type, t.queue, t.priority, t.payload, t.run_at, t.run_at > now() \
-             FROM ( \
-                 SELECT u.*, COALESCE(u.at, now() + COALESCE(u.delay_us, 0) * interval '1 microsecond') AS run_at \
-                 FROM unnest($1::text[], $2::text[], $3::int2[], $4::jsonb[], $5::timestamptz[], $6::int8[]) \
-                     WITH ORDINALITY AS u(job_type, queue, priority, payload, at, delay_us, ord) \
-             ) t \
-             ORDER BY t.ord \
-             RETURNING id, queue, scheduled), \
+    let rows: Vec<Inserted> = Statement::new(concat!(
+        "WITH t AS MATERIALIZED ( \
+             SELECT u.*, \
+                    COALESCE(u.at, now() + COALESCE(u.delay_us, 0) * interval '1 microsecond') AS run_at, ",
+        unique_key!("u.key", "u.by_payload", "u.job_type", "u.payload"),
+        " AS unique_key \
+             FROM unnest($1::text[], $2::text[], $3::int2[], $4::jsonb[], $5::timestamptz[], \
+                         $6::int8[], $7::text[], $8::bool[]) \
+                 WITH ORDINALITY AS u(job_type, queue, priority, payload, at, delay_us, key, by_payload, ord)), \
+         jobs AS ( \
+             INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled, unique_key) \
+             SELECT t.job_type, t.queue, t.priority, t.payload, t.run_at, t.run_at > now(), t.unique_key \
+             FROM t ORDER BY t.ord \
+             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING \
+             RETURNING id, queue, scheduled, unique_key), \
          woken AS ( \
              SELECT pg_notify('queue_jobs', q.queue) \
              FROM (SELECT DISTINCT queue FROM jobs WHERE NOT scheduled) q) \
-         SELECT jobs.id FROM jobs, (SELECT count(*) FROM woken) w",
-    )
+         SELECT r.ord, r.id FROM ( \
+             SELECT t.ord, jobs.id FROM t LEFT JOIN jobs ON jobs.unique_key = t.unique_key \
+             WHERE t.unique_key IS NOT NULL \
+             UNION ALL \
+             SELECT NULL, jobs.id FROM jobs WHERE jobs.unique_key IS NULL) r, \
+         (SELECT count(*) FROM woken) w"
+    ))
     .bind::<Array<Text>, _>(jobs.iter().map(|j| j.job_type).collect::<Vec<_>>())
     .bind::<Array<Text>, _>(jobs.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
     .bind::<Array<SmallInt>, _>(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
     .bind::<Array<Jsonb>, _>(jobs.iter().map(|j| &j.payload).collect::<Vec<_>>())
     .bind::<Array<Nullable<Timestamptz>>, _>(run_at)
     .bind::<Array<Nullable<BigInt>>, _>(delay_us)
-    .load::<InsertedId>(conn)?
-    .into_iter()
-    .map(|row| row.id)
-    .collect();
+    .bind::<Array<Nullable<Text>>, _>(
+        jobs.iter()
+            .map(|j| j.unique_key.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<diesel::sql_types::Bool>, _>(
+        jobs.iter().map(|j| j.unique_by_payload).collect::<Vec<_>>(),
+    )
+    .load(conn)?;
+    let mut ids = vec![None; jobs.len()];
     // Rows are inserted in ORDER BY order, so their serial ids ascend with it.
-    ids.sort_unstable();
-    Ok(ids.into_iter().map(JobId).collect())
+    let mut plain: Vec<i64> = Vec::with_capacity(jobs.len());
+    for row in rows {
+        match (row.ord, row.id) {
+            (Some(ord), id) => {
+                let position = usize::try_from(ord - 1).expect("ordinality starts at 1");
+                ids[position] = id.map(JobId);
+            }
+            (None, Some(id)) => plain.push(id),
+            (None, None) => {}
+        }
+    }
+    plain.sort_unstable();
+    let unkeyed = jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, job)| job.unique_key.is_none() && !job.unique_by_payload);
+    for ((position, _), id) in unkeyed.zip(plain) {
+        ids[position] = Some(JobId(id));
+    }
+    Ok(ids)
 }
 
 /// Makes due scheduled jobs ready (at most `limit`), waking their queues.

@@ -12,7 +12,11 @@ fn main() {
         .expect("usage: demo-enqueue DATABASE_URL IMAGE...");
     let mut conn = PgConnection::establish(&url).expect("connect");
     for image in args {
-        let id = resize(image).enqueue(&mut conn).expect("enqueue");
+        let id = resize(image)
+            .enqueue(&mut conn)
+            .expect("enqueue")
+            .id()
+            .expect("stored");
         println!("{id}");
     }
 }
