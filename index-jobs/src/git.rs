@@ -229,10 +229,15 @@ impl IndexRepo {
         Ok(())
     }
 
-    /// Commits the file at `path` (relative to the root) on the branch.
+    /// Commits the file at `path` (relative to the root) on the branch, or
+    /// its removal when the working tree no longer has it.
     pub(crate) fn commit(&self, path: &Path, message: &str) -> Result<git2::Oid, git2::Error> {
         let mut index = self.repo.index()?;
-        index.add_path(path)?;
+        if self.workdir().join(path).exists() {
+            index.add_path(path)?;
+        } else {
+            index.remove_path(path)?;
+        }
         index.write()?;
         let tree = self.repo.find_tree(index.write_tree()?)?;
         let parent = self.repo.head()?.peel_to_commit()?;

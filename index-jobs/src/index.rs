@@ -9,10 +9,13 @@ use std::sync::{Mutex, PoisonError};
 use serde_json::Value;
 use tracing::{info, warn};
 
+use diesel::PgConnection;
+
 use crate::git::{IndexRepo, Pushed, RepoConfig};
 use crate::model::{IndexConfig, IndexVersion};
 use crate::path::crate_path;
-use crate::validate::{self, InvalidInput};
+use crate::records::RegistryRecords;
+use crate::validate::{self, cargo_key, InvalidInput};
 
 /// Why a change could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -43,14 +46,37 @@ pub enum IndexError {
         /// The version.
         version: String,
     },
-    /// The crate exists under the same name with other letter case.
-    #[error("the index already has this crate as `{existing}`; publish it under that exact name, not `{given}`")]
-    NameCase {
+    /// The crate exists under a name cargo takes for the same one (other
+    /// letter case, `-` for `_`).
+    #[error(
+        "the index already has this crate as `{existing}`, which cargo takes for the same name \
+         as `{given}` (names compare case-insensitively, `-` equal to `_`); use `{existing}`"
+    )]
+    NameSpelling {
         /// The name in the index.
         existing: String,
         /// The name given.
         given: String,
     },
+    /// The registry's records for the crate are not a valid crate file.
+    #[error("the registry's records for `{name}` cannot be written to the index: {problem}")]
+    InvalidRecords {
+        /// The crate.
+        name: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Reading the registry's records failed (the job is retried).
+    #[error("cannot read the registry's records of `{name}`: {error}")]
+    Records {
+        /// The crate.
+        name: String,
+        /// The error, as the registry gave it.
+        error: String,
+    },
+    /// The index was opened without registry records.
+    #[error("this index has no registry records to sync from; give it some with `Index::records`")]
+    NoRecords,
     /// A line already in the index is not a valid entry.
     #[error("line {line} of `{path}` in the index is not a valid index entry ({error}); fix the index by hand")]
     CorruptLine {
@@ -94,7 +120,9 @@ impl IndexError {
                 | IndexError::UnknownCrate(_)
                 | IndexError::UnknownVersion { .. }
                 | IndexError::VersionConflict { .. }
-                | IndexError::NameCase { .. }
+                | IndexError::NameSpelling { .. }
+                | IndexError::InvalidRecords { .. }
+                | IndexError::NoRecords
         )
     }
 }
@@ -113,6 +141,14 @@ pub enum Change {
         /// Yanked or not.
         yanked: bool,
     },
+    /// The crate's file lists exactly these versions, in this order (none:
+    /// the crate has no file). What [`sync_crate`](crate::sync_crate) writes.
+    Replace {
+        /// The crate.
+        name: String,
+        /// Its versions, as the registry's records say.
+        versions: Vec<IndexVersion>,
+    },
 }
 
 impl Change {
@@ -124,27 +160,19 @@ impl Change {
                 validate::crate_name(name, "crate name")?;
                 validate::version(version).map(drop)
             }
+            Change::Replace { name, versions } => {
+                validate::crate_name(name, "crate name")?;
+                versions
+                    .iter()
+                    .try_for_each(|v| validate::index_version(v).map(drop))
+            }
         }
     }
 
-    fn commit_message(&self) -> String {
-        match self {
-            Change::Add(v) => format!("Updating crate `{}#{}`", v.name, v.vers),
-            Change::SetYanked {
-                name,
-                version,
-                yanked: true,
-            } => format!("Yanking crate `{name}#{version}`"),
-            Change::SetYanked {
-                name,
-                version,
-                yanked: false,
-            } => format!("Unyanking crate `{name}#{version}`"),
-        }
-    }
-
-    /// Edits the working tree; `None` when it is already in the wanted state.
-    fn apply_to(&self, root: &Path) -> Result<Option<PathBuf>, IndexError> {
+    /// Edits the working tree; `None` when it is already in the wanted
+    /// state. Returns the file and the commit message (with the crate's
+    /// name as the index spells it).
+    fn apply_to(&self, root: &Path) -> Result<Option<(PathBuf, String)>, IndexError> {
         match self {
             Change::Add(new) => add_version(root, new),
             Change::SetYanked {
@@ -152,6 +180,7 @@ impl Change {
                 version,
                 yanked,
             } => set_yanked(root, name, version, *yanked),
+            Change::Replace { name, versions } => replace(root, name, versions),
         }
     }
 }
@@ -173,12 +202,15 @@ pub enum Outcome {
 /// Called after the local commit and before each push (see [`Index::before_push`]).
 pub type PushHook = Box<dyn Fn() + Send + Sync>;
 
-/// The index the jobs maintain: a working clone of the upstream. This is
-/// the context of the index jobs' runner.
+/// The index the jobs maintain: a working clone of the upstream (and, if
+/// asked, a sparse index directory served over HTTP). This is the context
+/// of the index jobs' runner.
 pub struct Index {
     repo: Mutex<IndexRepo>,
     max_push_attempts: u32,
     before_push: Option<PushHook>,
+    records: Option<Box<dyn RegistryRecords>>,
+    sparse: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Index {
@@ -198,7 +230,68 @@ impl Index {
             repo: Mutex::new(repo),
             max_push_attempts: 5,
             before_push: None,
+            records: None,
+            sparse: None,
         })
+    }
+
+    /// Where [`sync_crate`](crate::sync_crate) reads what the index should
+    /// say: the registry's own records.
+    pub fn records(mut self, records: impl RegistryRecords) -> Self {
+        self.records = Some(Box::new(records));
+        self
+    }
+
+    /// Also keeps a sparse index (cargo's `sparse+https://` protocol) in
+    /// `dir`: the same files as the git index, and `config.json`, for a web
+    /// server to serve as static files. Each job writes a crate's file there
+    /// once the upstream has it (atomically: a reader sees the old file or
+    /// the new one), and again on every later job of the crate, so a write
+    /// that failed is repaired by the retry.
+    pub fn sparse_dir(mut self, dir: impl Into<PathBuf>) -> Result<Self, IndexError> {
+        let dir = dir.into();
+        let repo = self.repo.lock().unwrap_or_else(PoisonError::into_inner);
+        mirror_file(repo.workdir(), &dir, Path::new("config.json"))?;
+        drop(repo);
+        self.sparse = Some(dir);
+        Ok(self)
+    }
+
+    /// Brings the crate's file in the index to exactly what the registry's
+    /// records say (see [`sync_crate`](crate::sync_crate)).
+    pub fn sync_crate(&self, conn: &mut PgConnection, name: &str) -> Result<Outcome, IndexError> {
+        validate::crate_name(name, "crate name")?;
+        let records = self.records.as_ref().ok_or(IndexError::NoRecords)?;
+        let versions = records
+            .versions(conn, name)
+            .map_err(|error| IndexError::Records {
+                name: name.to_owned(),
+                error: error.to_string(),
+            })?;
+        self.apply(&Change::Replace {
+            name: name.to_owned(),
+            versions,
+        })
+    }
+
+    /// The sparse copy of the file `change` is about, as the working tree has it.
+    fn mirror(&self, root: &Path, change: &Change) -> Result<(), IndexError> {
+        let name = match change {
+            Change::Add(version) => &version.name,
+            Change::SetYanked { name, .. } => name,
+            Change::Replace { name, versions } => versions.first().map_or(name, |v| &v.name),
+        };
+        self.mirror_path(root, &crate_path(name)?)
+    }
+
+    fn mirror_path(&self, root: &Path, path: &Path) -> Result<(), IndexError> {
+        match &self.sparse {
+            Some(sparse) => {
+                mirror_file(root, sparse, Path::new("config.json"))?;
+                mirror_file(root, sparse, path)
+            }
+            None => Ok(()),
+        }
     }
 
     /// How many pushes one change tries before the job fails and the
@@ -225,17 +318,19 @@ impl Index {
         let mut last_rejection = String::new();
         for attempt in 1..=self.max_push_attempts {
             repo.sync()?;
-            let Some(path) = change.apply_to(repo.workdir())? else {
+            let Some((path, message)) = change.apply_to(repo.workdir())? else {
                 info!("index already up to date; nothing to commit");
+                self.mirror(repo.workdir(), change)?;
                 return Ok(Outcome::Unchanged);
             };
-            let commit = repo.commit(&path, &change.commit_message())?;
+            let commit = repo.commit(&path, &message)?;
             if let Some(hook) = &self.before_push {
                 hook();
             }
             match repo.push()? {
                 Pushed::Accepted => {
-                    info!(%commit, attempt, message = %change.commit_message(), "index updated");
+                    info!(%commit, attempt, %message, "index updated");
+                    self.mirror_path(repo.workdir(), &path)?;
                     return Ok(Outcome::Committed {
                         commit: commit.to_string(),
                         push_attempts: attempt,
@@ -273,16 +368,12 @@ fn read_lines(root: &Path, path: &Path) -> Result<Option<Vec<String>>, IndexErro
 
 fn write_lines(root: &Path, path: &Path, lines: &[String]) -> Result<(), IndexError> {
     let full = root.join(path);
-    let io_error = |source| IndexError::Io {
-        path: path.display().to_string(),
-        source,
-    };
     if let Some(dir) = full.parent() {
-        fs::create_dir_all(dir).map_err(io_error)?;
+        fs::create_dir_all(dir).map_err(io_error(path))?;
     }
     let mut text = lines.join("\n");
     text.push('\n');
-    fs::write(&full, text).map_err(io_error)
+    fs::write(&full, text).map_err(io_error(path))
 }
 
 /// Each line parsed as a JSON object, with its name and version.
@@ -325,18 +416,171 @@ fn without_yanked(mut value: Value) -> Value {
     value
 }
 
-fn add_version(root: &Path, new: &IndexVersion) -> Result<Option<PathBuf>, IndexError> {
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> IndexError + '_ {
+    move |source| IndexError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Makes `to/path` a copy of `from/path` (or removes it when `from` has
+/// none), through a rename so readers never see half a file.
+fn mirror_file(from: &Path, to: &Path, path: &Path) -> Result<(), IndexError> {
+    let target = to.join(path);
+    match fs::read(from.join(path)) {
+        Ok(content) => {
+            if fs::read(&target).is_ok_and(|old| old == content) {
+                return Ok(());
+            }
+            let dir = target.parent().unwrap_or(to);
+            fs::create_dir_all(dir).map_err(io_error(path))?;
+            let temporary = dir.join(format!(
+                ".{}.{}.tmp",
+                path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+                std::process::id()
+            ));
+            fs::write(&temporary, &content).map_err(io_error(path))?;
+            fs::rename(&temporary, &target).map_err(io_error(path))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::remove_file(&target) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(path)(e)),
+            _ => Ok(()),
+        },
+        Err(e) => Err(io_error(path)(e)),
+    }
+}
+
+/// The crates in the index that cargo takes for `name` (other case, `-`
+/// for `_`): their files and names as their first lines spell them. The
+/// file of a name lives under directories named after its first letters,
+/// so only the few directories those letters' spellings name are read.
+fn spellings(root: &Path, name: &str) -> Result<Vec<(PathBuf, String)>, IndexError> {
+    let key = cargo_key(name);
+    let variants = |part: &str| -> Vec<String> {
+        part.chars().fold(vec![String::new()], |acc, c| {
+            let options: &[char] = if c == '-' { &['-', '_'] } else { &[c] };
+            acc.iter()
+                .flat_map(|prefix| options.iter().map(move |o| format!("{prefix}{o}")))
+                .collect()
+        })
+    };
+    let dirs: Vec<PathBuf> = match key.len() {
+        1 => vec![PathBuf::from("1")],
+        2 => vec![PathBuf::from("2")],
+        3 => variants(&key[..1])
+            .into_iter()
+            .map(|a| Path::new("3").join(a))
+            .collect(),
+        _ => variants(&key[..2])
+            .into_iter()
+            .flat_map(|a| variants(&key[2..4]).into_iter().map(move |b| Path::new(&a).join(b)))
+            .collect(),
+    };
+    let mut found = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = fs::read_dir(root.join(&dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let Some(file) = file.to_str() else { continue };
+            if cargo_key(file) != key || !entry.path().is_file() {
+                continue;
+            }
+            let path = dir.join(file);
+            let lines = read_lines(root, &path)?.unwrap_or_default();
+            let spelled = match parse_lines(&path, &lines)?.into_iter().next() {
+                Some((_, name, _)) => name,
+                None => file.to_owned(),
+            };
+            found.push((path, spelled));
+        }
+    }
+    Ok(found)
+}
+
+/// Refuses `name` when the index has the crate under another file (`-`
+/// for `_`); returns the name as the index spells it, if it has the crate.
+fn existing_spelling(root: &Path, name: &str) -> Result<Option<String>, IndexError> {
+    let own = crate_path(name)?;
+    let mut existing = None;
+    for (path, spelled) in spellings(root, name)? {
+        if path != own {
+            return Err(IndexError::NameSpelling {
+                existing: spelled,
+                given: name.to_owned(),
+            });
+        }
+        existing = Some(spelled);
+    }
+    Ok(existing)
+}
+
+/// Writes each dependency on a crate of this index under the name the
+/// index spells it with (cargo finds `Abc` in the file of `abc`, and then
+/// refuses it). A renamed dependency keeps its name and gets its `package`
+/// spelled right; an unrenamed one is renamed everywhere, features included.
+fn canonical_dependencies(root: &Path, version: &mut IndexVersion) -> Result<(), IndexError> {
+    let mut renames = Vec::new();
+    for dep in &mut version.deps {
+        let target = dep.package.as_deref().unwrap_or(&dep.name);
+        let Some((_, spelled)) = spellings(root, target)?.into_iter().next() else {
+            continue;
+        };
+        if spelled == target {
+            continue;
+        }
+        if dep.package.is_some() {
+            dep.package = Some(spelled);
+        } else {
+            renames.push((std::mem::replace(&mut dep.name, spelled.clone()), spelled));
+        }
+    }
+    for (old, new) in renames {
+        let rename = |value: &mut String| {
+            let rest = value.strip_prefix("dep:").map(|r| ("dep:", r));
+            let (prefix, body) = rest.unwrap_or(("", value.as_str()));
+            let (head, tail) = match body.find(['/', '?']) {
+                Some(at) => body.split_at(at),
+                None => (body, ""),
+            };
+            if head == old {
+                *value = format!("{prefix}{new}{tail}");
+            }
+        };
+        let maps = std::iter::once(&mut version.features).chain(version.features2.iter_mut());
+        for map in maps {
+            map.values_mut().flatten().for_each(rename);
+        }
+    }
+    Ok(())
+}
+
+/// What a version line becomes in the index: dependencies spelled as the
+/// index spells them, new-syntax features in `features2`, all checked.
+fn prepare(root: &Path, version: &IndexVersion) -> Result<IndexVersion, IndexError> {
+    let mut version = version.clone();
+    canonical_dependencies(root, &mut version)?;
+    validate::move_new_syntax_features(&mut version);
+    validate::index_version(&version)?;
+    Ok(version)
+}
+
+fn add_version(root: &Path, new: &IndexVersion) -> Result<Option<(PathBuf, String)>, IndexError> {
+    let new = &prepare(root, new)?;
+    if let Some(existing) = existing_spelling(root, &new.name)? {
+        if existing != new.name {
+            return Err(IndexError::NameSpelling {
+                existing,
+                given: new.name.clone(),
+            });
+        }
+    }
     let path = crate_path(&new.name)?;
     let new_version = validate::version(&new.vers)?;
     let mut lines = read_lines(root, &path)?.unwrap_or_default();
     let new_value = serde_json::to_value(new).expect("index entries serialize");
     for (value, name, vers) in parse_lines(&path, &lines)? {
-        if name != new.name {
-            return Err(IndexError::NameCase {
-                existing: name,
-                given: new.name.clone(),
-            });
-        }
         if same_version(&vers, &new_version) {
             // A replay of the same publish (perhaps yanked since): nothing to do.
             if without_yanked(value) == without_yanked(new_value.clone()) {
@@ -350,7 +594,8 @@ fn add_version(root: &Path, new: &IndexVersion) -> Result<Option<PathBuf>, Index
     }
     lines.push(serde_json::to_string(new).expect("index entries serialize"));
     write_lines(root, &path, &lines)?;
-    Ok(Some(path))
+    let message = format!("Updating crate `{}#{}`", new.name, new.vers);
+    Ok(Some((path, message)))
 }
 
 fn set_yanked(
@@ -358,19 +603,21 @@ fn set_yanked(
     name: &str,
     version: &str,
     yanked: bool,
-) -> Result<Option<PathBuf>, IndexError> {
+) -> Result<Option<(PathBuf, String)>, IndexError> {
     let path = crate_path(name)?;
     let wanted = validate::version(version)?;
     let Some(mut lines) = read_lines(root, &path)? else {
         return Err(IndexError::UnknownCrate(name.to_owned()));
     };
     let parsed = parse_lines(&path, &lines)?;
+    let spelled = parsed.first().map_or(name, |(_, n, _)| n.as_str()).to_owned();
+    // The exact version: `1.0.0+build` is not `1.0.0`.
     let Some(index) = parsed
         .iter()
-        .position(|(_, _, vers)| same_version(vers, &wanted))
+        .position(|(_, _, vers)| *vers == wanted && vers.build == wanted.build)
     else {
         return Err(IndexError::UnknownVersion {
-            name: name.to_owned(),
+            name: spelled,
             version: version.to_owned(),
         });
     };
@@ -382,7 +629,85 @@ fn set_yanked(
     // Only this line changes; every other line stays byte for byte.
     lines[index] = serde_json::to_string(&value).expect("JSON values serialize");
     write_lines(root, &path, &lines)?;
-    Ok(Some(path))
+    let verb = if yanked { "Yanking" } else { "Unyanking" };
+    Ok(Some((path, format!("{verb} crate `{spelled}#{version}`"))))
+}
+
+/// Makes the crate's file exactly `versions` (see [`Change::Replace`]).
+fn replace(
+    root: &Path,
+    name: &str,
+    versions: &[IndexVersion],
+) -> Result<Option<(PathBuf, String)>, IndexError> {
+    let refuse = |problem: String| IndexError::InvalidRecords {
+        name: name.to_owned(),
+        problem,
+    };
+    let spelled = versions.first().map_or(name, |v| v.name.as_str());
+    if cargo_key(spelled) != cargo_key(name) {
+        return Err(refuse(format!("they are about the crate `{spelled}`")));
+    }
+    if let Some(other) = versions.iter().find(|v| v.name != spelled) {
+        return Err(refuse(format!(
+            "they spell the crate both `{spelled}` and `{}`",
+            other.name
+        )));
+    }
+    let path = crate_path(spelled)?;
+    // Another spelling's file: refused. Ours in other case: rewritten.
+    existing_spelling(root, spelled)?;
+    let mut lines = Vec::with_capacity(versions.len());
+    let mut seen: Vec<semver::Version> = Vec::with_capacity(versions.len());
+    for version in versions {
+        let version = prepare(root, version)?;
+        let parsed = validate::version(&version.vers)?;
+        if let Some(twin) = seen.iter().find(|v| same_version(v, &parsed)) {
+            return Err(refuse(format!(
+                "`{}` and `{twin}` are one version to cargo (build metadata does not count)",
+                version.vers
+            )));
+        }
+        seen.push(parsed);
+        lines.push(serde_json::to_string(&version).expect("index entries serialize"));
+    }
+    let old = read_lines(root, &path)?;
+    let message = sync_message(spelled, old.as_deref().unwrap_or_default(), &lines);
+    match old {
+        Some(old) if old == lines => return Ok(None),
+        None if lines.is_empty() => return Ok(None),
+        _ => {}
+    }
+    if lines.is_empty() {
+        fs::remove_file(root.join(&path)).map_err(io_error(&path))?;
+    } else {
+        write_lines(root, &path, &lines)?;
+    }
+    Ok(Some((path, message)))
+}
+
+/// A commit message saying what a sync changed, in the words of the
+/// per-change jobs when it is one version's publish, yank or unyank.
+fn sync_message(name: &str, old: &[String], new: &[String]) -> String {
+    let fields = |line: &String| {
+        let value: Value = serde_json::from_str(line).unwrap_or_default();
+        let vers = value["vers"].as_str().unwrap_or_default().to_owned();
+        (vers, value["yanked"].as_bool().unwrap_or(false))
+    };
+    let old: Vec<_> = old.iter().map(fields).collect();
+    let new: Vec<_> = new.iter().map(fields).collect();
+    if new.is_empty() {
+        return format!("Deleting crate `{name}`");
+    }
+    let mut added = new.iter().filter(|(v, _)| !old.iter().any(|(o, _)| o == v));
+    let mut flipped = new
+        .iter()
+        .filter(|(v, y)| old.iter().any(|(o, oy)| o == v && oy != y));
+    match (added.next(), flipped.next(), added.next(), flipped.next()) {
+        (Some((vers, _)), None, None, None) => format!("Updating crate `{name}#{vers}`"),
+        (None, Some((vers, true)), None, None) => format!("Yanking crate `{name}#{vers}`"),
+        (None, Some((vers, false)), None, None) => format!("Unyanking crate `{name}#{vers}`"),
+        _ => format!("Syncing crate `{name}`"),
+    }
 }
 
 /// Creates a bare repository at `path` holding a new, empty index: one

@@ -1,6 +1,7 @@
 //! The index jobs. They run on the [`INDEX_QUEUE`] queue, which must have
 //! exactly one worker: two would fight over the working clone.
 
+use diesel::PgConnection;
 use skiplock::{background_job, PerformError};
 use tracing::info;
 
@@ -11,7 +12,11 @@ use crate::model::IndexVersion;
 pub const INDEX_QUEUE: &str = "index";
 
 fn apply(index: &Index, change: Change) -> Result<(), PerformError> {
-    match index.apply(&change) {
+    outcome(index.apply(&change))
+}
+
+fn outcome(result: Result<Outcome, IndexError>) -> Result<(), PerformError> {
+    match result {
         Ok(Outcome::Committed {
             commit,
             push_attempts,
@@ -26,14 +31,29 @@ fn apply(index: &Index, change: Change) -> Result<(), PerformError> {
     }
 }
 
-/// Adds a published version to the index. A replay of the same version is
+/// Brings the crate's file to exactly what the registry's records say
+/// (read through the [`Index`]'s [`RegistryRecords`](crate::RegistryRecords)),
+/// committing only when it changed. Unique per crate name: at most one
+/// waits, and one enqueued while another runs runs after it.
+///
+/// The registry's publish, yank and unyank handlers change their tables
+/// and enqueue this job in the same transaction: each run writes the
+/// records as they are then, so retries and any order of runs end with the
+/// file equal to the records.
+#[background_job(name = "index.sync_crate", queue = "index", unique, max_backoff = "15m")]
+pub fn sync_crate(index: &Index, db: &mut PgConnection, name: String) -> Result<(), PerformError> {
+    outcome(index.sync_crate(db, &name))
+}
+
+/// Adds a published version to the index (a job carrying its state:
+/// prefer [`sync_crate`], which converges whatever the order of runs). A replay of the same version is
 /// a no-op; the same version with other content is a permanent error.
 #[background_job(name = "index.add_crate", queue = "index", max_backoff = "15m")]
 pub fn add_crate(index: &Index, version: IndexVersion) -> Result<(), PerformError> {
     apply(index, Change::Add(version))
 }
 
-/// Marks a version yanked. Yanking a yanked version is a no-op; an unknown
+/// Marks a version yanked (prefer [`sync_crate`]). Yanking a yanked version is a no-op; an unknown
 /// crate or version is a permanent error.
 #[background_job(name = "index.yank", queue = "index", max_backoff = "15m")]
 pub fn yank(index: &Index, name: String, version: String) -> Result<(), PerformError> {
@@ -47,7 +67,7 @@ pub fn yank(index: &Index, name: String, version: String) -> Result<(), PerformE
     )
 }
 
-/// Marks a version not yanked. Unyanking an unyanked version is a no-op;
+/// Marks a version not yanked (prefer [`sync_crate`]). Unyanking an unyanked version is a no-op;
 /// an unknown crate or version is a permanent error.
 #[background_job(name = "index.unyank", queue = "index", max_backoff = "15m")]
 pub fn unyank(index: &Index, name: String, version: String) -> Result<(), PerformError> {

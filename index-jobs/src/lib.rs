@@ -33,11 +33,15 @@ mod index;
 mod jobs;
 mod model;
 mod path;
+mod records;
 mod validate;
 
 pub use crate::git::{Credentials, RepoConfig, Secret};
 pub use crate::index::{create_bare_index, Change, Index, IndexError, Outcome, PushHook};
-pub use crate::jobs::{add_crate, unyank, yank, AddCrateJob, UnyankJob, YankJob, INDEX_QUEUE};
+pub use crate::jobs::{
+    add_crate, sync_crate, unyank, yank, AddCrateJob, SyncCrateJob, UnyankJob, YankJob, INDEX_QUEUE,
+};
 pub use crate::model::{DependencyKind, IndexConfig, IndexDependency, IndexVersion};
 pub use crate::path::crate_path;
-pub use crate::validate::{InvalidInput, RESERVED_NAMES};
+pub use crate::records::RegistryRecords;
+pub use crate::validate::{cargo_key, InvalidInput, RESERVED_NAMES};

@@ -170,6 +170,75 @@ fn dependency(dep: &IndexDependency) -> Result<(), InvalidInput> {
     Ok(())
 }
 
+/// How cargo compares crate names: ASCII case-insensitively, `-` equal to `_`.
+pub fn cargo_key(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// The index format versions cargo reads: 1, and 2 (`features2`).
+fn format_version(line: &IndexVersion) -> Result<(), InvalidInput> {
+    match line.v {
+        None | Some(1) | Some(2) => Ok(()),
+        Some(v) => Err(invalid(
+            "index format version",
+            &v.to_string(),
+            "use 1 (or leave it out), or 2 for `dep:` and `?/` features; cargo cannot read other versions",
+        )),
+    }
+}
+
+/// What each feature enables must exist in this version, the way cargo
+/// checks it when it reads the entry: another feature, an optional
+/// dependency (as itself or as `dep:name`), or a feature of a dependency
+/// (`dep/feature`, or `dep?/feature` for an optional one).
+fn feature_references(line: &IndexVersion) -> Result<(), InvalidInput> {
+    let all = || line.features.iter().chain(line.features2.iter().flatten());
+    let dep = |name: &str| line.deps.iter().find(|d| d.name == name);
+    let optional = |name: &str| dep(name).is_some_and(|d| d.optional);
+    // An optional dependency named with `dep:` anywhere has no implicit feature.
+    let explicit: Vec<&str> = all()
+        .flat_map(|(_, values)| values)
+        .filter_map(|value| value.strip_prefix("dep:"))
+        .collect();
+    for (feature, values) in all() {
+        for value in values {
+            let what = format!("value of feature `{feature}`");
+            let refuse = |rule: String| Err(invalid(&what, value, rule));
+            if let Some(name) = value.strip_prefix("dep:") {
+                if !optional(name) {
+                    return refuse(format!(
+                        "`dep:{name}` names no optional dependency of this version; \
+                         declare `{name}` as an optional dependency, or remove it"
+                    ));
+                }
+            } else if let Some((name, _)) = value.split_once('/') {
+                let weak = name.strip_suffix('?');
+                let name = weak.unwrap_or(name);
+                if weak.is_some() && !optional(name) {
+                    return refuse(format!(
+                        "`{name}?/...` needs `{name}` to be an optional dependency of this version"
+                    ));
+                }
+                if dep(name).is_none() {
+                    return refuse(format!(
+                        "`{name}` is no dependency of this version; `name/feature` \
+                         enables a feature of a dependency"
+                    ));
+                }
+            } else {
+                let is_feature = all().any(|(f, _)| f == value);
+                let implicit = optional(value) && !explicit.contains(&value.as_str());
+                if !is_feature && !implicit {
+                    return refuse(format!(
+                        "`{value}` is neither a feature nor an optional dependency of this version"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks a whole new version.
 pub(crate) fn index_version(version_line: &IndexVersion) -> Result<semver::Version, InvalidInput> {
     crate_name(&version_line.name, "crate name")?;
@@ -193,6 +262,8 @@ pub(crate) fn index_version(version_line: &IndexVersion) -> Result<semver::Versi
     if let Some(features2) = &version_line.features2 {
         features(features2)?;
     }
+    format_version(version_line)?;
+    feature_references(version_line)?;
     if let Some(links) = &version_line.links {
         printable("links", links)?;
     }
@@ -213,9 +284,40 @@ pub(crate) fn index_version(version_line: &IndexVersion) -> Result<semver::Versi
     Ok(parsed)
 }
 
+/// Features using `dep:` or `?/` move to `features2`, and the line says
+/// `v: 2`, as cargo expects (older cargo versions skip such lines instead
+/// of failing on them).
+pub(crate) fn move_new_syntax_features(line: &mut IndexVersion) {
+    let new_syntax = |values: &Vec<String>| {
+        values
+            .iter()
+            .any(|v| v.starts_with("dep:") || v.contains("?/"))
+    };
+    let moved: Vec<String> = line
+        .features
+        .iter()
+        .filter(|(_, values)| new_syntax(values))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in moved {
+        if let Some(values) = line.features.remove(&name) {
+            line.features2
+                .get_or_insert_with(BTreeMap::new)
+                .insert(name, values);
+        }
+    }
+    if line.features2.as_ref().is_some_and(|f| f.is_empty()) {
+        line.features2 = None;
+    }
+    if line.features2.is_some() {
+        line.v = Some(2);
+    }
+}
+
 impl IndexVersion {
     /// Checks the version as the index jobs will: the crate name, semver
-    /// version, checksum, dependency names and requirements, features.
+    /// version, checksum, dependency names and requirements, features and
+    /// what they enable, the format version `v`.
     /// Call it in the web handler, before enqueueing, to refuse bad input
     /// in the request rather than in the job.
     pub fn validate(&self) -> Result<(), InvalidInput> {

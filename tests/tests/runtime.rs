@@ -879,7 +879,7 @@ fn migrate_is_idempotent_and_records_the_schema_version() {
         &mut conn,
         "SELECT count(*) AS n FROM queue_schema_migrations",
     );
-    assert_eq!(versions, 6);
+    assert_eq!(versions, 7);
 }
 
 #[test]
@@ -905,6 +905,7 @@ fn migrate_upgrades_a_live_table_of_the_first_schema_in_place() {
             "20261126000003",
             "20261127000004",
             "20261127000005",
+            "20261127000006",
             "20261127000007"
         ]
     );
