@@ -473,7 +473,11 @@ fn spellings(root: &Path, name: &str) -> Result<Vec<(PathBuf, String)>, IndexErr
             .collect(),
         _ => variants(&key[..2])
             .into_iter()
-            .flat_map(|a| variants(&key[2..4]).into_iter().map(move |b| Path::new(&a).join(b)))
+            .flat_map(|a| {
+                variants(&key[2..4])
+                    .into_iter()
+                    .map(move |b| Path::new(&a).join(b))
+            })
             .collect(),
     };
     let mut found = Vec::new();
@@ -610,7 +614,10 @@ fn set_yanked(
         return Err(IndexError::UnknownCrate(name.to_owned()));
     };
     let parsed = parse_lines(&path, &lines)?;
-    let spelled = parsed.first().map_or(name, |(_, n, _)| n.as_str()).to_owned();
+    let spelled = parsed
+        .first()
+        .map_or(name, |(_, n, _)| n.as_str())
+        .to_owned();
     // The exact version: `1.0.0+build` is not `1.0.0`.
     let Some(index) = parsed
         .iter()
@@ -643,7 +650,22 @@ fn replace(
         name: name.to_owned(),
         problem,
     };
+    // A spelling whose file is not the one the index has: refused. (The
+    // same file in other letter case is rewritten as the records say.)
+    // Records that spell it two ways: the one the index does not have is refused.
     let spelled = versions.first().map_or(name, |v| v.name.as_str());
+    let mixed = versions.iter().any(|v| v.name != spelled);
+    if let Some((path, existing)) = spellings(root, name)?.into_iter().next() {
+        let refused = versions.iter().find(|v| {
+            crate_path(&v.name).is_ok_and(|p| p != path) || (mixed && v.name != existing)
+        });
+        if let Some(other) = refused {
+            return Err(IndexError::NameSpelling {
+                existing,
+                given: other.name.clone(),
+            });
+        }
+    }
     if cargo_key(spelled) != cargo_key(name) {
         return Err(refuse(format!("they are about the crate `{spelled}`")));
     }

@@ -40,7 +40,12 @@ fn outcome(result: Result<Outcome, IndexError>) -> Result<(), PerformError> {
 /// and enqueue this job in the same transaction: each run writes the
 /// records as they are then, so retries and any order of runs end with the
 /// file equal to the records.
-#[background_job(name = "index.sync_crate", queue = "index", unique, max_backoff = "15m")]
+#[background_job(
+    name = "index.sync_crate",
+    queue = "index",
+    unique,
+    max_backoff = "15m"
+)]
 pub fn sync_crate(index: &Index, db: &mut PgConnection, name: String) -> Result<(), PerformError> {
     outcome(index.sync_crate(db, &name))
 }

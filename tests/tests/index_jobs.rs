@@ -4,13 +4,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
+use diesel::prelude::*;
+use diesel::sql_types::{Bool, Text};
 use index_jobs::{
-    add_crate, create_bare_index, unyank, yank, Credentials, Index, IndexConfig, IndexDependency,
-    IndexVersion, RepoConfig, INDEX_QUEUE,
+    add_crate, cargo_key, create_bare_index, sync_crate, unyank, yank, Credentials, Index,
+    IndexConfig, IndexDependency, IndexVersion, RegistryRecords, RepoConfig, INDEX_QUEUE,
 };
-use skiplock::{Job, RunSummary, Runner};
+use skiplock::{BoxError, Job, RunSummary, Runner};
 use skiplock_tests::TestDb;
 use tempfile::TempDir;
 
@@ -21,12 +24,15 @@ struct Upstream {
 
 impl Upstream {
     fn new() -> Upstream {
-        let dir = tempfile::tempdir().unwrap();
-        let config = IndexConfig {
+        Upstream::with_config(&IndexConfig {
             dl: "https://crates.example/api/v1/crates".into(),
             api: Some("https://crates.example".into()),
-        };
-        create_bare_index(&dir.path().join("upstream.git"), &config, "master").unwrap();
+        })
+    }
+
+    fn with_config(config: &IndexConfig) -> Upstream {
+        let dir = tempfile::tempdir().unwrap();
+        create_bare_index(&dir.path().join("upstream.git"), config, "master").unwrap();
         Upstream { dir }
     }
 
@@ -279,7 +285,7 @@ fn bad_input_gives_a_clear_permanent_error_and_leaves_the_index_untouched() {
         (Bad::Add(other_content), "versions are immutable"),
         (
             Bad::Add(version("AnyHow", "2.0.0")),
-            "publish it under that exact name",
+            "which cargo takes for the same name as `AnyHow`",
         ),
         (
             yank_job("missing", "1.0.0"),
@@ -315,6 +321,14 @@ fn bad_input_gives_a_clear_permanent_error_and_leaves_the_index_untouched() {
 /// Runs `cargo generate-lockfile` in a project depending on `dependency`
 /// from the upstream registry; returns the locked versions of `krate`.
 fn cargo_locks(upstream: &Upstream, dependency: &str, krate: &str) -> Vec<String> {
+    cargo_resolves(&upstream.url(), dependency, krate, false)
+}
+
+/// Runs real cargo in a new project depending on `dependency` from the
+/// registry whose index is at `index` (`generate-lockfile`, then `fetch`
+/// if `download`: every `.crate` downloaded and its checksum verified);
+/// returns the locked versions of `krate`.
+fn cargo_resolves(index: &str, dependency: &str, krate: &str, download: bool) -> Vec<String> {
     let project = tempfile::tempdir().unwrap();
     let cargo_home = project.path().join("cargo-home");
     std::fs::create_dir_all(project.path().join("src")).unwrap();
@@ -330,21 +344,28 @@ fn cargo_locks(upstream: &Upstream, dependency: &str, krate: &str) -> Vec<String
     .unwrap();
     std::fs::write(
         project.path().join(".cargo/config.toml"),
-        format!("[registries.test]\nindex = \"{}\"\n", upstream.url()),
+        format!("[registries.test]\nindex = \"{index}\"\n"),
     )
     .unwrap();
-    let output = Command::new(env!("CARGO"))
-        .arg("generate-lockfile")
-        .current_dir(project.path())
-        .env("CARGO_HOME", &cargo_home)
-        .env_remove("CARGO_TARGET_DIR")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "cargo: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let commands: &[&str] = if download {
+        &["generate-lockfile", "fetch"]
+    } else {
+        &["generate-lockfile"]
+    };
+    for command in commands {
+        let output = Command::new(env!("CARGO"))
+            .arg(command)
+            .current_dir(project.path())
+            .env("CARGO_HOME", &cargo_home)
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "cargo {command}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     let lock = std::fs::read_to_string(project.path().join("Cargo.lock")).unwrap();
     let lines: Vec<&str> = lock.lines().collect();
     lines
@@ -425,4 +446,341 @@ fn a_push_rejected_again_and_again_fails_the_job_for_a_later_retry_after_a_bound
     assert_eq!(upstream.file("pa/ti/patient"), None);
     assert_eq!(upstream.lines("bu/sy/busy").len(), 3);
     assert!(upstream.history().1);
+}
+
+// --- sync jobs: the index converges to the registry's records ----------
+
+/// The registry's table in these tests: one row per published version.
+const REGISTRY_SCHEMA: &str = "CREATE TABLE registry_versions ( \
+    id BIGSERIAL PRIMARY KEY, crate_name TEXT NOT NULL, vers TEXT NOT NULL, \
+    line JSONB NOT NULL, yanked BOOLEAN NOT NULL DEFAULT false)";
+
+/// The registry's records, read from its table.
+struct Records;
+
+impl RegistryRecords for Records {
+    fn versions(&self, conn: &mut PgConnection, name: &str) -> Result<Vec<IndexVersion>, BoxError> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Text)]
+            line: String,
+            #[diesel(sql_type = Bool)]
+            yanked: bool,
+        }
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT line::text AS line, yanked FROM registry_versions \
+             WHERE lower(replace(crate_name, '_', '-')) = $1 ORDER BY id",
+        )
+        .bind::<Text, _>(cargo_key(name))
+        .load(conn)?;
+        rows.into_iter()
+            .map(|row| {
+                let mut version: IndexVersion = serde_json::from_str(&row.line)?;
+                version.yanked = row.yanked;
+                Ok(version)
+            })
+            .collect()
+    }
+}
+
+/// The registry's publish handler: the record and the sync, one transaction.
+fn publish(conn: &mut PgConnection, version: &IndexVersion) {
+    conn.transaction(|conn| {
+        diesel::sql_query(
+            "INSERT INTO registry_versions (crate_name, vers, line) VALUES ($1, $2, $3::jsonb)",
+        )
+        .bind::<Text, _>(&version.name)
+        .bind::<Text, _>(&version.vers)
+        .bind::<Text, _>(serde_json::to_string(version).unwrap())
+        .execute(conn)?;
+        sync_crate(version.name.clone()).enqueue(conn)?;
+        Ok::<_, BoxError>(())
+    })
+    .unwrap();
+}
+
+/// The registry's yank and unyank handlers.
+fn set_yanked(conn: &mut PgConnection, name: &str, vers: &str, yanked: bool) {
+    conn.transaction(|conn| {
+        let changed = diesel::sql_query(
+            "UPDATE registry_versions SET yanked = $3 WHERE crate_name = $1 AND vers = $2",
+        )
+        .bind::<Text, _>(name)
+        .bind::<Text, _>(vers)
+        .bind::<Bool, _>(yanked)
+        .execute(conn)?;
+        assert_eq!(changed, 1, "{name} {vers}");
+        sync_crate(name.to_owned()).enqueue(conn)?;
+        Ok::<_, BoxError>(())
+    })
+    .unwrap();
+}
+
+/// What the crate's file must be, from the records.
+fn file_from_records(conn: &mut PgConnection, name: &str) -> Option<String> {
+    let versions = Records.versions(conn, name).unwrap();
+    if versions.is_empty() {
+        return None;
+    }
+    let lines: Vec<String> = versions
+        .iter()
+        .map(|v| serde_json::to_string(v).unwrap())
+        .collect();
+    Some(format!("{}\n", lines.join("\n")))
+}
+
+/// An index whose pushes are rejected while `rejections` is above 0: another
+/// clone pushes first (and the counter goes down by one).
+fn contested_index(upstream: &Upstream, rejections: Arc<AtomicU32>) -> Index {
+    let other_config = upstream.config("other");
+    let other: Mutex<Option<Index>> = Mutex::new(None);
+    let noise = AtomicU32::new(0);
+    Index::open(upstream.config("checkout"))
+        .unwrap()
+        .records(Records)
+        .before_push(move || {
+            let left = rejections.load(Ordering::SeqCst);
+            if left == 0 {
+                return;
+            }
+            rejections.store(left - 1, Ordering::SeqCst);
+            let mut other = other.lock().unwrap();
+            let other = other.get_or_insert_with(|| Index::open(other_config.clone()).unwrap());
+            let n = noise.fetch_add(1, Ordering::SeqCst);
+            other
+                .apply(&index_jobs::Change::Add(version(
+                    "noise",
+                    &format!("0.0.{n}"),
+                )))
+                .unwrap();
+        })
+}
+
+fn registry_db() -> TestDb {
+    let db = TestDb::create();
+    db.execute(REGISTRY_SCHEMA);
+    db
+}
+
+#[test]
+fn a_failed_yank_retried_after_a_later_unyank_leaves_the_version_as_the_records_say() {
+    let upstream = Upstream::new();
+    let db = registry_db();
+    let rejections = Arc::new(AtomicU32::new(0));
+    let runner = runner(
+        &db,
+        contested_index(&upstream, rejections.clone()).max_push_attempts(1),
+    );
+    let mut conn = db.conn();
+    publish(&mut conn, &version("serde", "1.0.0"));
+    succeeded(&runner.run_pending().unwrap());
+
+    // The yank's push is rejected: its job fails and waits out a backoff.
+    set_yanked(&mut conn, "serde", "1.0.0", true);
+    rejections.store(1, Ordering::SeqCst);
+    let summary = runner.run_pending().unwrap();
+    assert_eq!(summary.failed.len(), 1, "{summary:?}");
+    assert!(!summary.failed[0].dead);
+    // The unyank meanwhile: its sync runs at once.
+    set_yanked(&mut conn, "serde", "1.0.0", false);
+    succeeded(&runner.run_pending().unwrap());
+    // Then the yank's retry, which must not yank.
+    succeeded(&skiplock::testing::run_all(&runner).unwrap());
+    assert_eq!(upstream.lines("se/rd/serde")[0]["yanked"], false);
+    assert_eq!(
+        upstream.file("se/rd/serde"),
+        file_from_records(&mut conn, "serde")
+    );
+
+    // A yank that runs before its version's publish has landed: the
+    // publish's push is rejected, the yank's sync writes both.
+    rejections.store(1, Ordering::SeqCst);
+    publish(&mut conn, &version("serde", "2.0.0"));
+    assert_eq!(runner.run_pending().unwrap().failed.len(), 1);
+    set_yanked(&mut conn, "serde", "2.0.0", true);
+    succeeded(&runner.run_pending().unwrap());
+    assert_eq!(upstream.lines("se/rd/serde")[1]["yanked"], true);
+    let before_retry = upstream.head();
+    succeeded(&skiplock::testing::run_all(&runner).unwrap());
+    assert_eq!(
+        upstream.head(),
+        before_retry,
+        "the retry had nothing to commit"
+    );
+    assert_eq!(
+        upstream.file("se/rd/serde"),
+        file_from_records(&mut conn, "serde")
+    );
+    assert_eq!(db.count_jobs("true"), 0);
+}
+
+#[test]
+fn two_hundred_random_interleavings_with_rejected_pushes_end_with_every_file_equal_to_the_records()
+{
+    let seed = std::env::var("INDEX_SEED").map_or(20261127, |s| s.parse().unwrap());
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let upstream = Upstream::new();
+    let db = registry_db();
+    let rejections = Arc::new(AtomicU32::new(0));
+    let runner = runner(
+        &db,
+        contested_index(&upstream, rejections.clone()).max_push_attempts(2),
+    );
+    let mut conn = db.conn();
+    let mut crates: Vec<(String, u32)> = Vec::new();
+    for round in 0..200 {
+        // Two crates a round, one spelled with capitals and `_`.
+        let names = [format!("round{round}-a"), format!("Round{round}_b")];
+        for _ in 0..rng.usize(3..9) {
+            let name = &names[rng.usize(0..2)];
+            let published = crates
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(0, |(_, count)| *count);
+            match rng.u8(0..5) {
+                0 | 1 => {
+                    publish(&mut conn, &version(name, &format!("1.{published}.0")));
+                    match crates.iter_mut().find(|(n, _)| n == name) {
+                        Some((_, count)) => *count += 1,
+                        None => crates.push((name.clone(), 1)),
+                    }
+                }
+                2 if published > 0 => {
+                    let vers = format!("1.{}.0", rng.u32(0..published));
+                    set_yanked(&mut conn, name, &vers, rng.bool());
+                }
+                _ => {
+                    rejections.store(rng.u32(0..4), Ordering::SeqCst);
+                    if rng.bool() {
+                        runner.run_pending().unwrap();
+                    } else {
+                        skiplock::testing::run_all(&runner).unwrap();
+                    }
+                }
+            }
+        }
+    }
+    rejections.store(0, Ordering::SeqCst);
+    for _ in 0..10 {
+        if db.count_jobs("true") == 0 {
+            break;
+        }
+        skiplock::testing::run_all(&runner).unwrap();
+    }
+    assert_eq!(db.count_jobs("true"), 0, "every job ran (seed {seed})");
+    assert!(crates.len() > 200, "{} crates", crates.len());
+    for (name, _) in &crates {
+        let path = index_jobs::crate_path(name).unwrap();
+        assert_eq!(
+            upstream.file(path.to_str().unwrap()),
+            file_from_records(&mut conn, name),
+            "{name} (seed {seed})"
+        );
+    }
+    assert!(upstream.history().1, "a linear history");
+}
+
+fn records_runner(db: &TestDb, upstream: &Upstream) -> Runner<Index> {
+    runner(
+        db,
+        Index::open(upstream.config("checkout"))
+            .unwrap()
+            .records(Records),
+    )
+}
+
+#[test]
+fn cargos_name_and_feature_rules_are_applied_before_anything_is_written() {
+    let upstream = Upstream::new();
+    let db = registry_db();
+    let runner = records_runner(&db, &upstream);
+    let mut conn = db.conn();
+    publish(&mut conn, &version("abc", "1.0.0"));
+    publish(&mut conn, &version("foo-bar", "1.0.0"));
+    let summary = runner.run_pending().unwrap();
+    assert_eq!((summary.succeeded.len(), summary.failed.len()), (2, 0));
+
+    // A dependency spelled `Abc` is written as the index spells the crate,
+    // in the features too; `dep:` features move to `features2` with `v: 2`.
+    let mut app = version("app", "1.0.0");
+    app.deps.push(IndexDependency {
+        optional: true,
+        ..IndexDependency::new("Abc", "^1")
+    });
+    app.features.insert("extra".into(), vec!["Abc/std".into()]);
+    app.features.insert("lean".into(), vec!["dep:Abc".into()]);
+    publish(&mut conn, &app);
+    succeeded(&runner.run_pending().unwrap());
+    let line = &upstream.lines("3/a/app")[0];
+    assert_eq!(line["deps"][0]["name"], "abc");
+    assert_eq!(line["features"], serde_json::json!({"extra": ["abc/std"]}));
+    assert_eq!(line["features2"], serde_json::json!({"lean": ["dep:abc"]}));
+    assert_eq!(line["v"], 2);
+    // And cargo resolves it, the optional dependency through the new syntax.
+    let dependency = "app = { version = \"1\", registry = \"test\", features = [\"lean\"] }";
+    assert_eq!(cargo_locks(&upstream, dependency, "abc"), ["1.0.0"]);
+
+    // What cargo could not use is refused, permanently, and nothing is written.
+    let head = upstream.head();
+    let mut missing_feature = version("missing-feature", "1.0.0");
+    missing_feature
+        .features
+        .insert("a".into(), vec!["nope".into()]);
+    let mut not_optional = version("not-optional", "1.0.0");
+    not_optional.deps.push(IndexDependency::new("abc", "^1"));
+    not_optional
+        .features
+        .insert("a".into(), vec!["dep:abc".into()]);
+    let mut no_such_dep = version("no-such-dep", "1.0.0");
+    no_such_dep
+        .features
+        .insert("a".into(), vec!["serde/derive".into()]);
+    let mut format_3 = version("format-three", "1.0.0");
+    format_3.v = Some(3);
+    let cases = [
+        (
+            version("foo_bar", "2.0.0"),
+            "already has this crate as `foo-bar`",
+        ),
+        (
+            version("Foo-Bar", "2.0.0"),
+            "already has this crate as `foo-bar`",
+        ),
+        (
+            missing_feature,
+            "`nope` is neither a feature nor an optional dependency",
+        ),
+        (not_optional, "`dep:abc` names no optional dependency"),
+        (no_such_dep, "`serde` is no dependency of this version"),
+        (format_3, "cargo cannot read other versions"),
+    ];
+    for (bad, expected) in cases {
+        db.execute("DELETE FROM registry_versions WHERE crate_name <> 'abc' AND crate_name <> 'foo-bar' AND crate_name <> 'app'");
+        publish(&mut conn, &bad);
+        let summary = runner.run_pending().unwrap();
+        assert_eq!(summary.failed.len(), 1, "{expected}: {summary:?}");
+        assert!(summary.failed[0].dead, "{expected}: not worth a retry");
+        let error = &summary.failed[0].error;
+        assert!(error.contains(expected), "{expected:?} in {error:?}");
+        assert_eq!(upstream.head(), head, "{expected}: the index changed");
+        // `IndexVersion::validate` tells the web handler the same, where it can.
+        if !expected.contains("already has") {
+            let refused = bad.validate().unwrap_err().to_string();
+            assert!(refused.contains(expected), "{refused}");
+        }
+        db.execute("DELETE FROM queue_jobs");
+    }
+    assert_eq!(upstream.file("fo/o_/foo_bar"), None);
+
+    // Build metadata makes another version; messages use the index's spelling.
+    let summary = run(&db, &runner, yank("ABC".into(), "1.0.0+zzz".into()));
+    assert!(
+        summary.failed[0]
+            .error
+            .contains("crate `abc` has no version `1.0.0+zzz`"),
+        "{summary:?}"
+    );
+    assert_eq!(upstream.head(), head);
+    succeeded(&run(&db, &runner, yank("ABC".into(), "1.0.0".into())));
+    assert_eq!(upstream.history().0[0], "Yanking crate `abc#1.0.0`");
 }
