@@ -1,7 +1,8 @@
 //! The index jobs end to end, the way a registry uses them: its publish
-//! and yank handlers record the change in the database and enqueue the index
-//! job in the same transaction; a runner with one worker on the `index` queue
-//! updates a git index (a throwaway bare repository here) and pushes it.
+//! and yank handlers record the change in its tables and enqueue the
+//! crate's sync in the same transaction; a runner with one worker on the
+//! `index` queue brings the crate's file to what the tables say, in a git
+//! index (a throwaway bare repository here) and a sparse index directory.
 //!
 //! `cargo run -p skiplock-examples --example index-demo` (set `DATABASE_URL` to
 //! use another server; the demo drops and creates its own `queue_index_demo`
@@ -10,13 +11,13 @@
 use std::time::Duration;
 
 use diesel::prelude::*;
-use diesel::sql_types::{Bool, Text};
 use index_jobs::{
-    add_crate, create_bare_index, unyank, yank, Credentials, Index, IndexConfig, IndexDependency,
-    IndexVersion, RepoConfig, INDEX_QUEUE,
+    create_bare_index, sync_crate, Credentials, Index, IndexConfig, IndexDependency, IndexVersion,
+    RepoConfig, INDEX_QUEUE,
 };
-use skiplock::{Job, Runner};
+use skiplock::{Enqueued, Job, Runner};
 use skiplock_examples::count;
+use skiplock_examples::registry::{self, Records, VERSIONS_TABLE};
 
 type DemoResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -42,11 +43,7 @@ fn main() -> DemoResult<()> {
     let url = skiplock_examples::fresh_database("queue_index_demo")?;
     let mut conn = PgConnection::establish(&url)?;
     skiplock::migrate(&mut conn)?;
-    diesel::sql_query(
-        "CREATE TABLE versions (crate_name TEXT NOT NULL, num TEXT NOT NULL, \
-         yanked BOOLEAN NOT NULL DEFAULT false, PRIMARY KEY (crate_name, num))",
-    )
-    .execute(&mut conn)?;
+    diesel::sql_query(VERSIONS_TABLE).execute(&mut conn)?;
 
     println!("\nthe registry's handlers, one transaction each:");
     publish(&mut conn, version("serde", "1.0.0", &[]))?;
@@ -55,9 +52,8 @@ fn main() -> DemoResult<()> {
     set_yanked(&mut conn, "serde", "1.0.1", true)?;
     set_yanked(&mut conn, "serde", "1.0.1", false)?;
     set_yanked(&mut conn, "serde", "1.0.0", true)?;
-    // At-least-once: the same publish delivered twice must not commit twice.
-    add_crate(version("serde", "1.0.0", &[])).enqueue(&mut conn)?;
-    println!("  replay: add serde 1.0.0 enqueued again (a retried request)");
+    // At-least-once: a sync run twice commits nothing the second time.
+    sync_crate("serde".into()).enqueue(&mut conn)?;
     let queued = count(&mut conn, "SELECT count(*) AS n FROM queue_jobs")?;
     println!("  {queued} index jobs queued");
 
@@ -69,7 +65,9 @@ fn main() -> DemoResult<()> {
         author_name: "crates.example bot".into(),
         author_email: "bot@crates.example".into(),
         credentials: Credentials::None,
-    })?;
+    })?
+    .records(Records)
+    .sparse_dir(dir.path().join("sparse"))?;
     let running = Runner::builder(index)
         .database_url(url.as_str())
         .queue(INDEX_QUEUE, 1)
@@ -93,6 +91,16 @@ fn main() -> DemoResult<()> {
         println!("\n$ cat {path}");
         print!("{}", String::from_utf8_lossy(blob.content()));
     }
+    let sparse = std::fs::read_to_string(dir.path().join("sparse/se/rd/serde"))?;
+    println!(
+        "\nthe sparse index (served as static files) has the same file: {}",
+        {
+            sparse.as_bytes()
+                == repo
+                    .find_blob(head.tree()?.get_path("se/rd/serde".as_ref())?.id())?
+                    .content()
+        }
+    );
     println!("\n$ git log --format='%h %an: %s'");
     let mut commit = Some(head);
     while let Some(c) = commit {
@@ -108,38 +116,33 @@ fn main() -> DemoResult<()> {
     Ok(())
 }
 
-/// A registry's publish handler: records the version and enqueues its
-/// index job in one transaction, after validating it for the index.
+/// The registry's publish handler (see `skiplock_examples::registry`).
 fn publish(conn: &mut PgConnection, version: IndexVersion) -> DemoResult<()> {
-    version.validate()?;
-    conn.transaction(|conn| -> DemoResult<()> {
-        diesel::sql_query("INSERT INTO versions (crate_name, num) VALUES ($1, $2)")
-            .bind::<Text, _>(&version.name)
-            .bind::<Text, _>(&version.vers)
-            .execute(conn)?;
-        println!("  publish {} {}", version.name, version.vers);
-        add_crate(version).enqueue(conn)?;
-        Ok(())
-    })
+    let enqueued =
+        registry::publish(conn, &version).map_err(|e| e as Box<dyn std::error::Error>)?;
+    println!(
+        "  publish {} {}: {}",
+        version.name,
+        version.vers,
+        said(enqueued)
+    );
+    Ok(())
 }
 
-/// A registry's yank / unyank handler.
+/// The registry's yank / unyank handler.
 fn set_yanked(conn: &mut PgConnection, name: &str, vers: &str, yanked: bool) -> DemoResult<()> {
-    conn.transaction(|conn| -> DemoResult<()> {
-        diesel::sql_query("UPDATE versions SET yanked = $3 WHERE crate_name = $1 AND num = $2")
-            .bind::<Text, _>(name)
-            .bind::<Text, _>(vers)
-            .bind::<Bool, _>(yanked)
-            .execute(conn)?;
-        if yanked {
-            println!("  yank {name} {vers}");
-            yank(name.into(), vers.into()).enqueue(conn)?;
-        } else {
-            println!("  unyank {name} {vers}");
-            unyank(name.into(), vers.into()).enqueue(conn)?;
-        }
-        Ok(())
-    })
+    let enqueued = registry::set_yanked(conn, name, vers, yanked)
+        .map_err(|e| e as Box<dyn std::error::Error>)?;
+    let verb = if yanked { "yank" } else { "unyank" };
+    println!("  {verb} {name} {vers}: {}", said(enqueued));
+    Ok(())
+}
+
+fn said(enqueued: Enqueued) -> &'static str {
+    match enqueued {
+        Enqueued::Inserted(_) => "sync enqueued",
+        Enqueued::Duplicate => "a sync of the crate already waits; it will write this too",
+    }
 }
 
 fn version(name: &str, vers: &str, deps: &[(&str, &str)]) -> IndexVersion {

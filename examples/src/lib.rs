@@ -12,6 +12,7 @@ use diesel::prelude::*;
 pub mod bench;
 pub mod billing;
 pub mod images;
+pub mod registry;
 pub mod signup;
 
 /// The context every job of the demo shares: in a real application an SMTP

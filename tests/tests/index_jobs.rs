@@ -784,3 +784,127 @@ fn cargos_name_and_feature_rules_are_applied_before_anything_is_written() {
     succeeded(&run(&db, &runner, yank("ABC".into(), "1.0.0".into())));
     assert_eq!(upstream.history().0[0], "Yanking crate `abc#1.0.0`");
 }
+
+/// A real `.crate` file made by `cargo package`, and its SHA-256.
+fn packaged_crate(name: &str, vers: &str) -> (Vec<u8>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("src/lib.rs"), "pub fn hello() {}\n").unwrap();
+    std::fs::write(
+        dir.path().join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"{vers}\"\nedition = \"2021\"\n\
+             description = \"test\"\nlicense = \"MIT\"\n\n[workspace]\n"
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO"))
+        .args(["package", "--no-verify", "--allow-dirty", "--offline"])
+        .current_dir(dir.path())
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "cargo package: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let file = dir
+        .path()
+        .join(format!("target/package/{name}-{vers}.crate"));
+    let bytes = std::fs::read(&file).unwrap();
+    let sum = Command::new("sha256sum").arg(&file).output().unwrap();
+    let sum = String::from_utf8(sum.stdout).unwrap();
+    (bytes, sum.split_whitespace().next().unwrap().to_owned())
+}
+
+/// Serves `sparse` (the sparse index) and `crates` (at
+/// `/dl/{name}/{version}/download`) over HTTP on 127.0.0.1, from a thread
+/// that lives as long as the test; returns the port.
+fn serve_registry(sparse: PathBuf, crates: std::collections::HashMap<String, Vec<u8>>) -> u16 {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let port = server.server_addr().to_ip().unwrap().port();
+    std::thread::spawn(move || {
+        for request in server.incoming_requests() {
+            let url = request.url().trim_start_matches('/').to_owned();
+            let body = if let Some(download) = url.strip_prefix("dl/") {
+                crates.get(download).cloned()
+            } else if url.split('/').all(|part| !part.is_empty() && part != "..") {
+                std::fs::read(sparse.join(&url)).ok()
+            } else {
+                None
+            };
+            let _ = match body {
+                Some(body) => request.respond(tiny_http::Response::from_data(body)),
+                None => request.respond(tiny_http::Response::empty(404)),
+            };
+        }
+    });
+    port
+}
+
+#[test]
+fn cargo_resolves_and_downloads_through_the_sparse_protocol_and_honours_yanks() {
+    // Real `.crate` files first: the index needs their checksums.
+    let mut crates = std::collections::HashMap::new();
+    let mut lines = Vec::new();
+    for vers in ["1.0.0", "1.1.0"] {
+        let (bytes, sum) = packaged_crate("fancy-log", vers);
+        crates.insert(format!("fancy-log/{vers}/download"), bytes);
+        lines.push(IndexVersion::new("fancy-log", vers, sum));
+    }
+    let sparse = tempfile::tempdir().unwrap();
+    let port = serve_registry(sparse.path().to_owned(), crates);
+    let upstream = Upstream::with_config(&IndexConfig {
+        dl: format!("http://127.0.0.1:{port}/dl"),
+        api: None,
+    });
+    let db = registry_db();
+    let index = Index::open(upstream.config("checkout"))
+        .unwrap()
+        .records(Records)
+        .sparse_dir(sparse.path())
+        .unwrap();
+    let runner = runner(&db, index);
+    let mut conn = db.conn();
+    for line in &lines {
+        publish(&mut conn, line);
+    }
+    let summary = runner.run_pending().unwrap();
+    assert!(summary.failed.is_empty(), "{summary:?}");
+    // The same files as the git index.
+    assert_eq!(
+        std::fs::read_to_string(sparse.path().join("fa/nc/fancy-log")).ok(),
+        upstream.file("fa/nc/fancy-log")
+    );
+    assert_eq!(
+        std::fs::read_to_string(sparse.path().join("config.json")).ok(),
+        upstream.file("config.json")
+    );
+
+    let index_url = format!("sparse+http://127.0.0.1:{port}/");
+    let direct = "fancy-log = { version = \"1\", registry = \"test\" }";
+    assert_eq!(
+        cargo_resolves(&index_url, direct, "fancy-log", true),
+        ["1.1.0"]
+    );
+    set_yanked(&mut conn, "fancy-log", "1.1.0", true);
+    succeeded(&runner.run_pending().unwrap());
+    assert_eq!(
+        cargo_resolves(&index_url, direct, "fancy-log", true),
+        ["1.0.0"]
+    );
+    set_yanked(&mut conn, "fancy-log", "1.1.0", false);
+    succeeded(&runner.run_pending().unwrap());
+    assert_eq!(
+        cargo_resolves(&index_url, direct, "fancy-log", true),
+        ["1.1.0"]
+    );
+    // A crate the registry no longer has leaves both indexes.
+    db.execute("DELETE FROM registry_versions");
+    sync_crate("fancy-log".into()).enqueue(&mut conn).unwrap();
+    succeeded(&runner.run_pending().unwrap());
+    assert_eq!(upstream.file("fa/nc/fancy-log"), None);
+    assert!(!sparse.path().join("fa/nc/fancy-log").exists());
+    assert_eq!(upstream.history().0[0], "Deleting crate `fancy-log`");
+}
