@@ -520,15 +520,30 @@ fn existing_spelling(root: &Path, name: &str) -> Result<Option<String>, IndexErr
     Ok(existing)
 }
 
+/// Dependency names looked up in one job: how the index spells each (`None`: not there).
+type Spellings = std::collections::HashMap<String, Option<String>>;
+
 /// Writes each dependency on a crate of this index under the name the
 /// index spells it with (cargo finds `Abc` in the file of `abc`, and then
 /// refuses it). A renamed dependency keeps its name and gets its `package`
 /// spelled right; an unrenamed one is renamed everywhere, features included.
-fn canonical_dependencies(root: &Path, version: &mut IndexVersion) -> Result<(), IndexError> {
+fn canonical_dependencies(
+    root: &Path,
+    version: &mut IndexVersion,
+    known: &mut Spellings,
+) -> Result<(), IndexError> {
     let mut renames = Vec::new();
     for dep in &mut version.deps {
         let target = dep.package.as_deref().unwrap_or(&dep.name);
-        let Some((_, spelled)) = spellings(root, target)?.into_iter().next() else {
+        let spelled = match known.get(target) {
+            Some(spelled) => spelled.clone(),
+            None => {
+                let spelled = spellings(root, target)?.into_iter().next().map(|(_, s)| s);
+                known.insert(target.to_owned(), spelled.clone());
+                spelled
+            }
+        };
+        let Some(spelled) = spelled else {
             continue;
         };
         if spelled == target {
@@ -562,16 +577,20 @@ fn canonical_dependencies(root: &Path, version: &mut IndexVersion) -> Result<(),
 
 /// What a version line becomes in the index: dependencies spelled as the
 /// index spells them, new-syntax features in `features2`, all checked.
-fn prepare(root: &Path, version: &IndexVersion) -> Result<IndexVersion, IndexError> {
+fn prepare(
+    root: &Path,
+    version: &IndexVersion,
+    known: &mut Spellings,
+) -> Result<IndexVersion, IndexError> {
     let mut version = version.clone();
-    canonical_dependencies(root, &mut version)?;
+    canonical_dependencies(root, &mut version, known)?;
     validate::move_new_syntax_features(&mut version);
     validate::index_version(&version)?;
     Ok(version)
 }
 
 fn add_version(root: &Path, new: &IndexVersion) -> Result<Option<(PathBuf, String)>, IndexError> {
-    let new = &prepare(root, new)?;
+    let new = &prepare(root, new, &mut Spellings::new())?;
     if let Some(existing) = existing_spelling(root, &new.name)? {
         if existing != new.name {
             return Err(IndexError::NameSpelling {
@@ -679,17 +698,19 @@ fn replace(
     // Another spelling's file: refused. Ours in other case: rewritten.
     existing_spelling(root, spelled)?;
     let mut lines = Vec::with_capacity(versions.len());
-    let mut seen: Vec<semver::Version> = Vec::with_capacity(versions.len());
+    // Each version without its build metadata, which does not count.
+    let mut seen = std::collections::HashMap::with_capacity(versions.len());
+    let mut known = Spellings::new();
     for version in versions {
-        let version = prepare(root, version)?;
-        let parsed = validate::version(&version.vers)?;
-        if let Some(twin) = seen.iter().find(|v| same_version(v, &parsed)) {
+        let version = prepare(root, version, &mut known)?;
+        let mut parsed = validate::version(&version.vers)?;
+        parsed.build = semver::BuildMetadata::EMPTY;
+        if let Some(twin) = seen.insert(parsed, version.vers.clone()) {
             return Err(refuse(format!(
                 "`{}` and `{twin}` are one version to cargo (build metadata does not count)",
                 version.vers
             )));
         }
-        seen.push(parsed);
         lines.push(serde_json::to_string(&version).expect("index entries serialize"));
     }
     let old = read_lines(root, &path)?;
@@ -715,15 +736,21 @@ fn sync_message(name: &str, old: &[String], new: &[String]) -> String {
         let vers = value["vers"].as_str().unwrap_or_default().to_owned();
         (vers, value["yanked"].as_bool().unwrap_or(false))
     };
-    let old: Vec<_> = old.iter().map(fields).collect();
-    let new: Vec<_> = new.iter().map(fields).collect();
     if new.is_empty() {
         return format!("Deleting crate `{name}`");
     }
-    let mut added = new.iter().filter(|(v, _)| !old.iter().any(|(o, _)| o == v));
+    // Only the lines that differ need reading.
+    let unchanged: std::collections::HashSet<&String> = old.iter().collect();
+    let old: std::collections::HashMap<String, bool> = old.iter().map(fields).collect();
+    let new: Vec<_> = new
+        .iter()
+        .filter(|l| !unchanged.contains(l))
+        .map(fields)
+        .collect();
+    let mut added = new.iter().filter(|(v, _)| !old.contains_key(v));
     let mut flipped = new
         .iter()
-        .filter(|(v, y)| old.iter().any(|(o, oy)| o == v && oy != y));
+        .filter(|(v, y)| old.get(v).is_some_and(|oy| oy != y));
     match (added.next(), flipped.next(), added.next(), flipped.next()) {
         (Some((vers, _)), None, None, None) => format!("Updating crate `{name}#{vers}`"),
         (None, Some((vers, true)), None, None) => format!("Yanking crate `{name}#{vers}`"),

@@ -30,6 +30,7 @@ fn the_worker_binary_runs_index_jobs_and_stops_gracefully_on_sigterm_and_sigint(
             .env("DATABASE_URL", db.url())
             .env("INDEX_URL", &upstream)
             .env("INDEX_CHECKOUT", dir.path().join("checkout"))
+            .env("INDEX_SPARSE_DIR", dir.path().join("sparse"))
             .env("INDEX_POLL_MS", "50")
             .env("INDEX_GIT_TOKEN", "s3cret-token")
             .stdout(Stdio::piped())
@@ -52,6 +53,10 @@ fn the_worker_binary_runs_index_jobs_and_stops_gracefully_on_sigterm_and_sigint(
                 tree.get_path(std::path::Path::new("he/ll/hello")).is_ok()
             },
         );
+        wait_until("the sparse copy", Duration::from_secs(5), || {
+            dir.path().join("sparse/he/ll/hello").is_file()
+                && dir.path().join("sparse/config.json").is_file()
+        });
 
         let kill = Command::new("kill")
             .args([format!("-{signal}"), worker.id().to_string()])

@@ -414,7 +414,7 @@ fn a_push_rejected_again_and_again_fails_the_job_for_a_later_retry_after_a_bound
     let db = TestDb::create();
     let other_checkout = upstream.dir.path().join("other");
     let other_config = upstream.config("other");
-    let pushes = std::sync::atomic::AtomicU32::new(0);
+    let pushes = AtomicU32::new(0);
     // Another writer wins every race.
     let index = Index::open(upstream.config("checkout"))
         .unwrap()

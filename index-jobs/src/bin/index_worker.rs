@@ -36,6 +36,10 @@ struct Args {
     /// Commit author email.
     #[arg(long, env = "INDEX_AUTHOR_EMAIL", default_value = "registry@localhost")]
     author_email: String,
+    /// Also keep a sparse index (cargo's `sparse+https://` protocol) in this
+    /// directory, for a web server to serve as static files.
+    #[arg(long, env = "INDEX_SPARSE_DIR")]
+    sparse_dir: Option<PathBuf>,
     /// How long an idle worker waits before looking for jobs again, in milliseconds.
     #[arg(long, env = "INDEX_POLL_MS", default_value_t = 1000)]
     poll_ms: u64,
@@ -74,6 +78,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         credentials,
     })
     .map_err(|e| format!("cannot open the index: {e}"))?;
+    let index = match args.sparse_dir {
+        Some(dir) => index
+            .sparse_dir(dir)
+            .map_err(|e| format!("cannot write the sparse index: {e}"))?,
+        None => index,
+    };
     let runner = skiplock::Runner::builder(index)
         .database_url(args.database_url)
         .queue(INDEX_QUEUE, 1)
