@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel::{Connection, PgConnection};
 
 use crate::Failure;
@@ -37,6 +38,46 @@ pub(crate) fn connect(
         statement_timeout.as_millis().max(1)
     ))?;
     Ok(conn)
+}
+
+/// A pool of `size` such connections (for the dashboard).
+pub(crate) fn pool(
+    url: Option<&str>,
+    connect_timeout: Duration,
+    statement_timeout: Duration,
+    size: u32,
+) -> Result<skiplock::PgPool, Failure> {
+    let url = url.ok_or_else(|| {
+        Failure("no database: set DATABASE_URL or pass --database-url postgres://...".into())
+    })?;
+    // The first connection now, so a wrong URL fails here with a clear message.
+    drop(connect(Some(url), connect_timeout, statement_timeout)?);
+    let manager = ConnectionManager::new(with_connect_timeout(url, connect_timeout));
+    Pool::builder()
+        .max_size(size)
+        .connection_timeout(connect_timeout.max(Duration::from_secs(1)))
+        .connection_customizer(Box::new(StatementTimeout(statement_timeout)))
+        .build(manager)
+        .map_err(|e| {
+            Failure(format!(
+                "cannot connect to the database at {}: {e}",
+                skiplock::redact_connection_string(url)
+            ))
+        })
+}
+
+/// Sets the statement timeout on each new connection of the pool.
+#[derive(Debug)]
+struct StatementTimeout(Duration);
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for StatementTimeout {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(&format!(
+            "SET statement_timeout = {}",
+            self.0.as_millis().max(1)
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
 }
 
 /// `url` with libpq's `connect_timeout` (whole seconds, at least 2, as

@@ -16,6 +16,7 @@ use skiplock::{AdminError, JobId, JobRecord, JobState, QueueStatus, RunnerRecord
 mod connect;
 mod monitor;
 mod table;
+mod web;
 
 use table::{age, shorten, when, Table};
 
@@ -71,6 +72,8 @@ enum Command {
         /// The queue.
         queue: String,
     },
+    /// Serve the dashboard: queues, failing and dead jobs, runners; retry, discard, pause.
+    Web(web::WebArgs),
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +154,14 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    if let Command::Web(args) = &cli.command {
+        return web::serve(
+            cli.database_url.as_deref(),
+            cli.connect_timeout,
+            cli.statement_timeout,
+            args,
+        );
+    }
     let mut conn = connect::connect(
         cli.database_url.as_deref(),
         cli.connect_timeout,
@@ -229,6 +240,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             return change(&mut conn, &selection, "discard", skiplock::discard_job)
         }
         Command::Monitor(thresholds) => return monitor::check(&mut conn, &thresholds),
+        Command::Web(_) => unreachable!("served above"),
     }
     Ok(ExitCode::SUCCESS)
 }

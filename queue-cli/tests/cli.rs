@@ -276,7 +276,7 @@ fn bad_input_gives_a_clear_message_and_a_nonzero_exit_without_changing_anything(
     }
     let (code, out, _) = run(&empty, &["migrate"]);
     assert_eq!(code, 0);
-    assert!(out.starts_with("applied 7 migration(s)"), "{out}");
+    assert!(out.starts_with("applied 8 migration(s)"), "{out}");
     let (_, out, _) = run(&empty, &["migrate"]);
     assert!(out.starts_with("the queue schema is up to date"), "{out}");
 
@@ -342,7 +342,13 @@ fn no_password_appears_in_any_output_whatever_the_connection_string() {
         format!("host=127.0.0.1 port=1 password={SECRET} dbname=x bogus_key=1"),
     ];
     for url in &malformed {
-        for command in [&["status"][..], &["monitor"], &["migrate"], &["dead"]] {
+        for command in [
+            &["status"][..],
+            &["monitor"],
+            &["migrate"],
+            &["dead"],
+            &["web"],
+        ] {
             let out = queue_cmd(url, command, "");
             assert_ne!(out.status.code(), Some(0), "{url} {command:?}");
             assert_no_secret(&format!("{command:?} with {url}"), &out);
@@ -454,4 +460,126 @@ fn the_monitor_warns_when_no_live_runner_registers_a_waiting_type() {
         ],
     );
     assert_eq!(code, 0, "{out}");
+}
+
+/// One HTTP/1.0 request to the dashboard; the status code and the body.
+fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// Starts `skiplock web` on a free port; the process, its address and what it printed first.
+fn start_web(
+    url: &str,
+    args: &[&str],
+    token: Option<&str>,
+) -> (std::process::Child, String, String) {
+    use std::io::BufRead;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_skiplock"));
+    command
+        .args(["web", "--bind", "127.0.0.1:0"])
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env_remove("SKIPLOCK_WEB_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(token) = token {
+        command.env("SKIPLOCK_WEB_TOKEN", token);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    for _ in 0..2 {
+        stdout.read_line(&mut printed).unwrap();
+    }
+    let address = printed
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {printed:?}"))
+        .to_owned();
+    (child, address, printed)
+}
+
+#[test]
+fn web_serves_the_dashboard_without_the_password_and_acts_only_for_the_token() {
+    let db = TestDb::create();
+    prepared_queue(&db, "20 minutes");
+    // Trust authentication ignores the password; it must still never show.
+    let url = db
+        .url()
+        .replacen("postgres@", &format!("postgres:{SECRET}@"), 1);
+    assert!(url.contains(SECRET), "{url}");
+
+    let (mut web, address, printed) = start_web(&url, &[], None);
+    assert!(printed.contains("sign in with this token"), "{printed}");
+    let token = printed.trim().rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(token.len(), 64, "{printed}");
+    assert!(!printed.contains(SECRET));
+    for path in [
+        "/",
+        "/jobs?state=failing",
+        "/jobs?state=dead",
+        "/jobs/3",
+        "/runners",
+        "/login",
+    ] {
+        let (status, body) = http(&address, "GET", path, "");
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(!body.contains(SECRET), "{path} shows the password");
+        assert!(!body.contains(&token), "{path} shows the token");
+    }
+    let (_, job) = http(&address, "GET", "/jobs/3", "");
+    assert!(job.contains("CRM answered 503"), "{job}");
+    // An action without signing in, or with a guessed form value, is refused.
+    let (status, _) = http(&address, "POST", "/jobs/3/retry", "csrf=guess");
+    assert_eq!(status, 403);
+    let (status, _) = http(
+        &address,
+        "POST",
+        "/login",
+        &format!("csrf=guess&token={token}"),
+    );
+    assert_eq!(status, 403);
+    assert_eq!(
+        db.count_jobs("id = 3 AND attempts = 2"),
+        1,
+        "nothing changed"
+    );
+    let out = queue_cmd(&url, &["web", "--help"], "");
+    assert_no_secret("web --help", &out);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&token));
+    unsafe { libc::kill(web.id() as i32, libc::SIGTERM) };
+    assert!(web.wait().unwrap().success(), "stops cleanly on SIGTERM");
+
+    // Read-only: no sign-in, no action, whatever the token.
+    let (mut web, address, printed) = start_web(&url, &["--read-only"], Some("chosen-token"));
+    assert!(printed.contains("read-only"), "{printed}");
+    let (_, page) = http(&address, "GET", "/", "");
+    assert!(
+        page.contains("read-only") && !page.contains("Sign in"),
+        "{page}"
+    );
+    let (status, _) = http(&address, "POST", "/login", "csrf=x&token=chosen-token");
+    assert_eq!(status, 403);
+    let (status, _) = http(&address, "POST", "/queues/mail/pause", "csrf=x");
+    assert_eq!(status, 403);
+    assert_eq!(db.count_jobs("true"), 4);
+    web.kill().unwrap();
+    let _ = web.wait();
 }

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 
 use crate::errors::AdminError;
 use crate::job::JobId;
-use crate::storage::{self, JobRecord, QueueStatus, RunnerRecord};
+use crate::storage::{self, FailedState, JobRecord, QueueStatus, RunnerRecord};
 
 /// Jobs that have failed at least once and will be retried, the longest
 /// failing first (at most `limit`).
@@ -150,6 +150,70 @@ pub fn select_jobs(
     Ok(storage::select_jobs(conn, state, job_type, queue)?
         .into_iter()
         .map(JobId)
+        .collect())
+}
+
+/// Where a page of [`failed_jobs_page`] starts: after this job (the last of
+/// the previous page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageAfter {
+    /// The job's last failure.
+    pub last_failed_at: chrono::DateTime<chrono::Utc>,
+    /// The job's id.
+    pub id: JobId,
+}
+
+/// Failed jobs (`state`: [`JobState::Failing`], [`JobState::Dead`], or
+/// either), most recent failure first, of `queue` and `job_type` when
+/// given, `limit` of them after `after`. Walks the index of failed jobs:
+/// fast however many jobs never failed.
+pub fn failed_jobs_page(
+    conn: &mut PgConnection,
+    state: JobState,
+    queue: Option<&str>,
+    job_type: Option<&str>,
+    after: Option<PageAfter>,
+    limit: i64,
+) -> Result<Vec<JobRecord>, AdminError> {
+    require_schema(conn)?;
+    let state = match state {
+        JobState::Failing => FailedState::Failing,
+        JobState::Dead => FailedState::Dead,
+        JobState::Failed | JobState::Any => FailedState::Either,
+    };
+    let after = after.map(|a| (a.last_failed_at, a.id.0));
+    Ok(storage::failed_jobs_page(
+        conn, state, queue, job_type, after, limit,
+    )?)
+}
+
+/// Jobs ended in one minute (see [`throughput`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct MinuteCounts {
+    /// Minutes before the current one (0: the current minute, still counting).
+    pub minutes_ago: u32,
+    /// Jobs completed.
+    pub completed: i64,
+    /// Failed attempts (retried or dead).
+    pub failed: i64,
+}
+
+/// Jobs ended per minute over the last hour, oldest minute first (60 of
+/// them, zeros included), on `queue` or on all queues, as runners report
+/// them (each every poll interval).
+pub fn throughput(
+    conn: &mut PgConnection,
+    queue: Option<&str>,
+) -> Result<Vec<MinuteCounts>, AdminError> {
+    require_schema(conn)?;
+    Ok(storage::throughput(conn, queue)?
+        .into_iter()
+        .map(|m| MinuteCounts {
+            minutes_ago: u32::try_from(m.ago).unwrap_or(0),
+            completed: m.completed,
+            failed: m.failed,
+        })
         .collect())
 }
 

@@ -44,6 +44,8 @@ mod state;
 mod storage;
 pub mod testing;
 mod watchdog;
+#[cfg(feature = "web")]
+pub mod web;
 mod worker;
 
 #[doc = include_str!("background_job.md")]
@@ -71,9 +73,9 @@ pub use skiplock_derive::background_job;
 pub use skiplock_derive::FromState;
 
 pub use crate::admin::{
-    dead_jobs, discard_job, failing_jobs, find_job, pause_queue, paused_queues, queue_status,
-    require_schema, resume_queue, retry_job, runners, select_jobs, JobState, PausedQueue,
-    RUNNER_FRESH_SECS,
+    dead_jobs, discard_job, failed_jobs_page, failing_jobs, find_job, pause_queue, paused_queues,
+    queue_status, require_schema, resume_queue, retry_job, runners, select_jobs, throughput,
+    JobState, MinuteCounts, PageAfter, PausedQueue, RUNNER_FRESH_SECS,
 };
 pub use crate::connection::{ConnectionMode, JobConnection, PgPool};
 pub use crate::errors::{

@@ -35,7 +35,14 @@ struct TypeCounts {
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
     by_type: Mutex<BTreeMap<String, TypeCounts>>,
+    /// Per queue: jobs completed and failed since the last
+    /// [`Metrics::take_unreported`] (the dashboard's throughput table).
+    unreported: Mutex<BTreeMap<String, (i64, i64)>>,
 }
+
+/// Jobs ended per queue, not yet added to the throughput table: the
+/// queues, and completed and failed counts in the same order.
+pub(crate) type Unreported = (Vec<String>, Vec<i64>, Vec<i64>);
 
 /// A counter: name, help, and its value in a type's counts.
 type Counter = (&'static str, &'static str, fn(&TypeCounts) -> u64);
@@ -58,7 +65,15 @@ pub(crate) enum Ended {
 }
 
 impl Metrics {
-    pub(crate) fn record(&self, job_type: &str, ended: Ended, took: Duration) {
+    pub(crate) fn record(&self, queue: &str, job_type: &str, ended: Ended, took: Duration) {
+        {
+            let mut unreported = lock(&self.unreported);
+            let (completed, failed) = unreported.entry(queue.to_owned()).or_default();
+            match ended {
+                Ended::Completed => *completed += 1,
+                Ended::Retried | Ended::Dead => *failed += 1,
+            }
+        }
         let mut by_type = lock(&self.by_type);
         let counts = by_type.entry(job_type.to_owned()).or_default();
         match ended {
@@ -80,6 +95,28 @@ impl Metrics {
         }
         counts.count += 1;
         counts.sum_seconds += seconds;
+    }
+
+    /// What ended since the last call, to add to the throughput table.
+    pub(crate) fn take_unreported(&self) -> Unreported {
+        let taken = std::mem::take(&mut *lock(&self.unreported));
+        let mut out = (Vec::new(), Vec::new(), Vec::new());
+        for (queue, (completed, failed)) in taken {
+            out.0.push(queue);
+            out.1.push(completed);
+            out.2.push(failed);
+        }
+        out
+    }
+
+    /// Gives back counts that could not be stored, for the next report.
+    pub(crate) fn restore_unreported(&self, (queues, completed, failed): Unreported) {
+        let mut unreported = lock(&self.unreported);
+        for ((queue, c), f) in queues.into_iter().zip(completed).zip(failed) {
+            let counts = unreported.entry(queue).or_default();
+            counts.0 += c;
+            counts.1 += f;
+        }
     }
 
     /// The Prometheus text: per-type counters and durations, then `gauges`.

@@ -102,6 +102,24 @@ pub(crate) fn reap(conn: &mut diesel::PgConnection) -> diesel::QueryResult<()> {
     Ok(())
 }
 
+/// Adds the jobs ended since the last report to the throughput table (the
+/// dashboard's chart); kept for the next report when that fails.
+fn report_throughput<C>(
+    shared: &Shared<C>,
+    conn: &mut diesel::PgConnection,
+) -> diesel::QueryResult<()> {
+    let unreported = shared.metrics.take_unreported();
+    if unreported.0.is_empty() {
+        return Ok(());
+    }
+    let queues: Vec<&str> = unreported.0.iter().map(String::as_str).collect();
+    let stored = storage::record_throughput(conn, &queues, &unreported.1, &unreported.2);
+    if stored.is_err() {
+        shared.metrics.restore_unreported(unreported);
+    }
+    stored
+}
+
 /// This machine's name, for the runner's announcement.
 pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -136,6 +154,7 @@ fn check<C>(
             shared.registry.type_names(),
         )?;
         reap(&mut conn)?;
+        report_throughput(shared, &mut conn)?;
         let paused = storage::paused_queues(&mut conn)?;
         for queue in queues {
             if let Some(wakeup) = shared.signals.queue(queue) {

@@ -193,7 +193,15 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                     elapsed_ms = begun.elapsed().as_millis() as u64,
                     "job succeeded"
                 );
-                complete(shared, slot, &job, careful, completion, begun.elapsed())?;
+                complete(
+                    shared,
+                    slot,
+                    &job,
+                    queue,
+                    careful,
+                    completion,
+                    begun.elapsed(),
+                )?;
                 Outcome::Succeeded
             }
             Err(failure) => fail(shared, slot, &job, queue, &failure, begun.elapsed())?,
@@ -360,6 +368,7 @@ fn complete<C>(
     shared: &Shared<C>,
     slot: &Slot,
     job: &ClaimedJob,
+    queue: &str,
     careful: bool,
     completion: Completion,
     took: Duration,
@@ -375,7 +384,9 @@ fn complete<C>(
         }
         careful || batch.completions_due(flush_after(shared))
     };
-    shared.metrics.record(&job.job_type, Ended::Completed, took);
+    shared
+        .metrics
+        .record(queue, &job.job_type, Ended::Completed, took);
     let lock_session = open_or_lost(shared, slot, &mut guard)?;
     let result = match completion {
         Completion::Pending => Ok(()),
@@ -639,6 +650,7 @@ fn fail<C>(
         }
     }
     shared.metrics.record(
+        queue,
         &job.job_type,
         if dead { Ended::Dead } else { Ended::Retried },
         took,

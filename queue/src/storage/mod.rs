@@ -828,3 +828,113 @@ pub(crate) fn queue_depths(
     .map(|d| (d.queue, d.ready, d.oldest_secs))
     .collect())
 }
+
+/// Which failed jobs a dashboard list shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailedState {
+    /// Failed at least once, still retried.
+    Failing,
+    /// Dead.
+    Dead,
+    /// Either.
+    Either,
+}
+
+/// A page of failed jobs, most recent failure first, of `queue` and
+/// `job_type` when given, after `before` (the last row of the previous
+/// page: its last failure and id). Walks the failed jobs' index, so its
+/// cost does not grow with the number of jobs that never failed.
+pub(crate) fn failed_jobs_page(
+    conn: &mut PgConnection,
+    state: FailedState,
+    queue: Option<&str>,
+    job_type: Option<&str>,
+    before: Option<(DateTime<Utc>, i64)>,
+    limit: i64,
+) -> QueryResult<Vec<JobRecord>> {
+    use crate::schema::queue_jobs::dsl as j;
+    let mut query = j::queue_jobs
+        .select(JobRecord::as_select())
+        // The failed index's own predicate, so the planner can use it.
+        .filter(j::attempts.gt(0).or(j::dead_at.is_not_null()))
+        .into_boxed();
+    query = match state {
+        FailedState::Failing => query.filter(j::dead_at.is_null()),
+        FailedState::Dead => query.filter(j::dead_at.is_not_null()),
+        FailedState::Either => query,
+    };
+    if let Some(queue) = queue {
+        query = query.filter(j::queue.eq(queue.to_owned()));
+    }
+    if let Some(job_type) = job_type {
+        query = query.filter(j::job_type.eq(job_type.to_owned()));
+    }
+    if let Some((at, id)) = before {
+        query = query.filter(
+            j::last_failed_at
+                .lt(at)
+                .or(j::last_failed_at.eq(at).and(j::id.lt(id))),
+        );
+    }
+    query
+        .order((j::last_failed_at.desc().nulls_last(), j::id.desc()))
+        .limit(limit)
+        .load(conn)
+}
+
+/// Adds jobs ended by this runner to the current minute's counts per
+/// queue (`completed[i]` and `failed[i]` for `queues[i]`), and deletes
+/// counts older than a day.
+pub(crate) fn record_throughput(
+    conn: &mut PgConnection,
+    queues: &[&str],
+    completed: &[i64],
+    failed: &[i64],
+) -> QueryResult<()> {
+    Statement::new(
+        "WITH added AS ( \
+             INSERT INTO queue_throughput (minute, queue, completed, failed) \
+             SELECT date_trunc('minute', now()), q, c, f \
+             FROM unnest($1::text[], $2::int8[], $3::int8[]) AS t(q, c, f) \
+             ON CONFLICT (minute, queue) DO UPDATE SET \
+                 completed = queue_throughput.completed + EXCLUDED.completed, \
+                 failed = queue_throughput.failed + EXCLUDED.failed \
+             RETURNING 1), \
+         expired AS ( \
+             DELETE FROM queue_throughput WHERE minute < now() - interval '1 day' RETURNING 1) \
+         SELECT (SELECT count(*) FROM added) + (SELECT count(*) FROM expired) AS n",
+    )
+    .bind::<Array<Text>, _>(queues)
+    .bind::<Array<BigInt>, _>(completed)
+    .bind::<Array<BigInt>, _>(failed)
+    .execute(conn)?;
+    Ok(())
+}
+
+/// One minute of [`throughput`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
+pub(crate) struct Minute {
+    /// Minutes before the current one (0: this minute).
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub(crate) ago: i32,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) completed: i64,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) failed: i64,
+}
+
+/// Jobs ended per minute over the last hour (60 minutes, oldest first,
+/// zeros included), of `queue` or of all queues.
+pub(crate) fn throughput(conn: &mut PgConnection, queue: Option<&str>) -> QueryResult<Vec<Minute>> {
+    Statement::new(
+        "SELECT m.ago, COALESCE(sum(t.completed), 0)::int8 AS completed, \
+                COALESCE(sum(t.failed), 0)::int8 AS failed \
+         FROM generate_series(59, 0, -1) AS m(ago) \
+         LEFT JOIN queue_throughput t \
+           ON t.minute = date_trunc('minute', now()) - m.ago * interval '1 minute' \
+          AND ($1::text IS NULL OR t.queue = $1) \
+         GROUP BY m.ago ORDER BY m.ago DESC",
+    )
+    .bind::<Nullable<Text>, _>(queue)
+    .load(conn)
+}

@@ -1,0 +1,438 @@
+//! The pages, rendered with maud: every value is escaped on output.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use maud::{html, Markup, DOCTYPE};
+
+use super::{chart, encode, home, Filter, Viewer, PAGE};
+use crate::admin::{MinuteCounts, PausedQueue};
+use crate::storage::{JobRecord, QueueStatus, RunnerRecord};
+
+/// The frame of every page.
+fn layout(viewer: &Viewer, title: &str, notice: Option<&str>, body: Markup) -> Markup {
+    let base = &viewer.base;
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · skiplock" }
+                link rel="stylesheet" href={ (base) "/style.css" };
+            }
+            body {
+                header {
+                    nav {
+                        a.brand href=(home(base)) { "skiplock" }
+                        a href=(home(base)) { "Overview" }
+                        a href={ (base) "/jobs?state=failing" } { "Failing" }
+                        a href={ (base) "/jobs?state=dead" } { "Dead" }
+                        a href={ (base) "/runners" } { "Runners" }
+                        span.spacer {}
+                        @if viewer.signed_in {
+                            form.inline method="post" action={ (base) "/logout" } {
+                                (csrf(viewer))
+                                button.link type="submit" { "Sign out" }
+                            }
+                        } @else if viewer.actions {
+                            a href={ (base) "/login" } { "Sign in to act" }
+                        } @else {
+                            span.muted { "read-only" }
+                        }
+                    }
+                }
+                main {
+                    @if let Some(notice) = notice {
+                        p.notice role="status" { (notice) }
+                    }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+fn csrf(viewer: &Viewer) -> Markup {
+    html! { input type="hidden" name="csrf" value=(viewer.csrf); }
+}
+
+/// A page that says why a request was refused.
+pub(crate) fn refused(why: &str) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head { meta charset="utf-8"; title { "Refused · skiplock" } }
+            body { main { h1 { "Refused" } p.error { (why) } p { "Go back and try again." } } }
+        }
+    }
+}
+
+/// "3 min ago"-style durations.
+pub(crate) fn age(secs: f64) -> String {
+    let secs = secs.max(0.0) as u64;
+    match secs {
+        0..=59 => format!("{secs} s"),
+        60..=3599 => format!("{} min {} s", secs / 60, secs % 60),
+        3600..=86_399 => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+        _ => format!("{} d {} h", secs / 86_400, secs % 86_400 / 3600),
+    }
+}
+
+fn when(at: Option<DateTime<Utc>>) -> Markup {
+    match at {
+        Some(at) => {
+            let secs = (Utc::now() - at).num_milliseconds() as f64 / 1000.0;
+            let text = if secs >= 0.0 {
+                format!("{} ago", age(secs))
+            } else {
+                format!("in {}", age(-secs))
+            };
+            html! { time datetime=(at.to_rfc3339()) title=(at.to_rfc3339()) { (text) } }
+        }
+        None => html! { span.muted { "—" } },
+    }
+}
+
+/// The first line of an error, shortened for a table cell.
+fn first_line(error: &str) -> String {
+    let line = error.lines().next().unwrap_or("");
+    let mut shown: String = line.chars().take(140).collect();
+    if shown.len() < line.len() || error.lines().nth(1).is_some() {
+        shown.push('…');
+    }
+    shown
+}
+
+fn jobs_link(viewer: &Viewer, state: &str, queue: &str, job_type: Option<&str>) -> String {
+    let mut link = format!("{}/jobs?state={state}&queue={}", viewer.base, encode(queue));
+    if let Some(job_type) = job_type {
+        link.push_str(&format!("&type={}", encode(job_type)));
+    }
+    link
+}
+
+/// Per queue: the sums of its job types' counts.
+#[derive(Default)]
+struct QueueSums {
+    ready: i64,
+    scheduled: i64,
+    running: i64,
+    failing: i64,
+    dead: i64,
+    oldest_ready_secs: Option<f64>,
+}
+
+pub(crate) fn overview(
+    viewer: &Viewer,
+    notice: Option<&str>,
+    status: &[QueueStatus],
+    paused: &[PausedQueue],
+    minutes: &[MinuteCounts],
+) -> Markup {
+    let mut queues: BTreeMap<&str, QueueSums> = BTreeMap::new();
+    for row in status {
+        let sums = queues.entry(&row.queue).or_default();
+        sums.ready += row.ready;
+        sums.scheduled += row.scheduled;
+        sums.running += row.running;
+        sums.failing += row.failing;
+        sums.dead += row.dead;
+        sums.oldest_ready_secs = match (sums.oldest_ready_secs, row.oldest_ready_secs) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    for pause in paused {
+        queues.entry(&pause.queue).or_default();
+    }
+    let completed: i64 = minutes.iter().map(|m| m.completed).sum();
+    let failed: i64 = minutes.iter().map(|m| m.failed).sum();
+    let body = html! {
+        h1 { "Overview" }
+        section.chart {
+            h2 { "Throughput, last hour" }
+            p.muted { (completed) " completed, " (failed) " failed attempts (per minute, as the runners report them)" }
+            (chart::throughput(minutes))
+        }
+        section {
+            h2 { "Queues" }
+            @if queues.is_empty() {
+                p.muted { "No jobs and no paused queues." }
+            } @else {
+                table #queues {
+                    thead { tr {
+                        th { "queue" } th.num { "ready" } th.num { "scheduled" } th.num { "running" }
+                        th.num { "failing" } th.num { "dead" } th { "oldest ready" } th { "state" }
+                        @if viewer.actions { th {} }
+                    } }
+                    tbody {
+                        @for (queue, sums) in &queues {
+                            @let is_paused = paused.iter().find(|p| p.queue == *queue);
+                            tr data-queue=(queue) {
+                                td { (queue) }
+                                td.num { (sums.ready) } td.num { (sums.scheduled) } td.num { (sums.running) }
+                                td.num { @if sums.failing > 0 { a.failing href=(jobs_link(viewer, "failing", queue, None)) { (sums.failing) } } @else { "0" } }
+                                td.num { @if sums.dead > 0 { a.dead href=(jobs_link(viewer, "dead", queue, None)) { (sums.dead) } } @else { "0" } }
+                                td { @match sums.oldest_ready_secs { Some(secs) => (age(secs)), None => span.muted { "—" } } }
+                                td { @if let Some(p) = is_paused { span.paused { "paused" } " " (when(Some(p.paused_at))) } @else { "running" } }
+                                @if viewer.actions {
+                                    td {
+                                        @if viewer.signed_in {
+                                            @let verb = if is_paused.is_some() { "resume" } else { "pause" };
+                                            form.inline method="post" action={ (viewer.base) "/queues/" (encode(queue)) "/" (verb) } {
+                                                (csrf(viewer))
+                                                button type="submit" name="queue-action" value=(verb) { (verb) }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section {
+            h2 { "Job types" }
+            @if status.is_empty() {
+                p.muted { "No jobs." }
+            } @else {
+                table #types {
+                    thead { tr {
+                        th { "queue" } th { "job type" } th.num { "ready" } th.num { "scheduled" } th.num { "running" }
+                        th.num { "failing" } th.num { "dead" } th { "oldest ready" } th { "failing for" } th { "served" }
+                    } }
+                    tbody {
+                        @for row in status {
+                            tr {
+                                td { (row.queue) } td { code { (row.job_type) } }
+                                td.num { (row.ready) } td.num { (row.scheduled) } td.num { (row.running) }
+                                td.num { @if row.failing > 0 { a.failing href=(jobs_link(viewer, "failing", &row.queue, Some(&row.job_type))) { (row.failing) } } @else { "0" } }
+                                td.num { @if row.dead > 0 { a.dead href=(jobs_link(viewer, "dead", &row.queue, Some(&row.job_type))) { (row.dead) } } @else { "0" } }
+                                td { @match row.oldest_ready_secs { Some(secs) => (age(secs)), None => span.muted { "—" } } }
+                                td { @match row.failing_for_secs { Some(secs) => (age(secs)), None => span.muted { "—" } } }
+                                td { @if row.served { "yes" } @else { span.warning title="no live runner of this queue registers this job type" { "no runner knows it" } } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout(viewer, "Overview", notice, body)
+}
+
+pub(crate) fn jobs(viewer: &Viewer, filter: &Filter, rows: &[JobRecord], more: bool) -> Markup {
+    let state = filter.state_name();
+    let title = match state {
+        "dead" => "Dead jobs",
+        "failing" => "Failing jobs",
+        _ => "Failed jobs",
+    };
+    let next = rows.last().filter(|_| more).map(|last| {
+        let micros = last.last_failed_at.map_or(0, |t| t.timestamp_micros());
+        format!(
+            "{}/jobs?{}&after={micros}.{}",
+            viewer.base,
+            filter.query(),
+            last.id
+        )
+    });
+    let body = html! {
+        h1 { (title) }
+        form.filters method="get" action={ (viewer.base) "/jobs" } {
+            label { "state " select name="state" {
+                @for option in ["failing", "dead", "failed"] {
+                    option value=(option) selected[option == state] { (option) }
+                }
+            } }
+            label { "queue " input type="text" name="queue" value=(filter.queue().unwrap_or("")); }
+            label { "job type " input type="text" name="type" value=(filter.job_type().unwrap_or("")); }
+            button type="submit" { "Filter" }
+        }
+        @if rows.is_empty() {
+            p.muted { "No " (state) " jobs match." }
+        } @else {
+            table #jobs {
+                thead { tr {
+                    th { "id" } th { "job type" } th { "queue" } th.num { "attempts" }
+                    th { "first failure" } th { "last failure" } th { "next" } th { "last error" }
+                } }
+                tbody {
+                    @for job in rows {
+                        tr data-id=(job.id) {
+                            td { a.job href={ (viewer.base) "/jobs/" (job.id) } { (job.id) } }
+                            td { code { (job.job_type) } }
+                            td { (job.queue) }
+                            td.num { (job.attempts) }
+                            td { (when(job.first_failed_at)) }
+                            td { (when(job.last_failed_at)) }
+                            td { @if job.dead_at.is_some() { span.dead { "dead" } } @else { (when(Some(job.run_at))) } }
+                            td.error { (first_line(job.last_error.as_deref().unwrap_or(""))) }
+                        }
+                    }
+                }
+            }
+            p.pager {
+                "Up to " (PAGE) " a page, most recent failure first. "
+                @if let Some(next) = next { a #next href=(next) { "Next page →" } }
+            }
+        }
+        @if viewer.actions {
+            p.bulk {
+                "Every " (state) " job matching these filters: "
+                a.button href={ (viewer.base) "/bulk?action=retry&" (filter.query()) } { "Retry all…" }
+                " "
+                a.button.danger href={ (viewer.base) "/bulk?action=discard&" (filter.query()) } { "Discard all…" }
+            }
+        }
+    };
+    layout(viewer, title, filter.done.as_deref(), body)
+}
+
+pub(crate) fn job(viewer: &Viewer, notice: Option<&str>, job: &JobRecord) -> Markup {
+    let payload = serde_json::to_string_pretty(&job.payload).unwrap_or_default();
+    let state = if job.dead_at.is_some() {
+        "dead"
+    } else if job.attempts > 0 {
+        "failing"
+    } else {
+        "waiting"
+    };
+    let body = html! {
+        h1 { "Job " (job.id) " " span class={ "state " (state) } { (state) } }
+        @if viewer.signed_in {
+            div.actions {
+                form.inline method="post" action={ (viewer.base) "/jobs/" (job.id) "/retry" } {
+                    (csrf(viewer))
+                    button #retry type="submit" { "Retry now" }
+                }
+                " "
+                a.button.danger #discard href={ (viewer.base) "/jobs/" (job.id) "/discard" } { "Discard…" }
+            }
+        } @else if viewer.actions {
+            p.muted { a href={ (viewer.base) "/login" } { "Sign in" } " to retry or discard it." }
+        }
+        dl {
+            dt { "job type" } dd { code { (job.job_type) } }
+            dt { "queue" } dd { (job.queue) }
+            dt { "priority" } dd { (job.priority) }
+            dt { "attempts" } dd #attempts { (job.attempts) }
+            dt { "enqueued" } dd { (when(Some(job.created_at))) }
+            dt { "first failure" } dd { (when(job.first_failed_at)) }
+            dt { "last failure" } dd { (when(job.last_failed_at)) }
+            dt { @if job.dead_at.is_some() { "dead since" } @else { "next attempt" } }
+            dd { @if job.dead_at.is_some() { (when(job.dead_at)) } @else { (when(Some(job.run_at))) } }
+        }
+        h2 { "Last error" }
+        @match &job.last_error {
+            Some(error) => pre.error #error { (error) },
+            None => p.muted { "None recorded." },
+        }
+        h2 { "Payload" }
+        pre.payload #payload { (payload) }
+    };
+    layout(viewer, &format!("Job {}", job.id), notice, body)
+}
+
+pub(crate) fn runners(viewer: &Viewer, runners: &[RunnerRecord]) -> Markup {
+    let body = html! {
+        h1 { "Runners" }
+        @if runners.is_empty() {
+            p.muted { "No runner has announced itself." }
+        } @else {
+            table #runners {
+                thead { tr { th { "runner" } th { "host" } th.num { "pid" } th { "queues" } th { "last seen" } th { "running" } } }
+                tbody {
+                    @for runner in runners {
+                        tr {
+                            td { code { (runner.id) } }
+                            td { (runner.hostname) }
+                            td.num { (runner.pid) }
+                            td { (runner.queues.join(", ")) }
+                            td { (age(runner.last_seen_secs)) " ago" }
+                            td {
+                                @if runner.running.is_empty() { span.muted { "idle" } }
+                                @for id in &runner.running {
+                                    a href={ (viewer.base) "/jobs/" (id) } { (id) } " "
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout(viewer, "Runners", None, body)
+}
+
+pub(crate) fn login(viewer: &Viewer, error: Option<&str>) -> Markup {
+    let body = html! {
+        h1 { "Sign in" }
+        @if !viewer.actions {
+            p { "This dashboard is read-only." }
+        } @else {
+            @if let Some(error) = error { p.error { (error) } }
+            form method="post" action={ (viewer.base) "/login" } {
+                (csrf(viewer))
+                label { "Token " input #token type="password" name="token" autocomplete="current-password" required; }
+                " "
+                button #sign-in type="submit" { "Sign in" }
+            }
+            p.muted { "The token was printed when the dashboard started, or given to it in SKIPLOCK_WEB_TOKEN." }
+        }
+    };
+    layout(viewer, "Sign in", None, body)
+}
+
+pub(crate) fn confirm_discard(viewer: &Viewer, job: &JobRecord) -> Markup {
+    let body = html! {
+        h1 { "Discard job " (job.id) "?" }
+        p { "The job " code { (job.job_type) } " on " (job.queue) " is deleted for good: it will never run." }
+        @if viewer.signed_in {
+            form method="post" action={ (viewer.base) "/jobs/" (job.id) "/discard" } {
+                (csrf(viewer))
+                button.danger #confirm type="submit" { "Discard it" }
+                " "
+                a href={ (viewer.base) "/jobs/" (job.id) } { "Cancel" }
+            }
+        } @else {
+            p { a href={ (viewer.base) "/login" } { "Sign in" } " first." }
+        }
+    };
+    layout(viewer, "Discard", None, body)
+}
+
+pub(crate) fn confirm_bulk(viewer: &Viewer, action: &str, filter: &Filter, count: usize) -> Markup {
+    let verb = if action == "discard" {
+        "Discard"
+    } else {
+        "Retry"
+    };
+    let body = html! {
+        h1 { (verb) " " (count) " " (filter.state_name()) " jobs?" }
+        p {
+            "Every " (filter.state_name()) " job"
+            @if let Some(queue) = filter.queue() { " on queue " strong { (queue) } }
+            @if let Some(job_type) = filter.job_type() { " of type " code { (job_type) } }
+            ": " (count) " now (running ones are left alone)."
+            @if action == "discard" { " Discarded jobs are deleted for good." }
+        }
+        @if viewer.signed_in && matches!(action, "retry" | "discard") {
+            form method="post" action={ (viewer.base) "/bulk" } {
+                (csrf(viewer))
+                input type="hidden" name="action" value=(action);
+                input type="hidden" name="state" value=(filter.state_name());
+                input type="hidden" name="queue" value=(filter.queue().unwrap_or(""));
+                input type="hidden" name="type" value=(filter.job_type().unwrap_or(""));
+                button.danger[action == "discard"] #confirm type="submit" { (verb) " them" }
+                " "
+                a href={ (viewer.base) "/jobs?" (filter.query()) } { "Cancel" }
+            }
+        } @else {
+            p { a href={ (viewer.base) "/login" } { "Sign in" } " first." }
+        }
+    };
+    layout(viewer, verb, None, body)
+}
