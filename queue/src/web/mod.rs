@@ -202,18 +202,30 @@ fn same_origin(headers: &HeaderMap) -> bool {
     matches!((origin_host, host), (Some(o), Some(h)) if o == h)
 }
 
+/// Why an action was refused.
+struct Refusal(&'static str);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (StatusCode::FORBIDDEN, pages::refused(self.0)).into_response()
+    }
+}
+
 /// The checks of every action: a dashboard with actions, a signed-in
 /// operator, the form's anti-forgery value, the same site.
-fn authorize(app: &App, headers: &HeaderMap, csrf: &str) -> Result<(), Response> {
-    let refuse = |why: &str| Err((StatusCode::FORBIDDEN, pages::refused(why)).into_response());
+fn authorize(app: &App, headers: &HeaderMap, csrf: &str) -> Result<(), Refusal> {
     if app.token.is_none() {
-        return refuse("This dashboard is read-only: it was started without a token.");
+        return Err(Refusal(
+            "This dashboard is read-only: it was started without a token.",
+        ));
     }
     if !same_origin(headers) || !same(csrf, &app.csrf) {
-        return refuse("This request did not come from the dashboard's own page.");
+        return Err(Refusal(
+            "This request did not come from the dashboard's own page.",
+        ));
     }
     if !has_session(app, headers) {
-        return refuse("Sign in with the dashboard's token to act.");
+        return Err(Refusal("Sign in with the dashboard's token to act."));
     }
     Ok(())
 }
@@ -524,7 +536,7 @@ async fn retry(
     Form(form): Form<ActionForm>,
 ) -> Response {
     if let Err(refused) = authorize(&app, &headers, &form.csrf) {
-        return refused;
+        return refused.into_response();
     }
     let base = Base::of(&original, &uri).0;
     match with_conn(&app, move |conn| admin::retry_job(conn, JobId(id))).await {
@@ -546,7 +558,7 @@ async fn discard(
     Form(form): Form<ActionForm>,
 ) -> Response {
     if let Err(refused) = authorize(&app, &headers, &form.csrf) {
-        return refused;
+        return refused.into_response();
     }
     let base = Base::of(&original, &uri).0;
     match with_conn(&app, move |conn| admin::discard_job(conn, JobId(id))).await {
@@ -572,7 +584,7 @@ async fn bulk(
     Form(form): Form<BulkForm>,
 ) -> Response {
     if let Err(refused) = authorize(&app, &headers, &form.csrf) {
-        return refused;
+        return refused.into_response();
     }
     let base = Base::of(&original, &uri).0;
     let retrying = match form.action.as_str() {
@@ -645,7 +657,7 @@ async fn pause_or_resume(
     pausing: bool,
 ) -> Response {
     if let Err(refused) = authorize(&app, &headers, &form.csrf) {
-        return refused;
+        return refused.into_response();
     }
     let base = Base::of(&original, &uri).0;
     let name = queue.clone();

@@ -1,0 +1,109 @@
+//! How long the dashboard's pages take with 1,000,000 jobs in the table:
+//! 985,000 ready on 4 queues and 12 job types, 10,000 scheduled, 4,000
+//! failing, 1,000 dead. Each page is requested through the router itself
+//! (no network), 7 times; the median is printed.
+//!
+//! `cargo run --release -p skiplock-examples --example web-pages [-- JOBS]`
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use diesel::prelude::*;
+use tower::ServiceExt;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let jobs: i64 = std::env::args()
+        .nth(1)
+        .map_or(Ok(1_000_000), |n| n.parse())?;
+    let url = skiplock_examples::fresh_database("queue_web_pages")?;
+    let mut conn = PgConnection::establish(&url)?;
+    skiplock::migrate(&mut conn)?;
+    let started = Instant::now();
+    diesel::sql_query(
+        "INSERT INTO queue_jobs (job_type, queue, payload, run_at, scheduled, attempts, \
+                                 first_failed_at, last_failed_at, last_error, dead_at) \
+         SELECT 'type_' || (n % 12), 'queue_' || (n % 4), jsonb_build_object('n', n), \
+                CASE WHEN n % 100 = 1 THEN now() + interval '1 hour' ELSE now() END, \
+                n % 100 = 1, \
+                CASE WHEN n % 1000 IN (2, 3, 4, 5, 6) THEN 3 ELSE 0 END, \
+                CASE WHEN n % 1000 IN (2, 3, 4, 5, 6) THEN now() - interval '1 hour' END, \
+                CASE WHEN n % 1000 IN (2, 3, 4, 5, 6) THEN now() - (n % 3600) * interval '1 second' END, \
+                CASE WHEN n % 1000 IN (2, 3, 4, 5, 6) THEN 'connection refused by upstream ' || n END, \
+                CASE WHEN n % 1000 = 6 THEN now() END \
+         FROM generate_series(1, $1) n",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(jobs)
+    .execute(&mut conn)?;
+    diesel::sql_query("VACUUM ANALYZE queue_jobs").execute(&mut conn)?;
+    println!(
+        "{jobs} jobs inserted and analyzed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let pool = diesel::r2d2::Pool::builder()
+        .max_size(2)
+        .build(diesel::r2d2::ConnectionManager::<PgConnection>::new(&url))?;
+    let router = skiplock::web::Dashboard::new(pool).router();
+    let failing_id: i64 = skiplock_examples::count(
+        &mut conn,
+        "SELECT max(id) AS n FROM queue_jobs WHERE attempts > 0 AND dead_at IS NULL",
+    )?;
+    let pages = [
+        ("overview", "/".to_owned()),
+        ("failing jobs", "/jobs?state=failing".to_owned()),
+        ("failing jobs, page 2", String::new()),
+        (
+            "dead jobs of one type",
+            "/jobs?state=dead&type=type_6".to_owned(),
+        ),
+        (
+            "failing jobs of one queue",
+            "/jobs?state=failing&queue=queue_2".to_owned(),
+        ),
+        ("one job", format!("/jobs/{failing_id}")),
+        ("runners", "/runners".to_owned()),
+        (
+            "bulk confirmation (counts)",
+            "/bulk?action=retry&state=failing&queue=queue_2".to_owned(),
+        ),
+    ];
+    let mut next_page = String::new();
+    println!("page                          median of 7");
+    for (name, path) in pages {
+        let path = if path.is_empty() {
+            next_page.clone()
+        } else {
+            path
+        };
+        let mut times = Vec::new();
+        let mut body = Vec::new();
+        for _ in 0..7 {
+            let request = Request::get(&path).body(Body::empty())?;
+            let t = Instant::now();
+            let response = router.clone().oneshot(request).await?;
+            let status = response.status();
+            body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await?
+                .to_vec();
+            times.push(t.elapsed());
+            if status != StatusCode::OK {
+                return Err(format!("{path}: {status}").into());
+            }
+        }
+        if name == "failing jobs" {
+            let html = String::from_utf8_lossy(&body);
+            next_page = html
+                .split("id=\"next\" href=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .map(|href| href.replace("&amp;", "&"))
+                .ok_or("no next page link")?;
+        }
+        times.sort();
+        let median: Duration = times[times.len() / 2];
+        println!("{name:<30}{:>6.1} ms", median.as_secs_f64() * 1000.0);
+    }
+    Ok(())
+}
