@@ -30,13 +30,15 @@ mod pages;
 
 use std::sync::Arc;
 
-use axum::extract::{Form, OriginalUri, Path, Query, State};
+use axum::extract::{Form, FromRequestParts, OriginalUri, Path, Query};
 use axum::http::header::{self, HeaderMap, HeaderValue};
-use axum::http::{StatusCode, Uri};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use diesel::PgConnection;
+use maud::Markup;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
@@ -124,23 +126,101 @@ struct App {
     csrf: String,
 }
 
-type Shared = State<Arc<App>>;
-
 const COOKIE: &str = "skiplock_session";
 
-/// Where the dashboard is mounted (`""` at the root), from the request.
-struct Base(String);
+/// What every handler knows of its request: the shared state, where the
+/// dashboard is mounted (`""` at the root), the headers.
+struct Ctx {
+    app: Arc<App>,
+    base: String,
+    headers: HeaderMap,
+}
 
-impl Base {
-    fn of(original: &OriginalUri, uri: &Uri) -> Base {
-        let outer = original.path();
-        let inner = uri.path();
+impl FromRequestParts<Arc<App>> for Ctx {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<App>,
+    ) -> Result<Self, Self::Rejection> {
+        let inner = parts.uri.path();
+        let outer = parts
+            .extensions
+            .get::<OriginalUri>()
+            .map_or(inner, |original| original.path());
         let base = if inner == "/" {
             outer.trim_end_matches('/')
         } else {
             outer.strip_suffix(inner).unwrap_or("")
         };
-        Base(base.to_owned())
+        Ok(Ctx {
+            app: app.clone(),
+            base: base.to_owned(),
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
+impl Ctx {
+    fn viewer(&self) -> Viewer {
+        Viewer {
+            base: self.base.clone(),
+            actions: self.app.token.is_some(),
+            signed_in: self.app.token.is_some() && has_session(&self.app, &self.headers),
+            csrf: self.app.csrf.clone(),
+        }
+    }
+
+    /// Renders `page` from what `query` reads.
+    async fn page<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&mut PgConnection) -> Result<T, AdminError> + Send + 'static,
+        page: impl FnOnce(&Viewer, T) -> Markup,
+    ) -> Response {
+        match with_conn(&self.app, query).await {
+            Ok(data) => page(&self.viewer(), data).into_response(),
+            Err(response) => response,
+        }
+    }
+
+    /// An action: refused unless authorized (see [`authorize`]); then
+    /// `change`, whose note is shown on the page at `path` it leads back to.
+    async fn act(
+        &self,
+        csrf: &str,
+        path: String,
+        change: impl FnOnce(&mut PgConnection) -> Result<String, AdminError> + Send + 'static,
+    ) -> Response {
+        if let Err(refused) = authorize(&self.app, &self.headers, csrf) {
+            return refused.into_response();
+        }
+        match with_conn(&self.app, change).await {
+            Ok(note) => {
+                let separator = if path.contains('?') { '&' } else { '?' };
+                let target = if path == "/" {
+                    home(&self.base)
+                } else {
+                    format!("{}{path}", self.base)
+                };
+                Redirect::to(&format!("{target}{separator}done={}", encode(&note))).into_response()
+            }
+            Err(response) => response,
+        }
+    }
+
+    /// A response that sets (or, with `None`, clears) the session cookie
+    /// and leads to the overview.
+    fn session_cookie(&self, value: Option<&str>) -> Response {
+        let home = home(&self.base);
+        let cookie = match value {
+            Some(value) => format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path={home}"),
+            None => format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path={home}; Max-Age=0"),
+        };
+        let mut response = Redirect::to(&home).into_response();
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().insert(header::SET_COOKIE, value);
+        }
+        response
     }
 }
 
@@ -163,15 +243,6 @@ pub(crate) struct Viewer {
     /// The operator signed in.
     pub(crate) signed_in: bool,
     pub(crate) csrf: String,
-}
-
-fn viewer(app: &App, original: &OriginalUri, uri: &Uri, headers: &HeaderMap) -> Viewer {
-    Viewer {
-        base: Base::of(original, uri).0,
-        actions: app.token.is_some(),
-        signed_in: app.token.is_some() && has_session(app, headers),
-        csrf: app.csrf.clone(),
-    }
 }
 
 fn has_session(app: &App, headers: &HeaderMap) -> bool {
@@ -202,6 +273,9 @@ fn same_origin(headers: &HeaderMap) -> bool {
     matches!((origin_host, host), (Some(o), Some(h)) if o == h)
 }
 
+/// The refusal of a form that did not come from the dashboard's page.
+const NOT_OURS: &str = "This request did not come from the dashboard's own page.";
+
 /// Why an action was refused.
 struct Refusal(&'static str);
 
@@ -220,9 +294,7 @@ fn authorize(app: &App, headers: &HeaderMap, csrf: &str) -> Result<(), Refusal> 
         ));
     }
     if !same_origin(headers) || !same(csrf, &app.csrf) {
-        return Err(Refusal(
-            "This request did not come from the dashboard's own page.",
-        ));
+        return Err(Refusal(NOT_OURS));
     }
     if !has_session(app, headers) {
         return Err(Refusal("Sign in with the dashboard's token to act."));
@@ -273,28 +345,19 @@ struct Notice {
     done: Option<String>,
 }
 
-async fn overview(
-    State(app): Shared,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(notice): Query<Notice>,
-) -> Response {
-    let viewer = viewer(&app, &original, &uri, &headers);
-    let data = with_conn(&app, |conn| {
-        let status = admin::queue_status(conn, admin::RUNNER_FRESH_SECS)?;
-        let paused = admin::paused_queues(conn)?;
-        let minutes = admin::throughput(conn, None)?;
-        Ok((status, paused, minutes))
-    })
-    .await;
-    match data {
-        Ok((status, paused, minutes)) => {
-            pages::overview(&viewer, notice.done.as_deref(), &status, &paused, &minutes)
-                .into_response()
-        }
-        Err(response) => response,
-    }
+async fn overview(ctx: Ctx, Query(notice): Query<Notice>) -> Response {
+    ctx.page(
+        |conn| {
+            let status = admin::queue_status(conn, admin::RUNNER_FRESH_SECS)?;
+            let paused = admin::paused_queues(conn)?;
+            let minutes = admin::throughput(conn, None)?;
+            Ok((status, paused, minutes))
+        },
+        |viewer, (status, paused, minutes)| {
+            pages::overview(viewer, notice.done.as_deref(), &status, &paused, &minutes)
+        },
+    )
+    .await
 }
 
 /// A list's filters, as the query string carries them.
@@ -346,6 +409,11 @@ impl Filter {
         })
     }
 
+    /// The ids of the jobs these filters select.
+    fn select(&self, conn: &mut PgConnection) -> Result<Vec<JobId>, AdminError> {
+        admin::select_jobs(conn, self.state(), self.job_type(), self.queue())
+    }
+
     /// The query string of these filters (no page, no notice).
     pub(crate) fn query(&self) -> String {
         let mut pairs = vec![("state", self.state_name().to_owned())];
@@ -371,85 +439,53 @@ pub(crate) fn encode(value: &str) -> String {
 /// Jobs shown on a page of a list.
 pub(crate) const PAGE: i64 = 50;
 
-async fn jobs(
-    State(app): Shared,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(filter): Query<Filter>,
-) -> Response {
-    let viewer = viewer(&app, &original, &uri, &headers);
+async fn jobs(ctx: Ctx, Query(filter): Query<Filter>) -> Response {
     let query = filter.clone();
-    let page = with_conn(&app, move |conn| {
-        admin::failed_jobs_page(
-            conn,
-            query.state(),
-            query.queue(),
-            query.job_type(),
-            query.after(),
-            PAGE + 1,
-        )
-    })
-    .await;
-    match page {
-        Ok(mut rows) => {
+    ctx.page(
+        move |conn| {
+            admin::failed_jobs_page(
+                conn,
+                query.state(),
+                query.queue(),
+                query.job_type(),
+                query.after(),
+                PAGE + 1,
+            )
+        },
+        |viewer, mut rows| {
             let more = rows.len() > PAGE as usize;
             rows.truncate(PAGE as usize);
-            pages::jobs(&viewer, &filter, &rows, more).into_response()
-        }
-        Err(response) => response,
-    }
+            pages::jobs(viewer, &filter, &rows, more)
+        },
+    )
+    .await
 }
 
-async fn job(
-    State(app): Shared,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-    Query(notice): Query<Notice>,
-) -> Response {
-    let viewer = viewer(&app, &original, &uri, &headers);
-    match with_conn(&app, move |conn| admin::find_job(conn, JobId(id))).await {
-        Ok(record) => pages::job(&viewer, notice.done.as_deref(), &record).into_response(),
-        Err(response) => response,
-    }
+async fn job(ctx: Ctx, Path(id): Path<i64>, Query(notice): Query<Notice>) -> Response {
+    ctx.page(
+        move |conn| admin::find_job(conn, JobId(id)),
+        |viewer, record| pages::job(viewer, notice.done.as_deref(), &record),
+    )
+    .await
 }
 
-async fn runners(
-    State(app): Shared,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let viewer = viewer(&app, &original, &uri, &headers);
-    match with_conn(&app, admin::runners).await {
-        Ok(runners) => pages::runners(&viewer, &runners).into_response(),
-        Err(response) => response,
-    }
+async fn runners(ctx: Ctx) -> Response {
+    ctx.page(admin::runners, |viewer, runners| {
+        pages::runners(viewer, &runners)
+    })
+    .await
 }
 
-async fn login_form(
-    State(app): Shared,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    pages::login(&viewer(&app, &original, &uri, &headers), None).into_response()
+async fn login_form(ctx: Ctx) -> Response {
+    pages::login(&ctx.viewer(), None).into_response()
 }
 
-async fn confirm_discard(
-    State(app): Shared,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-) -> Response {
-    let viewer = viewer(&app, &original, &uri, &headers);
-    match with_conn(&app, move |conn| admin::find_job(conn, JobId(id))).await {
-        Ok(record) => pages::confirm_discard(&viewer, &record).into_response(),
-        Err(response) => response,
-    }
+async fn confirm_discard(ctx: Ctx, Path(id): Path<i64>) -> Response {
+    ctx.page(
+        move |conn| admin::find_job(conn, JobId(id)),
+        |viewer, record| pages::confirm_discard(viewer, &record),
+    )
+    .await
 }
 
 /// A bulk action on every job a list's filters select.
@@ -460,25 +496,13 @@ struct BulkQuery {
     filter: Filter,
 }
 
-async fn confirm_bulk(
-    State(app): Shared,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(bulk): Query<BulkQuery>,
-) -> Response {
-    let viewer = viewer(&app, &original, &uri, &headers);
+async fn confirm_bulk(ctx: Ctx, Query(bulk): Query<BulkQuery>) -> Response {
     let filter = bulk.filter.clone();
-    let ids = with_conn(&app, move |conn| {
-        admin::select_jobs(conn, filter.state(), filter.job_type(), filter.queue())
-    })
-    .await;
-    match ids {
-        Ok(ids) => {
-            pages::confirm_bulk(&viewer, &bulk.action, &bulk.filter, ids.len()).into_response()
-        }
-        Err(response) => response,
-    }
+    ctx.page(
+        move |conn| filter.select(conn),
+        |viewer, ids| pages::confirm_bulk(viewer, &bulk.action, &bulk.filter, ids.len()),
+    )
+    .await
 }
 
 async fn stylesheet() -> impl IntoResponse {
@@ -517,54 +541,20 @@ struct ActionForm {
     csrf: String,
 }
 
-fn back(base: &str, path: &str, done: &str) -> Response {
-    let separator = if path.contains('?') { '&' } else { '?' };
-    let target = if path == "/" {
-        home(base)
-    } else {
-        format!("{base}{path}")
-    };
-    Redirect::to(&format!("{target}{separator}done={}", encode(done))).into_response()
+async fn retry(ctx: Ctx, Path(id): Path<i64>, Form(form): Form<ActionForm>) -> Response {
+    ctx.act(&form.csrf, format!("/jobs/{id}"), move |conn| {
+        admin::retry_job(conn, JobId(id))?;
+        Ok("retried: it runs as soon as a worker is free".into())
+    })
+    .await
 }
 
-async fn retry(
-    State(app): Shared,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    if let Err(refused) = authorize(&app, &headers, &form.csrf) {
-        return refused.into_response();
-    }
-    let base = Base::of(&original, &uri).0;
-    match with_conn(&app, move |conn| admin::retry_job(conn, JobId(id))).await {
-        Ok(()) => back(
-            &base,
-            &format!("/jobs/{id}"),
-            "retried: it runs as soon as a worker is free",
-        ),
-        Err(response) => response,
-    }
-}
-
-async fn discard(
-    State(app): Shared,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    if let Err(refused) = authorize(&app, &headers, &form.csrf) {
-        return refused.into_response();
-    }
-    let base = Base::of(&original, &uri).0;
-    match with_conn(&app, move |conn| admin::discard_job(conn, JobId(id))).await {
-        Ok(()) => back(&base, "/", &format!("job {id} discarded")),
-        Err(response) => response,
-    }
+async fn discard(ctx: Ctx, Path(id): Path<i64>, Form(form): Form<ActionForm>) -> Response {
+    ctx.act(&form.csrf, "/".into(), move |conn| {
+        admin::discard_job(conn, JobId(id))?;
+        Ok(format!("job {id} discarded"))
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -576,106 +566,52 @@ struct BulkForm {
     filter: Filter,
 }
 
-async fn bulk(
-    State(app): Shared,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    Form(form): Form<BulkForm>,
-) -> Response {
-    if let Err(refused) = authorize(&app, &headers, &form.csrf) {
-        return refused.into_response();
-    }
-    let base = Base::of(&original, &uri).0;
-    let retrying = match form.action.as_str() {
-        "retry" => true,
-        "discard" => false,
+/// What a bulk action does to each job.
+type JobChange = fn(&mut PgConnection, JobId) -> Result<(), AdminError>;
+
+async fn bulk(ctx: Ctx, Form(form): Form<BulkForm>) -> Response {
+    let (change, verb): (JobChange, _) = match form.action.as_str() {
+        "retry" => (admin::retry_job, "retried"),
+        "discard" => (admin::discard_job, "discarded"),
         _ => return (StatusCode::BAD_REQUEST, pages::refused("No such action.")).into_response(),
     };
     let filter = form.filter.clone();
-    let done = with_conn(&app, move |conn| {
-        let ids = admin::select_jobs(conn, filter.state(), filter.job_type(), filter.queue())?;
-        let (mut changed, mut running) = (0, 0);
-        for id in ids {
-            let result = if retrying {
-                admin::retry_job(conn, id)
-            } else {
-                admin::discard_job(conn, id)
-            };
-            match result {
-                Ok(()) => changed += 1,
-                Err(AdminError::Running(_) | AdminError::NotFound(_)) => running += 1,
-                Err(error) => return Err(error),
+    ctx.act(
+        &form.csrf,
+        format!("/jobs?{}", form.filter.query()),
+        move |conn| {
+            let (mut changed, mut skipped) = (0, 0);
+            for id in filter.select(conn)? {
+                match change(conn, id) {
+                    Ok(()) => changed += 1,
+                    Err(AdminError::Running(_) | AdminError::NotFound(_)) => skipped += 1,
+                    Err(error) => return Err(error),
+                }
             }
-        }
-        Ok((changed, running))
-    })
-    .await;
-    match done {
-        Ok((changed, skipped)) => {
-            let verb = if retrying { "retried" } else { "discarded" };
-            let note = if skipped > 0 {
+            Ok(if skipped > 0 {
                 format!("{changed} jobs {verb}; {skipped} were running or gone and were left")
             } else {
                 format!("{changed} jobs {verb}")
-            };
-            back(&base, &format!("/jobs?{}", form.filter.query()), &note)
-        }
-        Err(response) => response,
-    }
+            })
+        },
+    )
+    .await
 }
 
-async fn pause(
-    state: Shared,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    Path(queue): Path<String>,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    pause_or_resume(state, original, uri, headers, queue, form, true).await
-}
-
-async fn resume(
-    state: Shared,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    Path(queue): Path<String>,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    pause_or_resume(state, original, uri, headers, queue, form, false).await
-}
-
-async fn pause_or_resume(
-    State(app): Shared,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    queue: String,
-    form: ActionForm,
-    pausing: bool,
-) -> Response {
-    if let Err(refused) = authorize(&app, &headers, &form.csrf) {
-        return refused.into_response();
-    }
-    let base = Base::of(&original, &uri).0;
-    let name = queue.clone();
-    let changed = with_conn(&app, move |conn| {
-        if pausing {
-            admin::pause_queue(conn, &name)
-        } else {
-            admin::resume_queue(conn, &name)
-        }
+async fn pause(ctx: Ctx, Path(queue): Path<String>, Form(form): Form<ActionForm>) -> Response {
+    ctx.act(&form.csrf, "/".into(), move |conn| {
+        admin::pause_queue(conn, &queue)?;
+        Ok(format!("queue {queue} paused"))
     })
-    .await;
-    match changed {
-        Ok(_) => {
-            let verb = if pausing { "paused" } else { "resumed" };
-            back(&base, "/", &format!("queue {queue} {verb}"))
-        }
-        Err(response) => response,
-    }
+    .await
+}
+
+async fn resume(ctx: Ctx, Path(queue): Path<String>, Form(form): Form<ActionForm>) -> Response {
+    ctx.act(&form.csrf, "/".into(), move |conn| {
+        admin::resume_queue(conn, &queue)?;
+        Ok(format!("queue {queue} resumed"))
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -686,69 +622,27 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(
-    State(app): Shared,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    Form(form): Form<LoginForm>,
-) -> Response {
-    let viewer = viewer(&app, &original, &uri, &headers);
-    let Some(token) = &app.token else {
-        return (
-            StatusCode::FORBIDDEN,
-            pages::refused("This dashboard is read-only: there is nothing to sign in to."),
-        )
+async fn login(ctx: Ctx, Form(form): Form<LoginForm>) -> Response {
+    let Some(token) = &ctx.app.token else {
+        return Refusal("This dashboard is read-only: there is nothing to sign in to.")
             .into_response();
     };
-    if !same_origin(&headers) || !same(&form.csrf, &app.csrf) {
-        return (
-            StatusCode::FORBIDDEN,
-            pages::refused("This request did not come from the dashboard's own page."),
-        )
-            .into_response();
+    if !same_origin(&ctx.headers) || !same(&form.csrf, &ctx.app.csrf) {
+        return Refusal(NOT_OURS).into_response();
     }
     if !same(&form.token, token) {
         return (
             StatusCode::FORBIDDEN,
-            pages::login(&viewer, Some("That is not the dashboard's token.")),
+            pages::login(&ctx.viewer(), Some("That is not the dashboard's token.")),
         )
             .into_response();
     }
-    let cookie = format!(
-        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path={}",
-        app.session,
-        home(&viewer.base)
-    );
-    let mut response = Redirect::to(&home(&viewer.base)).into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    response
+    ctx.session_cookie(Some(&ctx.app.session))
 }
 
-async fn logout(
-    State(app): Shared,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    let base = Base::of(&original, &uri).0;
-    if !same_origin(&headers) || !same(&form.csrf, &app.csrf) {
-        return (
-            StatusCode::FORBIDDEN,
-            pages::refused("Not from the dashboard's page."),
-        )
-            .into_response();
+async fn logout(ctx: Ctx, Form(form): Form<ActionForm>) -> Response {
+    if !same_origin(&ctx.headers) || !same(&form.csrf, &ctx.app.csrf) {
+        return Refusal(NOT_OURS).into_response();
     }
-    let cookie = format!(
-        "{COOKIE}=; HttpOnly; SameSite=Strict; Path={}; Max-Age=0",
-        home(&base)
-    );
-    let mut response = Redirect::to(&home(&base)).into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    response
+    ctx.session_cookie(None)
 }
