@@ -192,6 +192,10 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 print_json(&status)?;
             } else {
                 print_status(&status, &paused);
+                print_schedules(&skiplock::schedules(
+                    &mut conn,
+                    skiplock::RUNNER_FRESH_SECS,
+                )?);
             }
         }
         Command::Pause { queue } => {
@@ -296,6 +300,30 @@ fn print_status(status: &[QueueStatus], paused: &[skiplock::PausedQueue]) {
             pause.paused_at.format("%Y-%m-%d %H:%M:%S UTC")
         );
     }
+}
+
+/// The periodic jobs: last and next tick of each schedule.
+fn print_schedules(schedules: &[skiplock::ScheduleRecord]) {
+    if schedules.is_empty() {
+        return;
+    }
+    let mut table = Table::new(["schedule", "cron", "time zone", "last tick", "next tick"]);
+    for schedule in schedules {
+        let next = match (schedule.declared, schedule.next_tick) {
+            (false, _) => "stopped: no live runner declares it".to_owned(),
+            (true, Some(next)) => when(next),
+            (true, None) => "-".to_owned(),
+        };
+        table.row([
+            schedule.name.clone(),
+            schedule.cron.clone(),
+            schedule.time_zone.clone(),
+            schedule.last_tick.map_or("never".into(), when),
+            next,
+        ]);
+    }
+    println!();
+    print!("{table}");
 }
 
 fn list(jobs: Vec<JobRecord>, listing: &Listing) -> Result<(), Failure> {

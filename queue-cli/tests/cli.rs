@@ -276,7 +276,7 @@ fn bad_input_gives_a_clear_message_and_a_nonzero_exit_without_changing_anything(
     }
     let (code, out, _) = run(&empty, &["migrate"]);
     assert_eq!(code, 0);
-    assert!(out.starts_with("applied 8 migration(s)"), "{out}");
+    assert!(out.starts_with("applied 9 migration(s)"), "{out}");
     let (_, out, _) = run(&empty, &["migrate"]);
     assert!(out.starts_with("the queue schema is up to date"), "{out}");
 
@@ -580,6 +580,50 @@ fn web_serves_the_dashboard_without_the_password_and_acts_only_for_the_token() {
     let (status, _) = http(&address, "POST", "/queues/mail/pause", "csrf=x");
     assert_eq!(status, 403);
     assert_eq!(db.count_jobs("true"), 4);
+    web.kill().unwrap();
+    let _ = web.wait();
+}
+
+#[test]
+fn status_and_the_dashboard_show_each_schedule_with_its_last_and_next_tick() {
+    let db = TestDb::create();
+    prepared_queue(&db, "1 minute");
+    // Runner `r1` (seen just now) declares `cleanup`; no one declares `old-report`.
+    db.execute(
+        "UPDATE queue_runners SET schedules = '{cleanup}'; \
+         INSERT INTO queue_schedules (name, cron, time_zone, last_tick, next_tick) VALUES \
+           ('cleanup', '0 */5 * * * *', 'UTC', '2026-11-27 10:00:00+00', '2026-11-27 10:05:00+00'), \
+           ('old-report', '0 3 * * *', 'Europe/Paris', NULL, '2026-11-28 02:00:00+00')",
+    );
+    let (code, out, _) = run(&db, &["status"]);
+    assert_eq!(code, 0);
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .to_owned()
+    };
+    let cleanup = line("cleanup");
+    assert!(
+        cleanup.contains("0 */5 * * * *")
+            && cleanup.contains("2026-11-27 10:00:00 UTC")
+            && cleanup.contains("2026-11-27 10:05:00 UTC"),
+        "{cleanup}"
+    );
+    let old = line("old-report");
+    assert!(
+        old.contains("Europe/Paris")
+            && old.contains("never")
+            && old.contains("stopped: no live runner declares it"),
+        "{old}"
+    );
+
+    let (mut web, address, _) = start_web(db.url(), &["--read-only"], None);
+    let (status, page) = http(&address, "GET", "/", "");
+    assert_eq!(status, 200);
+    assert!(page.contains("data-schedule=\"cleanup\""), "{page}");
+    assert!(page.contains("2026-11-27T10:05:00+00:00"), "{page}");
+    assert!(page.contains("stopped: no live runner declares it"), "{page}");
     web.kill().unwrap();
     let _ = web.wait();
 }

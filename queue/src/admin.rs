@@ -5,7 +5,7 @@ use diesel::prelude::*;
 
 use crate::errors::AdminError;
 use crate::job::JobId;
-use crate::storage::{self, FailedState, JobRecord, QueueStatus, RunnerRecord};
+use crate::storage::{self, FailedState, JobRecord, QueueStatus, RunnerRecord, ScheduleRecord};
 
 /// Jobs that have failed at least once and will be retried, the longest
 /// failing first (at most `limit`).
@@ -215,6 +215,16 @@ pub fn throughput(
             failed: m.failed,
         })
         .collect())
+}
+
+/// The periodic jobs' schedules, by name: last and next tick, and whether
+/// a live runner (seen within `runner_fresh_secs`) still declares each.
+pub fn schedules(
+    conn: &mut PgConnection,
+    runner_fresh_secs: f64,
+) -> Result<Vec<ScheduleRecord>, AdminError> {
+    require_schema(conn)?;
+    Ok(storage::schedules(conn, runner_fresh_secs)?)
 }
 
 /// Fails with [`AdminError::NoSchema`] when the queue's tables are missing.

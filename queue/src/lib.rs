@@ -31,6 +31,7 @@ mod listener;
 mod metrics;
 mod migrate;
 mod parts;
+mod periodic;
 mod pq;
 mod prepared;
 mod redact;
@@ -74,8 +75,8 @@ pub use skiplock_derive::FromState;
 
 pub use crate::admin::{
     dead_jobs, discard_job, failed_jobs_page, failing_jobs, find_job, pause_queue, paused_queues,
-    queue_status, require_schema, resume_queue, retry_job, runners, select_jobs, throughput,
-    JobState, MinuteCounts, PageAfter, PausedQueue, RUNNER_FRESH_SECS,
+    queue_status, require_schema, resume_queue, retry_job, runners, schedules, select_jobs,
+    throughput, JobState, MinuteCounts, PageAfter, PausedQueue, RUNNER_FRESH_SECS,
 };
 pub use crate::connection::{ConnectionMode, JobConnection, PgPool};
 pub use crate::errors::{
@@ -86,12 +87,13 @@ pub use crate::job::{
 };
 pub use crate::migrate::{migrate, MigrationReport};
 pub use crate::parts::FromState;
+pub use crate::periodic::Periodic;
 pub use crate::redact::{connection_secrets, redact_connection_string, scrub_secrets};
 pub use crate::retry::RetryPolicy;
 pub use crate::runner::{
     FailedRun, RunSummary, Runner, RunnerBuilder, RunningRunner, ShutdownReport,
 };
-pub use crate::storage::{JobRecord, QueueStatus, RunnerRecord};
+pub use crate::storage::{JobRecord, QueueStatus, RunnerRecord, ScheduleRecord};
 
 /// Registers a hand-written [`Job`] implementation so runners find it by
 /// its [`Job::JOB_TYPE`]. `#[background_job]` does this itself.

@@ -14,9 +14,10 @@ use tracing::info;
 
 use crate::connection::{self, PgPool};
 use crate::errors::RunnerError;
-use crate::job::JobId;
+use crate::job::{Job, JobId};
 use crate::metrics::{self, Gauge, Metrics};
 use crate::parts::{self, PartFn};
+use crate::periodic::{self, Periodic};
 use crate::registry::Registry;
 use crate::scheduler;
 use crate::shutdown::Signals;
@@ -54,6 +55,7 @@ pub struct RunnerBuilder<C> {
     completion_window: Duration,
     slow_job_threshold: Duration,
     metrics_listener: Option<TcpListener>,
+    schedules: Vec<Periodic>,
     #[cfg(feature = "tokio")]
     tokio_handle: Option<tokio::runtime::Handle>,
 }
@@ -70,6 +72,24 @@ impl<C> fmt::Debug for RunnerBuilder<C> {
 }
 
 impl<C: Any + Send + Sync> RunnerBuilder<C> {
+    /// Enqueues `make()` at each tick of `cron` (five fields, or six with
+    /// seconds first; UTC), each tick exactly once across every runner
+    /// that declares the schedule. See [`Periodic`] for a name, a time
+    /// zone, skipping missed ticks, or the tick's time in the job.
+    pub fn periodic<J: Job>(
+        self,
+        cron: &str,
+        make: impl Fn() -> J + Send + Sync + 'static,
+    ) -> Self {
+        self.schedule(Periodic::new(cron, move |_| make()))
+    }
+
+    /// Enqueues a [`Periodic`] job at each of its ticks.
+    pub fn schedule(mut self, periodic: Periodic) -> Self {
+        self.schedules.push(periodic);
+        self
+    }
+
     /// Serves `queue` with `workers` threads. A queue with one worker never
     /// runs two of its jobs at once in this runner.
     pub fn queue(mut self, queue: impl Into<String>, workers: usize) -> Self {
@@ -216,6 +236,20 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
                 "completion window 0; use at least 1 ms (the default is 50 ms)".into(),
             ));
         }
+        let mut schedules = Vec::with_capacity(self.schedules.len());
+        for periodic in self.schedules {
+            let schedule = periodic.check()?;
+            if schedules
+                .iter()
+                .any(|s: &periodic::Schedule| s.name == schedule.name)
+            {
+                return Err(RunnerError::Config(format!(
+                    "two schedules are named `{}`; name them apart with `Periodic::name`",
+                    schedule.name
+                )));
+            }
+            schedules.push(schedule);
+        }
         let Some(database_url) = self.database_url else {
             return Err(RunnerError::Config(
                 "no database; give one with `.database_url(..)` (the workers hold their job \
@@ -250,7 +284,9 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         let workers: usize = self.queues.iter().map(|(_, n)| n).sum();
         // Every taker of a pooled connection at once: each worker's job, the
         // wake-up thread, the watchdog (completions of a lost session), a scrape.
-        let needed = u32::try_from(workers + 3).unwrap_or(u32::MAX);
+        // (And the periodic thread, when there are schedules.)
+        let needed =
+            u32::try_from(workers + 3 + usize::from(!schedules.is_empty())).unwrap_or(u32::MAX);
         // Connect once directly: an unreachable database is reported with
         // its real cause at once, not after a pool's timeout.
         let secrets = crate::redact::connection_secrets(&database_url);
@@ -316,6 +352,7 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
                     slow_job_threshold: self.slow_job_threshold,
                 },
                 metrics: Metrics::default(),
+                schedules,
                 worker_name: format!("host {}, pid {}", scheduler::hostname(), std::process::id()),
                 runner_id: format!(
                     "{}-{}-{}",
@@ -374,6 +411,7 @@ impl<C: Any + Send + Sync> Runner<C> {
             completion_window: Duration::from_millis(50),
             slow_job_threshold: Duration::from_millis(100),
             metrics_listener: None,
+            schedules: Vec::new(),
             #[cfg(feature = "tokio")]
             tokio_handle: None,
         }
@@ -482,6 +520,15 @@ impl<C: Any + Send + Sync> Runner<C> {
                 .spawn(move || scheduler::run(shared, slots))
                 .expect("the OS refused to start the wake-up thread"),
         );
+        if !self.shared.schedules.is_empty() {
+            let shared = Arc::clone(&self.shared);
+            workers.push(
+                thread::Builder::new()
+                    .name("queue-periodic".into())
+                    .spawn(move || periodic::run(shared))
+                    .expect("the OS refused to start the periodic thread"),
+            );
+        }
         let control: Arc<dyn Control> = self.shared;
         if let Some(listener) = self.metrics_listener {
             let (control, slots) = (Arc::clone(&control), slots_for_metrics.clone());

@@ -144,14 +144,18 @@ fn check<C>(
             .iter()
             .filter_map(|slot| lock(&slot.batch).running.map(|job| job.id))
             .collect();
+        let schedules: Vec<&str> = shared.schedules.iter().map(|s| s.name.as_str()).collect();
         storage::announce_runner(
             &mut conn,
-            &shared.runner_id,
-            &hostname(),
-            queues,
-            &running,
-            shared.settings.poll_interval,
-            shared.registry.type_names(),
+            &storage::Announcement {
+                id: &shared.runner_id,
+                hostname: &hostname(),
+                queues,
+                running: &running,
+                poll_interval: shared.settings.poll_interval,
+                job_types: shared.registry.type_names(),
+                schedules: &schedules,
+            },
         )?;
         reap(&mut conn)?;
         report_throughput(shared, &mut conn)?;

@@ -53,6 +53,8 @@ pub(crate) struct Shared<C> {
     /// How this runner's workers sign the jobs they hold ("host H, pid P").
     pub(crate) worker_name: String,
     pub(crate) metrics: Metrics,
+    /// The periodic jobs this runner enqueues.
+    pub(crate) schedules: Vec<crate::periodic::Schedule>,
 }
 
 /// One worker: its lock session and its batch. The worker holds `session`

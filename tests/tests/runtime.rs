@@ -874,12 +874,12 @@ fn migrate_is_idempotent_and_records_the_schema_version() {
     let mut conn = db.conn();
     let again = skiplock::migrate(&mut conn).unwrap();
     assert!(again.applied.is_empty());
-    assert_eq!(again.current_version, "20261127000008");
+    assert_eq!(again.current_version, "20261127000009");
     let versions = count(
         &mut conn,
         "SELECT count(*) AS n FROM queue_schema_migrations",
     );
-    assert_eq!(versions, 8);
+    assert_eq!(versions, 9);
 }
 
 #[test]
@@ -907,7 +907,8 @@ fn migrate_upgrades_a_live_table_of_the_first_schema_in_place() {
             "20261127000005",
             "20261127000006",
             "20261127000007",
-            "20261127000008"
+            "20261127000008",
+            "20261127000009"
         ]
     );
     assert_eq!(

@@ -601,16 +601,26 @@ pub(crate) fn forget_migration(conn: &mut PgConnection, version: &str) -> QueryR
     Ok(())
 }
 
-/// Records that runner `id` is alive, serving `queues` with the
-/// `job_types` it registers, running `running`.
+/// What a runner says of itself at each poll interval.
+#[derive(Debug)]
+pub(crate) struct Announcement<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) hostname: &'a str,
+    /// The queues it serves.
+    pub(crate) queues: &'a [String],
+    /// The jobs it runs now.
+    pub(crate) running: &'a [i64],
+    pub(crate) poll_interval: Duration,
+    /// The job types it registers.
+    pub(crate) job_types: &'a [&'a str],
+    /// The schedules it declares.
+    pub(crate) schedules: &'a [&'a str],
+}
+
+/// Records that a runner is alive, and what it serves, runs and declares.
 pub(crate) fn announce_runner(
     conn: &mut PgConnection,
-    id: &str,
-    hostname: &str,
-    queues: &[String],
-    running: &[i64],
-    poll_interval: Duration,
-    job_types: &[&str],
+    runner: &Announcement<'_>,
 ) -> QueryResult<()> {
     // Runners not seen for three of their own poll intervals (and at least
     // 2 s) died without retiring: their rows go, so no one lists them.
@@ -619,19 +629,20 @@ pub(crate) fn announce_runner(
              DELETE FROM queue_runners \
              WHERE id <> $1 AND last_seen_at < now() \
                  - greatest(3 * poll_interval_ms, 2000) * interval '1 millisecond') \
-         INSERT INTO queue_runners (id, hostname, pid, queues, running, poll_interval_ms, job_types) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         INSERT INTO queue_runners (id, hostname, pid, queues, running, poll_interval_ms, job_types, schedules) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
          ON CONFLICT (id) DO UPDATE SET last_seen_at = now(), running = EXCLUDED.running",
     )
-    .bind::<Text, _>(id)
-    .bind::<Text, _>(hostname)
+    .bind::<Text, _>(runner.id)
+    .bind::<Text, _>(runner.hostname)
     .bind::<diesel::sql_types::Integer, _>(std::process::id() as i32)
-    .bind::<Array<Text>, _>(queues)
-    .bind::<Array<BigInt>, _>(running)
+    .bind::<Array<Text>, _>(runner.queues)
+    .bind::<Array<BigInt>, _>(runner.running)
     .bind::<diesel::sql_types::Integer, _>(
-        i32::try_from(poll_interval.as_millis()).unwrap_or(i32::MAX),
+        i32::try_from(runner.poll_interval.as_millis()).unwrap_or(i32::MAX),
     )
-    .bind::<Array<Text>, _>(job_types)
+    .bind::<Array<Text>, _>(runner.job_types)
+    .bind::<Array<Text>, _>(runner.schedules)
     .execute(conn)?;
     Ok(())
 }
@@ -936,5 +947,108 @@ pub(crate) fn throughput(conn: &mut PgConnection, queue: Option<&str>) -> QueryR
          GROUP BY m.ago ORDER BY m.ago DESC",
     )
     .bind::<Nullable<Text>, _>(queue)
+    .load(conn)
+}
+
+/// Records a schedule a runner declares (its cron text and time zone as
+/// the runner has them now: a changed schedule takes effect with the
+/// deploy that changes it), and its next tick.
+pub(crate) fn declare_schedule(
+    conn: &mut PgConnection,
+    name: &str,
+    cron: &str,
+    time_zone: &str,
+    next_tick: Option<DateTime<Utc>>,
+) -> QueryResult<()> {
+    Statement::new(
+        "INSERT INTO queue_schedules (name, cron, time_zone, next_tick) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (name) DO UPDATE SET cron = EXCLUDED.cron, time_zone = EXCLUDED.time_zone, \
+             next_tick = EXCLUDED.next_tick, updated_at = now()",
+    )
+    .bind::<Text, _>(name)
+    .bind::<Text, _>(cron)
+    .bind::<Text, _>(time_zone)
+    .bind::<Nullable<Timestamptz>, _>(next_tick)
+    .execute(conn)?;
+    Ok(())
+}
+
+/// The latest tick of each of `names` (`None`: never ticked, or unknown).
+pub(crate) fn last_ticks(
+    conn: &mut PgConnection,
+    names: &[&str],
+) -> QueryResult<Vec<(String, Option<DateTime<Utc>>)>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        name: String,
+        #[diesel(sql_type = Nullable<Timestamptz>)]
+        last_tick: Option<DateTime<Utc>>,
+    }
+    let rows: Vec<Row> =
+        Statement::new("SELECT name, last_tick FROM queue_schedules WHERE name = ANY ($1::text[])")
+            .bind::<Array<Text>, _>(names)
+            .load(conn)?;
+    Ok(rows.into_iter().map(|r| (r.name, r.last_tick)).collect())
+}
+
+/// Moves schedule `name` to `tick` if no runner has taken that tick (or a
+/// later one) yet. `true`: this transaction took it, and must enqueue its
+/// job before committing. Concurrent takers wait for the row, then find
+/// the tick taken.
+pub(crate) fn claim_tick(
+    conn: &mut PgConnection,
+    name: &str,
+    tick: DateTime<Utc>,
+    next_tick: Option<DateTime<Utc>>,
+) -> QueryResult<bool> {
+    let taken = Statement::new(
+        "UPDATE queue_schedules SET last_tick = $2, next_tick = $3, updated_at = now() \
+         WHERE name = $1 AND (last_tick IS NULL OR last_tick < $2)",
+    )
+    .bind::<Text, _>(name)
+    .bind::<Timestamptz, _>(tick)
+    .bind::<Nullable<Timestamptz>, _>(next_tick)
+    .execute(conn)?;
+    Ok(taken == 1)
+}
+
+/// A schedule as `skiplock status` and the dashboard show it.
+#[derive(Debug, Clone, PartialEq, QueryableByName, serde::Serialize)]
+pub struct ScheduleRecord {
+    /// The schedule's name (its job type's, unless named).
+    #[diesel(sql_type = Text)]
+    pub name: String,
+    /// Its cron text.
+    #[diesel(sql_type = Text)]
+    pub cron: String,
+    /// The time zone it is read in.
+    #[diesel(sql_type = Text)]
+    pub time_zone: String,
+    /// The latest tick enqueued (or skipped).
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub last_tick: Option<DateTime<Utc>>,
+    /// The next tick.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub next_tick: Option<DateTime<Utc>>,
+    /// A live runner declares it: when none does (it was removed from the
+    /// code, or no runner runs), it has stopped.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub declared: bool,
+}
+
+/// Every schedule, by name.
+pub(crate) fn schedules(
+    conn: &mut PgConnection,
+    fresh_secs: f64,
+) -> QueryResult<Vec<ScheduleRecord>> {
+    Statement::new(
+        "SELECT s.name, s.cron, s.time_zone, s.last_tick, s.next_tick, \
+                EXISTS (SELECT 1 FROM queue_runners r \
+                        WHERE s.name = ANY (r.schedules) \
+                          AND r.last_seen_at > now() - $1 * interval '1 second') AS declared \
+         FROM queue_schedules s ORDER BY s.name",
+    )
+    .bind::<diesel::sql_types::Double, _>(fresh_secs)
     .load(conn)
 }

@@ -351,10 +351,20 @@ async fn overview(ctx: Ctx, Query(notice): Query<Notice>) -> Response {
             let status = admin::queue_status(conn, admin::RUNNER_FRESH_SECS)?;
             let paused = admin::paused_queues(conn)?;
             let minutes = admin::throughput(conn, None)?;
-            Ok((status, paused, minutes))
+            let schedules = admin::schedules(conn, admin::RUNNER_FRESH_SECS)?;
+            Ok((status, paused, minutes, schedules))
         },
-        |viewer, (status, paused, minutes)| {
-            pages::overview(viewer, notice.done.as_deref(), &status, &paused, &minutes)
+        |viewer, (status, paused, minutes, schedules)| {
+            pages::overview(
+                viewer,
+                notice.done.as_deref(),
+                &pages::Overview {
+                    status: &status,
+                    paused: &paused,
+                    minutes: &minutes,
+                    schedules: &schedules,
+                },
+            )
         },
     )
     .await

@@ -7,7 +7,7 @@ use maud::{html, Markup, DOCTYPE};
 
 use super::{chart, encode, home, Filter, Viewer, PAGE};
 use crate::admin::{MinuteCounts, PausedQueue};
-use crate::storage::{JobRecord, QueueStatus, RunnerRecord};
+use crate::storage::{JobRecord, QueueStatus, RunnerRecord, ScheduleRecord};
 
 /// The frame of every page.
 fn layout(viewer: &Viewer, title: &str, notice: Option<&str>, body: Markup) -> Markup {
@@ -123,13 +123,21 @@ struct QueueSums {
     oldest_ready_secs: Option<f64>,
 }
 
-pub(crate) fn overview(
-    viewer: &Viewer,
-    notice: Option<&str>,
-    status: &[QueueStatus],
-    paused: &[PausedQueue],
-    minutes: &[MinuteCounts],
-) -> Markup {
+/// What the overview shows.
+pub(crate) struct Overview<'a> {
+    pub(crate) status: &'a [QueueStatus],
+    pub(crate) paused: &'a [PausedQueue],
+    pub(crate) minutes: &'a [MinuteCounts],
+    pub(crate) schedules: &'a [ScheduleRecord],
+}
+
+pub(crate) fn overview(viewer: &Viewer, notice: Option<&str>, data: &Overview<'_>) -> Markup {
+    let Overview {
+        status,
+        paused,
+        minutes,
+        schedules,
+    } = *data;
     let mut queues: BTreeMap<&str, QueueSums> = BTreeMap::new();
     for row in status {
         let sums = queues.entry(&row.queue).or_default();
@@ -187,6 +195,25 @@ pub(crate) fn overview(
                                         }
                                     }
                                 }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if !schedules.is_empty() {
+            section {
+                h2 { "Schedules" }
+                table #schedules {
+                    thead { tr { th { "schedule" } th { "cron" } th { "time zone" } th { "last tick" } th { "next tick" } } }
+                    tbody {
+                        @for schedule in schedules {
+                            tr data-schedule=(schedule.name) {
+                                td { code { (schedule.name) } }
+                                td { code { (schedule.cron) } }
+                                td { (schedule.time_zone) }
+                                td { @if schedule.last_tick.is_some() { (when(schedule.last_tick)) } @else { span.muted { "never" } } }
+                                td { @if schedule.declared { (when(schedule.next_tick)) } @else { span.warning { "stopped: no live runner declares it" } } }
                             }
                         }
                     }

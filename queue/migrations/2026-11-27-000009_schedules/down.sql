@@ -1,0 +1,2 @@
+ALTER TABLE queue_runners DROP COLUMN schedules;
+DROP TABLE queue_schedules;
