@@ -623,7 +623,10 @@ fn status_and_the_dashboard_show_each_schedule_with_its_last_and_next_tick() {
     assert_eq!(status, 200);
     assert!(page.contains("data-schedule=\"cleanup\""), "{page}");
     assert!(page.contains("2026-11-27T10:05:00+00:00"), "{page}");
-    assert!(page.contains("stopped: no live runner declares it"), "{page}");
+    assert!(
+        page.contains("stopped: no live runner declares it"),
+        "{page}"
+    );
     web.kill().unwrap();
     let _ = web.wait();
 }

@@ -169,3 +169,16 @@ impl r2d2::HandleError<diesel::r2d2::Error> for QuietPoolErrors {
         tracing::debug!(%error, "the pool could not open a connection");
     }
 }
+
+/// Whether two open connections run on one server backend: they came
+/// through a pooler that shares server sessions between clients
+/// (PgBouncer in transaction or statement mode, which hands an idle server
+/// connection to the next client, the most recently used first). A direct
+/// connection, or a session-mode pool, never gives one backend to two open
+/// clients.
+pub(crate) fn share_a_session(
+    a: &mut PgConnection,
+    b: &mut PgConnection,
+) -> diesel::QueryResult<bool> {
+    Ok(crate::storage::backend_pid(a)? == crate::storage::backend_pid(b)?)
+}

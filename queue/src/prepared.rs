@@ -1,9 +1,7 @@
-//! Fixed SQL text with binds that diesel caches as a prepared statement.
-//!
-//! `diesel::sql_query` statements are prepared anew on every execution (two
-//! round trips); the hot statements of the queue (enqueue, claim) are
-//! written here once, parsed once per connection, then run in one round
-//! trip each.
+//! Fixed SQL text with binds, run in one round trip as an unnamed
+//! statement (diesel's `PQsendQueryParams` path): never a named prepared
+//! statement, so enqueueing works through PgBouncer in transaction mode on
+//! the application's connection, whatever its statement cache setting.
 
 use std::marker::PhantomData;
 
@@ -58,6 +56,12 @@ impl<'a> Statement<'a> {
 
 impl QueryFragment<Pg> for Statement<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        // Never a named prepared statement: diesel then sends the text with
+        // its binds in one message (PQsendQueryParams), which works through
+        // PgBouncer in transaction mode whatever the connection's statement
+        // cache says. (Named statements live in one server session, and such
+        // a pooler gives each transaction whichever session is free.)
+        out.unsafe_to_cache_prepared();
         // Copy the text, replacing each `$n` by bind n (diesel numbers binds itself).
         let mut rest = self.sql;
         while let Some(dollar) = rest.find('$') {

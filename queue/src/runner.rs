@@ -293,7 +293,29 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         let unreachable = |e: &dyn fmt::Display| {
             RunnerError::Connect(crate::redact::scrub_secrets(&e.to_string(), &secrets))
         };
-        PgConnection::establish(&database_url).map_err(|e| unreachable(&e))?;
+        let pooled = |what: &str| {
+            RunnerError::Config(format!(
+                "the runner's {what} reaches PostgreSQL through a pooler that shares server \
+                 sessions between clients (PgBouncer in transaction or statement mode): two \
+                 connections opened there ran on one server session. A worker holds the locks \
+                 of its jobs in its own session, the listener needs one for LISTEN, and the \
+                 runner's queries are not written for sessions that change under them: through \
+                 such a pooler, jobs would run twice. Give the runner direct connections (the \
+                 server's own host and port) or a session-mode pool; the application can go on \
+                 enqueueing through the pooler"
+            ))
+        };
+        for (what, url) in [
+            ("database_url", Some(&database_url)),
+            ("listen_url", self.listener_url.as_ref()),
+        ] {
+            let Some(url) = url else { continue };
+            let mut a = PgConnection::establish(url).map_err(|e| unreachable(&e))?;
+            let mut b = PgConnection::establish(url).map_err(|e| unreachable(&e))?;
+            if connection::share_a_session(&mut a, &mut b).map_err(|e| unreachable(&e))? {
+                return Err(pooled(what));
+            }
+        }
         let pool = match self.pool {
             Some(pool) => pool,
             None => Pool::builder()
@@ -316,7 +338,13 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
             });
         }
         // Fail now, not in every worker, when the database is unreachable.
-        drop(pool.get().map_err(|e| unreachable(&e))?);
+        {
+            let mut a = pool.get().map_err(|e| unreachable(&e))?;
+            let mut b = pool.get().map_err(|e| unreachable(&e))?;
+            if connection::share_a_session(&mut a, &mut b).map_err(|e| unreachable(&e))? {
+                return Err(pooled("pool"));
+            }
+        }
 
         // Async jobs on the runner's queues run on tokio, with connections
         // of their own (one per worker at most).

@@ -300,3 +300,101 @@ macro_rules! test_job {
         ::skiplock::register_job!($ty);
     };
 }
+
+/// A real PgBouncer (Debian's `pgbouncer`) in front of the test server, in
+/// transaction mode, on a free local port, run as an unprivileged user;
+/// stopped when dropped.
+#[derive(Debug)]
+pub struct PgBouncer {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl PgBouncer {
+    /// Starts it and waits until it accepts connections.
+    pub fn start() -> PgBouncer {
+        use std::os::unix::fs::PermissionsExt;
+        let binary = "/usr/sbin/pgbouncer";
+        assert!(
+            std::path::Path::new(binary).exists(),
+            "{binary} is missing: `apt-get install pgbouncer` (.ci/run does)"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        // The unprivileged user must read the files and write its log there.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let server = url::Url::parse(&server_url()).expect("DATABASE_URL is a URL");
+        let (host, server_port) = (
+            server.host_str().unwrap_or("127.0.0.1").to_owned(),
+            server.port().unwrap_or(5432),
+        );
+        let users = dir.path().join("users.txt");
+        std::fs::write(&users, "\"postgres\" \"\"\n\"root\" \"\"\n").unwrap();
+        let config = dir.path().join("pgbouncer.ini");
+        std::fs::write(
+            &config,
+            format!(
+                "[databases]\n* = host={host} port={server_port}\n\n[pgbouncer]\n\
+                 listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {users}\npool_mode = transaction\n\
+                 max_client_conn = 500\ndefault_pool_size = 20\n\
+                 logfile = {log}\npidfile = {pid}\n",
+                users = users.display(),
+                log = dir.path().join("pgbouncer.log").display(),
+                pid = dir.path().join("pgbouncer.pid").display(),
+            ),
+        )
+        .unwrap();
+        for file in [&users, &config] {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        // PgBouncer refuses to run as root: as `postgres` then.
+        let mut command = std::process::Command::new(binary);
+        if unsafe { libc::geteuid() } == 0 {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: a NUL-terminated name; the entry is read at once.
+            let user = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
+            assert!(!user.is_null(), "no `postgres` user to run pgbouncer as");
+            // SAFETY: getpwnam returned a valid entry.
+            let (uid, gid) = unsafe { ((*user).pw_uid, (*user).pw_gid) };
+            command.uid(uid).gid(gid);
+        }
+        let child = command
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start pgbouncer");
+        let bouncer = PgBouncer {
+            child,
+            port,
+            _dir: dir,
+        };
+        wait_until(
+            "pgbouncer accepts connections",
+            Duration::from_secs(20),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+        bouncer
+    }
+
+    /// `db`'s URL through this PgBouncer.
+    pub fn url(&self, db: &TestDb) -> String {
+        let mut url = url::Url::parse(db.url()).expect("a URL");
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(self.port)).unwrap();
+        url.to_string()
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1052,3 +1052,15 @@ pub(crate) fn schedules(
     .bind::<diesel::sql_types::Double, _>(fresh_secs)
     .load(conn)
 }
+
+/// The server process of `conn`'s session.
+pub(crate) fn backend_pid(conn: &mut PgConnection) -> QueryResult<i32> {
+    #[derive(QueryableByName)]
+    struct Pid {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pid: i32,
+    }
+    Ok(Statement::new("SELECT pg_backend_pid() AS pid")
+        .get_result::<Pid>(conn)?
+        .pid)
+}
