@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex};
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Text};
 use index_jobs::{
-    add_crate, cargo_key, create_bare_index, sync_crate, unyank, yank, Credentials, Index,
-    IndexConfig, IndexDependency, IndexVersion, RegistryRecords, RepoConfig, INDEX_QUEUE,
+    add_crate, create_bare_index, sync_crate, unyank, yank, Credentials, Index, IndexConfig,
+    IndexDependency, IndexVersion, RegistryRecords, RepoConfig, INDEX_QUEUE,
 };
 use skiplock::{BoxError, Job, RunSummary, Runner};
+use skiplock_examples::registry::{Records, VERSIONS_TABLE};
 use skiplock_tests::TestDb;
 use tempfile::TempDir;
 
@@ -450,44 +451,14 @@ fn a_push_rejected_again_and_again_fails_the_job_for_a_later_retry_after_a_bound
 
 // --- sync jobs: the index converges to the registry's records ----------
 
-/// The registry's table in these tests: one row per published version.
-const REGISTRY_SCHEMA: &str = "CREATE TABLE registry_versions ( \
-    id BIGSERIAL PRIMARY KEY, crate_name TEXT NOT NULL, vers TEXT NOT NULL, \
-    line JSONB NOT NULL, yanked BOOLEAN NOT NULL DEFAULT false)";
-
-/// The registry's records, read from its table.
-struct Records;
-
-impl RegistryRecords for Records {
-    fn versions(&self, conn: &mut PgConnection, name: &str) -> Result<Vec<IndexVersion>, BoxError> {
-        #[derive(QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = Text)]
-            line: String,
-            #[diesel(sql_type = Bool)]
-            yanked: bool,
-        }
-        let rows: Vec<Row> = diesel::sql_query(
-            "SELECT line::text AS line, yanked FROM registry_versions \
-             WHERE lower(replace(crate_name, '_', '-')) = $1 ORDER BY id",
-        )
-        .bind::<Text, _>(cargo_key(name))
-        .load(conn)?;
-        rows.into_iter()
-            .map(|row| {
-                let mut version: IndexVersion = serde_json::from_str(&row.line)?;
-                version.yanked = row.yanked;
-                Ok(version)
-            })
-            .collect()
-    }
-}
-
-/// The registry's publish handler: the record and the sync, one transaction.
+/// The registry's publish handler: the record and the sync, one transaction
+/// (without the web handler's validation, so that the jobs' own checks are
+/// what refuses bad records). The table and its `RegistryRecords` are the
+/// demo's (`skiplock_examples::registry`).
 fn publish(conn: &mut PgConnection, version: &IndexVersion) {
     conn.transaction(|conn| {
         diesel::sql_query(
-            "INSERT INTO registry_versions (crate_name, vers, line) VALUES ($1, $2, $3::jsonb)",
+            "INSERT INTO versions (crate_name, num, line) VALUES ($1, $2, $3::jsonb)",
         )
         .bind::<Text, _>(&version.name)
         .bind::<Text, _>(&version.vers)
@@ -502,13 +473,12 @@ fn publish(conn: &mut PgConnection, version: &IndexVersion) {
 /// The registry's yank and unyank handlers.
 fn set_yanked(conn: &mut PgConnection, name: &str, vers: &str, yanked: bool) {
     conn.transaction(|conn| {
-        let changed = diesel::sql_query(
-            "UPDATE registry_versions SET yanked = $3 WHERE crate_name = $1 AND vers = $2",
-        )
-        .bind::<Text, _>(name)
-        .bind::<Text, _>(vers)
-        .bind::<Bool, _>(yanked)
-        .execute(conn)?;
+        let changed =
+            diesel::sql_query("UPDATE versions SET yanked = $3 WHERE crate_name = $1 AND num = $2")
+                .bind::<Text, _>(name)
+                .bind::<Text, _>(vers)
+                .bind::<Bool, _>(yanked)
+                .execute(conn)?;
         assert_eq!(changed, 1, "{name} {vers}");
         sync_crate(name.to_owned()).enqueue(conn)?;
         Ok::<_, BoxError>(())
@@ -558,7 +528,7 @@ fn contested_index(upstream: &Upstream, rejections: Arc<AtomicU32>) -> Index {
 
 fn registry_db() -> TestDb {
     let db = TestDb::create();
-    db.execute(REGISTRY_SCHEMA);
+    db.execute(VERSIONS_TABLE);
     db
 }
 
@@ -755,7 +725,7 @@ fn cargos_name_and_feature_rules_are_applied_before_anything_is_written() {
         (format_3, "cargo cannot read other versions"),
     ];
     for (bad, expected) in cases {
-        db.execute("DELETE FROM registry_versions WHERE crate_name <> 'abc' AND crate_name <> 'foo-bar' AND crate_name <> 'app'");
+        db.execute("DELETE FROM versions WHERE crate_name <> 'abc' AND crate_name <> 'foo-bar' AND crate_name <> 'app'");
         publish(&mut conn, &bad);
         let summary = runner.run_pending().unwrap();
         assert_eq!(summary.failed.len(), 1, "{expected}: {summary:?}");
@@ -901,7 +871,7 @@ fn cargo_resolves_and_downloads_through_the_sparse_protocol_and_honours_yanks() 
         ["1.1.0"]
     );
     // A crate the registry no longer has leaves both indexes.
-    db.execute("DELETE FROM registry_versions");
+    db.execute("DELETE FROM versions");
     sync_crate("fancy-log".into()).enqueue(&mut conn).unwrap();
     succeeded(&runner.run_pending().unwrap());
     assert_eq!(upstream.file("fa/nc/fancy-log"), None);

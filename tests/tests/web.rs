@@ -140,6 +140,22 @@ impl Browser {
             .len()
     }
 
+    /// Signs in on the dashboard at `site` with `token`.
+    async fn sign_in(&self, site: &str, token: &str) {
+        self.client()
+            .goto(&format!("{site}/admin/login"))
+            .await
+            .unwrap();
+        self.client()
+            .find(Locator::Css("#token"))
+            .await
+            .unwrap()
+            .send_keys(token)
+            .await
+            .unwrap();
+        self.click("#sign-in").await;
+    }
+
     /// Nothing hostile ran: no dialog opened, no element was injected.
     async fn assert_inert(&self) {
         assert!(
@@ -258,27 +274,12 @@ async fn an_operator_goes_from_the_overview_to_a_failing_jobs_error_and_retries_
 
     // Signed out, the pages offer no action.
     assert_eq!(browser.count("button[name='queue-action']").await, 0);
-    client.goto(&format!("{site}/admin/login")).await.unwrap();
-    client
-        .find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys("not the token")
-        .await
-        .unwrap();
-    browser.click("#sign-in").await;
+    browser.sign_in(&site, "not the token").await;
     assert!(browser
         .text("p.error")
         .await
         .contains("not the dashboard's token"));
-    client
-        .find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys(&token)
-        .await
-        .unwrap();
-    browser.click("#sign-in").await;
+    browser.sign_in(&site, &token).await;
     assert_eq!(browser.text("h1").await, "Overview");
 
     // Three clicks: the failing count, the job, retry.
@@ -417,15 +418,7 @@ async fn a_forged_cross_site_request_changes_nothing_even_for_a_signed_in_operat
     let browser = Browser::start().await;
     let client = browser.client();
     // The operator is signed in to the dashboard...
-    client.goto(&format!("{site}/admin/login")).await.unwrap();
-    client
-        .find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys(&token)
-        .await
-        .unwrap();
-    browser.click("#sign-in").await;
+    browser.sign_in(&site, &token).await;
     assert_eq!(browser.text("h1").await, "Overview");
     // ...and visits the other site, whose page posts the form at once.
     client.goto(&evil_site).await.unwrap();
