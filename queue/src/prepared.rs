@@ -1,7 +1,12 @@
-//! Fixed SQL text with binds, run in one round trip as an unnamed
-//! statement (diesel's `PQsendQueryParams` path): never a named prepared
-//! statement, so enqueueing works through PgBouncer in transaction mode on
-//! the application's connection, whatever its statement cache setting.
+//! Fixed SQL text with binds that diesel caches as a prepared statement.
+//!
+//! `diesel::sql_query` statements are prepared anew on every execution (two
+//! round trips); the hot statements of the queue (enqueue, claim) are
+//! written here once, parsed once per connection, then run in one round
+//! trip each. On a connection whose statement cache is disabled (what an
+//! application behind PgBouncer in transaction mode sets, for its own
+//! queries as for these), diesel sends each with its binds in one message
+//! as an unnamed statement instead, which such a pooler passes through.
 
 use std::marker::PhantomData;
 
@@ -33,6 +38,7 @@ where
 pub(crate) struct Statement<'a> {
     sql: &'static str,
     binds: Vec<Box<dyn Bind + 'a>>,
+    cached: bool,
 }
 
 impl<'a> Statement<'a> {
@@ -40,7 +46,16 @@ impl<'a> Statement<'a> {
         Statement {
             sql,
             binds: Vec::new(),
+            cached: true,
         }
+    }
+
+    /// Never a named prepared statement, whatever the connection's cache
+    /// (for statements that must run through a pooler that shares server
+    /// sessions, such as the check that tells whether one is in between).
+    pub(crate) fn uncached(mut self) -> Self {
+        self.cached = false;
+        self
     }
 
     /// Adds the next bind (`$1` first).
@@ -56,12 +71,9 @@ impl<'a> Statement<'a> {
 
 impl QueryFragment<Pg> for Statement<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        // Never a named prepared statement: diesel then sends the text with
-        // its binds in one message (PQsendQueryParams), which works through
-        // PgBouncer in transaction mode whatever the connection's statement
-        // cache says. (Named statements live in one server session, and such
-        // a pooler gives each transaction whichever session is free.)
-        out.unsafe_to_cache_prepared();
+        if !self.cached {
+            out.unsafe_to_cache_prepared();
+        }
         // Copy the text, replacing each `$n` by bind n (diesel numbers binds itself).
         let mut rest = self.sql;
         while let Some(dollar) = rest.find('$') {

@@ -1,6 +1,7 @@
 //! Behind a real PgBouncer (Debian's, transaction mode): the application
-//! enqueues through it with its diesel connection as it comes (statement
-//! cache on), and a runner refuses to run its sessions through it.
+//! enqueues through it on its diesel connections configured as such a
+//! pooler needs (no named prepared statements: diesel's statement cache
+//! disabled), and a runner refuses to run its sessions through it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -18,6 +19,16 @@ fn bounced(db: &mut PgConnection, thread: i32, n: i32) -> Result<(), diesel::res
         .bind::<Integer, _>(n)
         .execute(db)?;
     Ok(())
+}
+
+/// A connection as an application behind PgBouncer in transaction mode
+/// configures it: no named prepared statements, which live in one server
+/// session while the pooler hands each transaction whichever is free (its
+/// own queries need this as much as the queue's). What the README says.
+fn application_connection(url: &str) -> PgConnection {
+    let mut conn = PgConnection::establish(url).unwrap();
+    conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+    conn
 }
 
 /// Each committed enqueue's job, once; none of the rolled back ones.
@@ -61,8 +72,7 @@ fn concurrent_enqueues_and_rollbacks_through_pgbouncer_store_each_job_exactly_on
         .map(|thread| {
             let (url, barrier, failures) = (url.clone(), barrier.clone(), failures.clone());
             std::thread::spawn(move || {
-                // The application's connection as diesel makes it: statement cache on.
-                let mut conn = PgConnection::establish(&url).unwrap();
+                let mut conn = application_connection(&url);
                 barrier.wait();
                 for n in 0..PER_THREAD {
                     let result = conn.transaction(|conn| {
@@ -103,7 +113,7 @@ fn concurrent_enqueues_and_rollbacks_through_pgbouncer_store_each_job_exactly_on
     assert_exactly_the_committed(&db, THREADS, PER_THREAD);
 
     // Outside a transaction too.
-    let mut conn = PgConnection::establish(&url).unwrap();
+    let mut conn = application_connection(&url);
     for n in 0..50 {
         bounced(100, 3 * n + 1).enqueue(&mut conn).unwrap();
     }
@@ -162,7 +172,7 @@ fn a_direct_runner_picks_up_jobs_enqueued_through_pgbouncer_at_once_and_runs_eac
         .build()
         .unwrap()
         .start();
-    let mut app = PgConnection::establish(&through).unwrap();
+    let mut app = application_connection(&through);
     for round in 0..5 {
         let mut batch = JobBatch::new();
         for n in 0..400 {

@@ -1061,6 +1061,7 @@ pub(crate) fn backend_pid(conn: &mut PgConnection) -> QueryResult<i32> {
         pid: i32,
     }
     Ok(Statement::new("SELECT pg_backend_pid() AS pid")
+        .uncached()
         .get_result::<Pid>(conn)?
         .pid)
 }
