@@ -293,13 +293,21 @@ fn authorize(app: &App, headers: &HeaderMap, csrf: &str) -> Result<(), Refusal> 
             "This dashboard is read-only: it was started without a token.",
         ));
     }
-    if !same_origin(headers) || !same(csrf, &app.csrf) {
-        return Err(Refusal(NOT_OURS));
-    }
+    from_our_page(app, headers, csrf)?;
     if !has_session(app, headers) {
         return Err(Refusal("Sign in with the dashboard's token to act."));
     }
     Ok(())
+}
+
+/// A form posted from the dashboard's own page: the same site, and the
+/// anti-forgery value only its pages carry.
+fn from_our_page(app: &App, headers: &HeaderMap, csrf: &str) -> Result<(), Refusal> {
+    if same_origin(headers) && same(csrf, &app.csrf) {
+        Ok(())
+    } else {
+        Err(Refusal(NOT_OURS))
+    }
 }
 
 /// Runs `query` on a pooled connection off the async threads.
@@ -637,8 +645,8 @@ async fn login(ctx: Ctx, Form(form): Form<LoginForm>) -> Response {
         return Refusal("This dashboard is read-only: there is nothing to sign in to.")
             .into_response();
     };
-    if !same_origin(&ctx.headers) || !same(&form.csrf, &ctx.app.csrf) {
-        return Refusal(NOT_OURS).into_response();
+    if let Err(refused) = from_our_page(&ctx.app, &ctx.headers, &form.csrf) {
+        return refused.into_response();
     }
     if !same(&form.token, token) {
         return (
@@ -651,8 +659,8 @@ async fn login(ctx: Ctx, Form(form): Form<LoginForm>) -> Response {
 }
 
 async fn logout(ctx: Ctx, Form(form): Form<ActionForm>) -> Response {
-    if !same_origin(&ctx.headers) || !same(&form.csrf, &ctx.app.csrf) {
-        return Refusal(NOT_OURS).into_response();
+    if let Err(refused) = from_our_page(&ctx.app, &ctx.headers, &form.csrf) {
+        return refused.into_response();
     }
     ctx.session_cookie(None)
 }

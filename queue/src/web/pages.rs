@@ -104,6 +104,33 @@ fn first_line(error: &str) -> String {
     shown
 }
 
+/// A count of failing or dead jobs, linked to their list when not 0.
+fn count_link(
+    viewer: &Viewer,
+    state: &str,
+    count: i64,
+    queue: &str,
+    job_type: Option<&str>,
+) -> Markup {
+    html! {
+        @if count > 0 {
+            a class=(state) href=(jobs_link(viewer, state, queue, job_type)) { (count) }
+        } @else {
+            "0"
+        }
+    }
+}
+
+/// An age, or a dash when there is none.
+fn age_or_dash(secs: Option<f64>) -> Markup {
+    html! {
+        @match secs {
+            Some(secs) => (age(secs)),
+            None => span.muted { "—" },
+        }
+    }
+}
+
 fn jobs_link(viewer: &Viewer, state: &str, queue: &str, job_type: Option<&str>) -> String {
     let mut link = format!("{}/jobs?state={state}&queue={}", viewer.base, encode(queue));
     if let Some(job_type) = job_type {
@@ -180,9 +207,9 @@ pub(crate) fn overview(viewer: &Viewer, notice: Option<&str>, data: &Overview<'_
                             tr data-queue=(queue) {
                                 td { (queue) }
                                 td.num { (sums.ready) } td.num { (sums.scheduled) } td.num { (sums.running) }
-                                td.num { @if sums.failing > 0 { a.failing href=(jobs_link(viewer, "failing", queue, None)) { (sums.failing) } } @else { "0" } }
-                                td.num { @if sums.dead > 0 { a.dead href=(jobs_link(viewer, "dead", queue, None)) { (sums.dead) } } @else { "0" } }
-                                td { @match sums.oldest_ready_secs { Some(secs) => (age(secs)), None => span.muted { "—" } } }
+                                td.num { (count_link(viewer, "failing", sums.failing, queue, None)) }
+                                td.num { (count_link(viewer, "dead", sums.dead, queue, None)) }
+                                td { (age_or_dash(sums.oldest_ready_secs)) }
                                 td { @if let Some(p) = is_paused { span.paused { "paused" } " " (when(Some(p.paused_at))) } @else { "running" } }
                                 @if viewer.actions {
                                     td {
@@ -235,10 +262,10 @@ pub(crate) fn overview(viewer: &Viewer, notice: Option<&str>, data: &Overview<'_
                             tr {
                                 td { (row.queue) } td { code { (row.job_type) } }
                                 td.num { (row.ready) } td.num { (row.scheduled) } td.num { (row.running) }
-                                td.num { @if row.failing > 0 { a.failing href=(jobs_link(viewer, "failing", &row.queue, Some(&row.job_type))) { (row.failing) } } @else { "0" } }
-                                td.num { @if row.dead > 0 { a.dead href=(jobs_link(viewer, "dead", &row.queue, Some(&row.job_type))) { (row.dead) } } @else { "0" } }
-                                td { @match row.oldest_ready_secs { Some(secs) => (age(secs)), None => span.muted { "—" } } }
-                                td { @match row.failing_for_secs { Some(secs) => (age(secs)), None => span.muted { "—" } } }
+                                td.num { (count_link(viewer, "failing", row.failing, &row.queue, Some(&row.job_type))) }
+                                td.num { (count_link(viewer, "dead", row.dead, &row.queue, Some(&row.job_type))) }
+                                td { (age_or_dash(row.oldest_ready_secs)) }
+                                td { (age_or_dash(row.failing_for_secs)) }
                                 td { @if row.served { "yes" } @else { span.warning title="no live runner of this queue registers this job type" { "no runner knows it" } } }
                             }
                         }
