@@ -39,8 +39,9 @@ fn main() -> BenchResult<()> {
     let args: Vec<String> = std::env::args().collect();
     let claims_only = args.iter().any(|a| a == "--claims");
     let quick = args.iter().any(|a| a == "--quick");
+    let database = skiplock_examples::fresh_database("queue_bench")?;
     let settings = Settings {
-        url: bench_database()?,
+        url: database.url.clone(),
         single: if quick { 200 } else { 2_000 },
         backlog: flag_value(&args, "--backlog")?.unwrap_or(if quick { 2_000 } else { 20_000 }),
         latency_jobs: if quick { 50 } else { 500 },
@@ -56,7 +57,8 @@ fn main() -> BenchResult<()> {
     }
     println!(
         "skiplock benchmark: {} ({} repetitions, median)",
-        settings.url, settings.reps
+        skiplock::redact_connection_string(&settings.url),
+        settings.reps
     );
 
     let mut rows: Vec<(String, String, String, String)> = Vec::new();
@@ -678,14 +680,4 @@ fn peak_rss_kib() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
-}
-
-/// `DATABASE_URL`'s server with the database `queue_bench`, created afresh.
-fn bench_database() -> BenchResult<String> {
-    let server = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let mut admin = PgConnection::establish(&server)?;
-    admin.batch_execute("DROP DATABASE IF EXISTS queue_bench WITH (FORCE)")?;
-    admin.batch_execute("CREATE DATABASE queue_bench")?;
-    Ok(skiplock_examples::with_database(&server, "queue_bench"))
 }

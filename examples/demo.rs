@@ -25,7 +25,8 @@ fn main() -> DemoResult<()> {
         .with_ansi(false)
         .init();
 
-    let url = skiplock_examples::fresh_database("queue_demo")?;
+    let database = skiplock_examples::fresh_database("queue_demo")?;
+    let url = database.url.clone();
     let mut conn = PgConnection::establish(&url)?;
     let report = skiplock::migrate(&mut conn)?;
     println!(

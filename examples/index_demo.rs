@@ -40,7 +40,8 @@ fn main() -> DemoResult<()> {
     create_bare_index(&upstream, &config, "master")?;
     println!("upstream index: {}", upstream.display());
 
-    let url = skiplock_examples::fresh_database("queue_index_demo")?;
+    let database = skiplock_examples::fresh_database("queue_index_demo")?;
+    let url = database.url.clone();
     let mut conn = PgConnection::establish(&url)?;
     skiplock::migrate(&mut conn)?;
     diesel::sql_query(VERSIONS_TABLE).execute(&mut conn)?;

@@ -23,7 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         api: None,
     };
     create_bare_index(&upstream, &config, "master")?;
-    let url = skiplock_examples::fresh_database("queue_index_large")?;
+    let database = skiplock_examples::fresh_database("queue_index_large")?;
+    let url = database.url.clone();
     let mut conn = PgConnection::establish(&url)?;
     skiplock::migrate(&mut conn)?;
     diesel::sql_query(VERSIONS_TABLE).execute(&mut conn)?;

@@ -17,7 +17,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let jobs: i64 = std::env::args()
         .nth(1)
         .map_or(Ok(1_000_000), |n| n.parse())?;
-    let url = skiplock_examples::fresh_database("queue_web_pages")?;
+    let database = skiplock_examples::fresh_database("queue_web_pages")?;
+    let url = database.url.clone();
     let mut conn = PgConnection::establish(&url)?;
     skiplock::migrate(&mut conn)?;
     let started = Instant::now();

@@ -104,53 +104,40 @@ pub fn wait_for_zero(
     Ok(true)
 }
 
-/// `DATABASE_URL` (default: the local server) with the database `name`,
-/// dropped and created afresh so every demo run starts empty.
-pub fn fresh_database(name: &str) -> Result<String, Box<dyn std::error::Error>> {
+/// A demo's database, made afresh; keeps a throwaway server running while
+/// the demo needs it.
+#[derive(Debug)]
+pub struct FreshDatabase {
+    /// Its URL.
+    pub url: String,
+    _server: throwaway_pg::Server,
+}
+
+/// The database `name`, dropped and created afresh so every demo run starts
+/// empty, on `DATABASE_URL`'s server; without `DATABASE_URL`, on the local
+/// server (`127.0.0.1:5432`), or, when nothing listens there, on a
+/// throwaway cluster started from the installed PostgreSQL binaries and
+/// deleted when the demo ends.
+pub fn fresh_database(name: &str) -> Result<FreshDatabase, Box<dyn std::error::Error>> {
     use diesel::connection::SimpleConnection;
-    let server = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let mut admin = PgConnection::establish(&server)
-        .map_err(|e| format!("cannot connect to {server}: {e} (set DATABASE_URL)"))?;
+    let server = throwaway_pg::Server::from_env()?;
+    if let throwaway_pg::Server::Throwaway(cluster) = &server {
+        println!("no PostgreSQL at 127.0.0.1:5432 and no DATABASE_URL: using {cluster}");
+    }
+    let mut admin = PgConnection::establish(server.url()).map_err(|e| {
+        let secrets = skiplock::connection_secrets(server.url());
+        format!(
+            "cannot connect to {}: {} (set DATABASE_URL)",
+            skiplock::scrub_secrets(server.url(), &secrets),
+            skiplock::scrub_secrets(&e.to_string(), &secrets)
+        )
+    })?;
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
     admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
-    Ok(with_database(&server, name))
-}
-
-/// `url` with its database name replaced by `database`
-/// (`postgres://u@h:5432/app?sslmode=x` -> `postgres://u@h:5432/DATABASE?sslmode=x`).
-pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
-    let mut out = format!("{}/{}", &base[..path_start], database);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn with_database_replaces_only_the_database_name() {
-        use super::with_database;
-        assert_eq!(
-            with_database("postgres://u@h:1/app", "x"),
-            "postgres://u@h:1/x"
-        );
-        assert_eq!(
-            with_database("postgres://u@h/app?sslmode=disable", "x"),
-            "postgres://u@h/x?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
-    }
+    Ok(FreshDatabase {
+        url: throwaway_pg::with_database(server.url(), name),
+        _server: server,
+    })
 }
 
 /// The jobs table as the benchmark's raw-SQL references see it.

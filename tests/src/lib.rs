@@ -10,27 +10,13 @@ use diesel::r2d2::{ConnectionManager, Pool};
 
 pub mod crash_jobs;
 
-/// The server the tests use: `DATABASE_URL`, or the local PostgreSQL.
+/// The server the tests use: `DATABASE_URL` (`cargo xtask test` sets it),
+/// or the local PostgreSQL.
 pub fn server_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| throwaway_pg::DEFAULT_URL.to_owned())
 }
 
-/// `url` with its database name replaced by `database`.
-pub fn with_database(url: &str, database: &str) -> String {
-    // The test server's URL names a database at its end; keep any query string.
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let server = match base.rsplit_once('/') {
-        Some((server, _)) if !server.ends_with('/') => server,
-        _ => base,
-    };
-    match query {
-        Some(query) => format!("{server}/{database}?{query}"),
-        None => format!("{server}/{database}"),
-    }
-}
+pub use throwaway_pg::with_database;
 
 /// A database of its own for one test, migrated, dropped when the value is.
 #[derive(Debug)]
@@ -318,7 +304,7 @@ impl PgBouncer {
         let binary = "/usr/sbin/pgbouncer";
         assert!(
             std::path::Path::new(binary).exists(),
-            "{binary} is missing: `apt-get install pgbouncer` (.ci/run does)"
+            "{binary} is missing: `apt-get install pgbouncer` (`cargo xtask test` does)"
         );
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -355,14 +341,13 @@ impl PgBouncer {
         }
         // PgBouncer refuses to run as root: as `postgres` then.
         let mut command = std::process::Command::new(binary);
-        if unsafe { libc::geteuid() } == 0 {
+        if nix::unistd::Uid::effective().is_root() {
             use std::os::unix::process::CommandExt;
-            // SAFETY: a NUL-terminated name; the entry is read at once.
-            let user = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
-            assert!(!user.is_null(), "no `postgres` user to run pgbouncer as");
-            // SAFETY: getpwnam returned a valid entry.
-            let (uid, gid) = unsafe { ((*user).pw_uid, (*user).pw_gid) };
-            command.uid(uid).gid(gid);
+            let user = nix::unistd::User::from_name("postgres")
+                .ok()
+                .flatten()
+                .expect("no `postgres` user to run pgbouncer as");
+            command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
         }
         let child = command
             .arg(&config)

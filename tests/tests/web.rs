@@ -43,7 +43,7 @@ impl Browser {
         for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
             assert!(
                 std::path::Path::new(tool).exists(),
-                "{tool} is missing: `apt-get install chromium chromium-driver` (.ci/run does)"
+                "{tool} is missing: `apt-get install chromium chromium-driver` (`cargo xtask test` does)"
             );
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
