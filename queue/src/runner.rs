@@ -601,8 +601,12 @@ impl<C: Send + Sync> Control for Shared<C> {
     fn metrics(&self, slots: &[Arc<Slot>]) -> String {
         let queues: Vec<String> = self.signals.queue_names().map(str::to_owned).collect();
         let mut busy: Vec<(String, f64)> = queues.iter().map(|q| (q.clone(), 0.0)).collect();
+        // The jobs this runner's workers run now are not ready, whether or
+        // not its last announcement lists them yet.
+        let mut own_running = Vec::new();
         for slot in slots {
-            if lock(&slot.batch).running.is_some() {
+            if let Some(job) = lock(&slot.batch).running {
+                own_running.push(job.id);
                 if let Some(entry) = busy.iter_mut().find(|(q, _)| *q == slot.queue) {
                     entry.1 += 1.0;
                 }
@@ -613,7 +617,13 @@ impl<C: Send + Sync> Control for Shared<C> {
             .get()
             .ok()
             .and_then(|mut conn| {
-                storage::queue_depths(&mut conn, &queues, crate::admin::RUNNER_FRESH_SECS).ok()
+                storage::queue_depths(
+                    &mut conn,
+                    &queues,
+                    crate::admin::RUNNER_FRESH_SECS,
+                    &own_running,
+                )
+                .ok()
             })
             .unwrap_or_default();
         let ready = depths

@@ -35,6 +35,8 @@ pub(crate) fn run<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slots: Vec<Arc<S
     // not at every retry.
     let mut listen_failing = false;
     let mut check_failing = false;
+    // How many running jobs the last announcement listed.
+    let mut announced_running = 0;
     while !shared.signals.is_stopped() {
         if let (None, Some(url)) = (&listener, &shared.listener_url) {
             if Instant::now() >= next_connect {
@@ -57,9 +59,31 @@ pub(crate) fn run<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slots: Vec<Arc<S
                 }
             }
         }
+        // When more workers run a job than the last announcement listed
+        // (the runner started, or took on load), it announces at once, not
+        // a poll interval later: `skiplock status` and the dashboard count
+        // those jobs as running, not ready. A worker that goes from one job
+        // to the next changes no count and waits for the poll interval, so
+        // a busy runner writes no more than an idle one.
+        if !check_failing {
+            let busy = slots
+                .iter()
+                .filter(|slot| lock(&slot.batch).running.is_some())
+                .count();
+            if busy > announced_running {
+                next_check = Instant::now();
+            }
+        }
         if Instant::now() >= next_check {
             next_check = Instant::now()
-                + check(&shared, &queues, &slots, &mut check_failing).min(poll_interval);
+                + check(
+                    &shared,
+                    &queues,
+                    &slots,
+                    &mut check_failing,
+                    &mut announced_running,
+                )
+                .min(poll_interval);
         }
         let wait = next_check
             .saturating_duration_since(Instant::now())
@@ -137,6 +161,7 @@ fn check<C>(
     queues: &[String],
     slots: &[Arc<Slot>],
     failing: &mut bool,
+    announced_running: &mut usize,
 ) -> Duration {
     let result = (|| -> Result<Duration, Box<dyn std::error::Error>> {
         let mut conn = connection::checked_get(&shared.pool)?;
@@ -157,6 +182,7 @@ fn check<C>(
                 schedules: &schedules,
             },
         )?;
+        *announced_running = running.len();
         reap(&mut conn)?;
         report_throughput(shared, &mut conn)?;
         let paused = storage::paused_queues(&mut conn)?;
