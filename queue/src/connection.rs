@@ -175,10 +175,17 @@ impl r2d2::HandleError<diesel::r2d2::Error> for QuietPoolErrors {
 /// (PgBouncer in transaction or statement mode, which hands an idle server
 /// connection to the next client, the most recently used first). A direct
 /// connection, or a session-mode pool, never gives one backend to two open
-/// clients.
+/// clients. Asked three times: a pooler with several server connections
+/// may give the two clients' first statements different ones (it had just
+/// logged both in), and the same one from then on.
 pub(crate) fn share_a_session(
     a: &mut PgConnection,
     b: &mut PgConnection,
 ) -> diesel::QueryResult<bool> {
-    Ok(crate::storage::backend_pid(a)? == crate::storage::backend_pid(b)?)
+    for _ in 0..3 {
+        if crate::storage::backend_pid(a)? == crate::storage::backend_pid(b)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
