@@ -85,25 +85,53 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
 
     // The stored arguments: fields, constructor parameters.
     let arg_idents: Vec<&Ident> = job.arguments().map(|(p, _)| &p.ident).collect();
-    // Each field is (de)serialized through `JobArgument`, so an argument
-    // that cannot be stored is one error, the crate's, on its type (not
-    // serde's four), unless the user's own `#[serde]` says how.
-    let argument_trait =
-        attr::path_string(&syn::parse_quote!(#krate::__private::JobArgument)).value();
-    let fields = job.arguments().map(|(p, serde_attrs)| {
+    // Each argument's type is named once as a `JobArgument` (the one error
+    // when it cannot be stored, on its type), and its field is
+    // (de)serialized through helpers that reach the type's `JobArgument`
+    // implementation by method lookup on `Probe` (see
+    // `skiplock::__private::Probe`): they compile whatever the type, so
+    // serde's three call sites add no errors of their own. A field whose
+    // `#[serde]` says how it is stored is left to the user.
+    let mut argument_checks = Vec::new();
+    let mut argument_helpers = Vec::new();
+    let mut fields = Vec::new();
+    for (p, serde_attrs) in job.arguments() {
         let (ident, ty) = (&p.ident, &p.ty);
         let doc = format!("The `{ident}` argument.");
-        let span = syn::spanned::Spanned::span(ty);
         let through = (!serde_attrs.iter().any(says_how_to_serialize)).then(|| {
-            // Qualified by the type, so both calls require it of the path,
-            // whose span is the type's.
-            let qualified = format!("<{} as {argument_trait}>", ty.to_token_stream());
-            let ser = syn::LitStr::new(&format!("{qualified}::serialize_argument"), span);
-            let de = syn::LitStr::new(&format!("{qualified}::deserialize_argument"), span);
-            quote_spanned!(span=> #[serde(serialize_with = #ser, deserialize_with = #de)])
+            let span = syn::spanned::Spanned::span(ty);
+            argument_checks.push(quote_spanned! {span=>
+                const _: () = <#ty as #krate::__private::JobArgument>::STORABLE;
+            });
+            let name = syn::ext::IdentExt::unraw(ident);
+            let ser = format_ident!("__skiplock_serialize_{}", name);
+            let de = format_ident!("__skiplock_deserialize_{}", name);
+            argument_helpers.push(quote! {
+                #[doc(hidden)]
+                fn #ser<S: #krate::__private::serde::Serializer>(
+                    value: &#ty,
+                    serializer: S,
+                ) -> ::core::result::Result<S::Ok, S::Error> {
+                    #[allow(unused_imports)]
+                    use #krate::__private::{Storable as _, Unstorable as _};
+                    (&&#krate::__private::Probe::<#ty>::new()).serialize_argument(value, serializer)
+                }
+
+                #[doc(hidden)]
+                fn #de<'de, D: #krate::__private::serde::Deserializer<'de>>(
+                    deserializer: D,
+                ) -> ::core::result::Result<#ty, D::Error> {
+                    #[allow(unused_imports)]
+                    use #krate::__private::{Storable as _, Unstorable as _};
+                    (&&#krate::__private::Probe::<#ty>::new()).deserialize_argument(deserializer)
+                }
+            });
+            let ser = syn::LitStr::new(&format!("{struct_ident}::{ser}"), Span::call_site());
+            let de = syn::LitStr::new(&format!("{struct_ident}::{de}"), Span::call_site());
+            quote!(#[serde(serialize_with = #ser, deserialize_with = #de)])
         });
-        quote!(#[doc = #doc] #(#serde_attrs)* #through #vis #ident: #ty)
-    });
+        fields.push(quote!(#[doc = #doc] #(#serde_attrs)* #through #vis #ident: #ty));
+    }
     let constructor_params = job.arguments().map(|(p, _)| {
         let (ident, ty) = (&p.ident, &p.ty);
         quote!(#ident: #ty)
@@ -235,6 +263,9 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
     let constructor_doc_note =
         format!("\n\nBuilds the `{job_type}` job; store it with `skiplock::Job::enqueue`.");
 
+    let argument_checks = argument_checks
+        .iter()
+        .map(|check| quote!(#(#cfg_attrs)* #check));
     quote! {
         #(#cfg_attrs)*
         #(#constructor_attrs)*
@@ -250,12 +281,16 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
             #(#fields,)*
         }
 
+        #(#argument_checks)*
+
         #(#cfg_attrs)*
         impl #struct_ident {
             /// Runs the job's body directly, as the function was written
             /// (for unit tests; runners call it through `skiplock::Job::run`).
             #(#body_attrs)*
             #vis #asyncness fn perform(#perform_inputs) #perform_output #block
+
+            #(#argument_helpers)*
         }
 
         #(#cfg_attrs)*

@@ -239,17 +239,19 @@ impl<E: IntoPerformError<Via>, Via> JobOutput<Via> for Result<(), E> {
             context, a part of the runner's state)?"
 )]
 pub trait JobArgument: Sized {
-    /// Not public API: the `serialize_with` of each stored argument.
+    /// Not public API: named once per stored argument, so that an argument
+    /// that cannot be stored is one error, on its type.
+    const STORABLE: () = ();
+    /// Not public API: serializes a stored argument.
     fn serialize_argument<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error>;
-    /// Not public API: the `deserialize_with` of each stored argument.
+    /// Not public API: deserializes a stored argument.
     fn deserialize_argument<'de, D: serde::Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Self, D::Error>;
 }
 
 // Not recommended: a type that is not serializable is reported with the
-// trait's own message (once: the serializing and deserializing calls give
-// the same error at the same place), not as serde's missing impls.
+// trait's own message, not as serde's missing impls.
 #[diagnostic::do_not_recommend]
 impl<T: serde::Serialize + serde::de::DeserializeOwned> JobArgument for T {
     fn serialize_argument<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -260,6 +262,89 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned> JobArgument for T {
         deserializer: D,
     ) -> Result<Self, D::Error> {
         T::deserialize(deserializer)
+    }
+}
+
+/// Not public API. Used by generated code: the receiver through which the
+/// job struct's serde code reaches a stored argument's (de)serialization.
+///
+/// The generated code calls `(&&Probe::<T>::new()).serialize_argument(..)`
+/// on the argument's concrete type: method lookup takes [`Storable`]'s
+/// implementation when `T` is a [`JobArgument`], and otherwise falls back
+/// to [`Unstorable`]'s, which compiles. So the serde code adds no error of
+/// its own: the one error is `JobArgument::STORABLE`'s, which the generated
+/// code names once per argument. (Unstorable's methods never run: that
+/// error stops the build.)
+#[derive(Debug)]
+pub struct Probe<T>(std::marker::PhantomData<T>);
+
+impl<T> Probe<T> {
+    /// Not public API.
+    pub const fn new() -> Self {
+        Probe(std::marker::PhantomData)
+    }
+}
+
+impl<T> Default for Probe<T> {
+    fn default() -> Self {
+        Probe::new()
+    }
+}
+
+/// Not public API. Used by generated code: see [`Probe`].
+pub trait Storable<T> {
+    /// Not public API.
+    fn serialize_argument<S: serde::Serializer>(
+        &self,
+        value: &T,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error>;
+    /// Not public API.
+    fn deserialize_argument<'de, D: serde::Deserializer<'de>>(
+        &self,
+        deserializer: D,
+    ) -> Result<T, D::Error>;
+}
+
+impl<T: JobArgument> Storable<T> for &Probe<T> {
+    fn serialize_argument<S: serde::Serializer>(
+        &self,
+        value: &T,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        value.serialize_argument(serializer)
+    }
+
+    fn deserialize_argument<'de, D: serde::Deserializer<'de>>(
+        &self,
+        deserializer: D,
+    ) -> Result<T, D::Error> {
+        T::deserialize_argument(deserializer)
+    }
+}
+
+/// Not public API. Used by generated code: see [`Probe`].
+pub trait Unstorable<T> {
+    /// Not public API.
+    fn serialize_argument<S: serde::Serializer>(
+        &self,
+        value: &T,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error>;
+    /// Not public API.
+    fn deserialize_argument<'de, D: serde::Deserializer<'de>>(
+        &self,
+        deserializer: D,
+    ) -> Result<T, D::Error>;
+}
+
+impl<T> Unstorable<T> for Probe<T> {
+    fn serialize_argument<S: serde::Serializer>(&self, _: &T, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("not a storable argument"))
+    }
+
+    fn deserialize_argument<'de, D: serde::Deserializer<'de>>(&self, _: D) -> Result<T, D::Error> {
+        Err(serde::de::Error::custom("not a storable argument"))
     }
 }
 

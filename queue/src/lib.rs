@@ -168,7 +168,9 @@ macro_rules! __async_job {
 pub mod __private {
     #[cfg(feature = "tokio")]
     pub use crate::asynchronous::{async_connection, async_pool, run_async};
-    pub use crate::errors::{job_result, via, IntoPerformError, JobArgument, JobOutput};
+    pub use crate::errors::{
+        job_result, via, IntoPerformError, JobArgument, JobOutput, Probe, Storable, Unstorable,
+    };
     pub use crate::parts::PartDescriptor;
     pub use crate::registry::JobDescriptor;
     pub use inventory;
