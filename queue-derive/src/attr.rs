@@ -322,3 +322,60 @@ pub(crate) fn skiplock_path() -> Result<syn::Path, String> {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::KEYS;
+
+    /// The keys `KEYS` lists, in order.
+    fn listed() -> Vec<String> {
+        KEYS.split(", ")
+            .map(|key| key.trim_matches('`').to_owned())
+            .collect()
+    }
+
+    fn workspace_file(path: &str) -> String {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap();
+        std::fs::read_to_string(root.join(path)).unwrap()
+    }
+
+    #[test]
+    fn the_key_list_is_every_key_parse_accepts() {
+        // The arms of `parse`'s match, read from this file.
+        let source = include_str!("attr.rs");
+        let body = &source[source.find("pub(crate) fn parse(").unwrap()..];
+        let body = &body[..body.find("\n}\n").unwrap()];
+        let parsed: Vec<String> = body
+            .lines()
+            .filter_map(|line| {
+                let arm = line.trim().strip_prefix('"')?;
+                let (key, rest) = arm.split_once('"')?;
+                rest.trim_start().starts_with("=>").then(|| key.to_owned())
+            })
+            .collect();
+        assert_eq!(parsed, listed());
+    }
+
+    #[test]
+    fn the_readme_and_the_rustdoc_name_every_option() {
+        let readme = workspace_file("README.md");
+        let start = readme
+            .find("- The job type name stored in each row")
+            .unwrap();
+        let bullet = &readme[start..];
+        let bullet = &bullet[..bullet.find("\n- ").unwrap()];
+        let rustdoc = workspace_file("queue/src/background_job.md");
+        let mut missing = Vec::new();
+        for key in listed() {
+            if !bullet.contains(&format!("`{key}`")) && !bullet.contains(&format!("`{key} =")) {
+                missing.push(format!("the README's options ({key})"));
+            }
+            if !rustdoc.contains(&format!("\n| `{key}` |")) {
+                missing.push(format!("background_job.md's options table ({key})"));
+            }
+        }
+        assert!(missing.is_empty(), "not named: {missing:?}");
+    }
+}
