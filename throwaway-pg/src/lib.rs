@@ -39,8 +39,9 @@ pub const DEFAULT_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 5432);
 /// How long a cluster may take to start or to stop.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Why no server could be had.
-#[derive(Debug, thiserror::Error)]
+/// Why no server could be had. Its `Debug` is its message, so a `main`
+/// that returns it prints one readable line.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// No `initdb` and `postgres` were found.
@@ -75,6 +76,12 @@ pub enum Error {
         /// The last lines it printed.
         output: String,
     },
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 fn io(doing: &'static str) -> impl FnOnce(std::io::Error) -> Error {

@@ -90,6 +90,8 @@ fn without_server_binaries_the_error_says_in_one_line_what_to_install() {
     let error = Binaries::find_in([empty.path().to_owned()]).unwrap_err();
     let message = error.to_string();
     assert!(!message.contains('\n'), "{message}");
+    // What `fn main() -> Result<..>` prints: the message, not a struct.
+    assert_eq!(format!("{error:?}"), message);
     assert!(message.contains("apt-get install postgresql"), "{message}");
     assert!(
         message.contains(&empty.path().display().to_string()),
