@@ -1,11 +1,12 @@
 //! Running and ready as a runner's gauges and `skiplock status` count them:
 //! right from the first look after the jobs start, not a poll interval later.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
-use skiplock::{Job, Runner};
+use skiplock::{Job, Runner, RunningRunner};
 use skiplock_tests::{wait_until, TestDb};
 
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -14,31 +15,56 @@ const PATIENCE: Duration = Duration::from_secs(10);
 /// schedule cannot be what a test sees.
 const NEVER: Duration = Duration::from_secs(600);
 
-static GAUGE_STARTED: AtomicUsize = AtomicUsize::new(0);
-static GAUGE_RELEASE: AtomicBool = AtomicBool::new(false);
+/// Per test: gates started, and the tests whose gates are open.
+static STARTED: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
+static OPEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
-/// Runs until released.
-#[skiplock::background_job(queue = "gauge_counts", priority = 10)]
-fn gauge_gate() {
-    GAUGE_STARTED.fetch_add(1, Ordering::SeqCst);
-    while !GAUGE_RELEASE.load(Ordering::SeqCst) {
+/// Runs until `test` opens its gates.
+#[skiplock::background_job(queue = "counts", priority = 10)]
+fn gate(test: String) {
+    *STARTED.lock().unwrap().entry(test.clone()).or_default() += 1;
+    while !OPEN.lock().unwrap().contains(&test) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
 
-#[skiplock::background_job(queue = "gauge_counts")]
-fn gauge_filler() {}
+#[skiplock::background_job(queue = "counts")]
+fn filler() {}
+
+fn started(test: &str) -> usize {
+    STARTED.lock().unwrap().get(test).copied().unwrap_or(0)
+}
+
+/// Two workers taking one job at a time, polling only every ten minutes.
+fn start_runner(db: &TestDb) -> RunningRunner {
+    Runner::builder(())
+        .database_url(db.url())
+        .queue("counts", 2)
+        .batch_size(1)
+        .poll_interval(NEVER)
+        .build()
+        .unwrap()
+        .start()
+}
+
+/// Opens `test`'s gates and waits for everything to run.
+fn finish(test: &str, db: &TestDb, running: RunningRunner) {
+    OPEN.lock().unwrap().insert(test.to_owned());
+    wait_until("everything ran", PATIENCE, || db.count_jobs("true") == 0);
+    running.shutdown(PATIENCE);
+}
 
 #[test]
 fn the_ready_gauge_leaves_out_the_runners_own_running_jobs_before_it_announces_them() {
     skiplock_tests::init_tracing();
     let db = TestDb::create();
     let mut conn = db.conn();
+    const TEST: &str = "gauge";
     for _ in 0..2 {
-        gauge_gate().enqueue(&mut conn).unwrap();
+        gate(TEST.into()).enqueue(&mut conn).unwrap();
     }
     for _ in 0..4 {
-        gauge_filler().enqueue(&mut conn).unwrap();
+        filler().enqueue(&mut conn).unwrap();
     }
     // The runner cannot announce anything (the table is locked against
     // writes, not reads): its gauge must know its running jobs by itself.
@@ -46,17 +72,8 @@ fn the_ready_gauge_leaves_out_the_runners_own_running_jobs_before_it_announces_t
     blocker
         .batch_execute("BEGIN; LOCK TABLE queue_runners IN EXCLUSIVE MODE")
         .unwrap();
-    let running = Runner::builder(())
-        .database_url(db.url())
-        .queue("gauge_counts", 2)
-        .batch_size(1)
-        .poll_interval(NEVER)
-        .build()
-        .unwrap()
-        .start();
-    wait_until("both gates run", PATIENCE, || {
-        GAUGE_STARTED.load(Ordering::SeqCst) == 2
-    });
+    let running = start_runner(&db);
+    wait_until("both gates run", PATIENCE, || started(TEST) == 2);
     let announced: i64 = skiplock_tests::count(
         &mut conn,
         "SELECT count(*) AS n FROM queue_runners WHERE cardinality(running) > 0",
@@ -64,61 +81,36 @@ fn the_ready_gauge_leaves_out_the_runners_own_running_jobs_before_it_announces_t
     assert_eq!(announced, 0, "the runner announced its jobs after all");
     let metrics = running.metrics();
     assert!(
-        metrics.contains("queue_ready_jobs{queue=\"gauge_counts\"} 4\n"),
+        metrics.contains("queue_ready_jobs{queue=\"counts\"} 4\n"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("queue_workers_busy{queue=\"gauge_counts\"} 2\n"),
+        metrics.contains("queue_workers_busy{queue=\"counts\"} 2\n"),
         "{metrics}"
     );
     blocker.batch_execute("COMMIT").unwrap();
-    GAUGE_RELEASE.store(true, Ordering::SeqCst);
-    wait_until("everything ran", PATIENCE, || db.count_jobs("true") == 0);
-    running.shutdown(PATIENCE);
+    finish(TEST, &db, running);
 }
-
-static STATUS_STARTED: AtomicUsize = AtomicUsize::new(0);
-static STATUS_RELEASE: AtomicBool = AtomicBool::new(false);
-
-/// Runs until released.
-#[skiplock::background_job(queue = "status_counts", priority = 10)]
-fn status_gate() {
-    STATUS_STARTED.fetch_add(1, Ordering::SeqCst);
-    while !STATUS_RELEASE.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-#[skiplock::background_job(queue = "status_counts")]
-fn status_filler() {}
 
 #[test]
 fn status_counts_jobs_a_runner_starts_as_running_without_waiting_a_poll_interval() {
     skiplock_tests::init_tracing();
     let db = TestDb::create();
     let mut conn = db.conn();
-    let running = Runner::builder(())
-        .database_url(db.url())
-        .queue("status_counts", 2)
-        .batch_size(1)
-        .poll_interval(NEVER)
-        .build()
-        .unwrap()
-        .start();
+    const TEST: &str = "status";
+    let running = start_runner(&db);
     // The runner has said it runs nothing; the next announcement on the
     // poll interval's schedule is ten minutes away.
     wait_until("the runner announced itself", PATIENCE, || {
         skiplock::runners(&mut db.conn()).unwrap().len() == 1
     });
     for _ in 0..2 {
-        status_gate().enqueue(&mut conn).unwrap();
+        gate(TEST.into()).enqueue(&mut conn).unwrap();
     }
     for _ in 0..3 {
-        status_filler().enqueue(&mut conn).unwrap();
+        filler().enqueue(&mut conn).unwrap();
     }
-    wait_until("both gates run", PATIENCE, || {
-        STATUS_STARTED.load(Ordering::SeqCst) == 2
-    });
+    wait_until("both gates run", PATIENCE, || started(TEST) == 2);
     let counts = || {
         let status = skiplock::queue_status(&mut db.conn(), skiplock::RUNNER_FRESH_SECS).unwrap();
         let row = |job_type: &str| {
@@ -127,13 +119,11 @@ fn status_counts_jobs_a_runner_starts_as_running_without_waiting_a_poll_interval
                 .find(|row| row.job_type == job_type)
                 .map_or((0, 0), |row| (row.ready, row.running))
         };
-        (row("status_gate"), row("status_filler"))
+        (row("gate"), row("filler"))
     };
     wait_until("status counts the gates as running", PATIENCE, || {
         counts().0 == (0, 2)
     });
     assert_eq!(counts().1, (3, 0), "the fillers wait");
-    STATUS_RELEASE.store(true, Ordering::SeqCst);
-    wait_until("everything ran", PATIENCE, || db.count_jobs("true") == 0);
-    running.shutdown(PATIENCE);
+    finish(TEST, &db, running);
 }
