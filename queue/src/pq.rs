@@ -164,12 +164,17 @@ impl Session {
             .map_err(|_| SessionError::new("the database URL contains a NUL byte"))?;
         let name =
             CString::new(application_name.replace('\0', "")).expect("NUL bytes were just removed");
+        // `client_encoding` comes after `dbname`, so it wins over the URL,
+        // `PGCLIENTENCODING`, and the role's or database's default (which the
+        // server applies before what the client asks): the session's text
+        // is UTF-8 whatever the database's encoding, as Rust reads it.
         let keywords = [
             c"dbname".as_ptr(),
             c"fallback_application_name".as_ptr(),
+            c"client_encoding".as_ptr(),
             ptr::null(),
         ];
-        let values = [url.as_ptr(), name.as_ptr(), ptr::null()];
+        let values = [url.as_ptr(), name.as_ptr(), c"UTF8".as_ptr(), ptr::null()];
         // SAFETY: NULL-terminated arrays of valid C strings; `expand_dbname`
         // makes libpq read the URL or key=value string given as `dbname`.
         // libpq returns NULL only when out of memory.

@@ -36,6 +36,12 @@ impl TestDb {
 
     /// Creates a new database on the test server, without the queue's schema.
     pub fn create_empty() -> TestDb {
+        Self::create_with("")
+    }
+
+    /// Creates a new database with `options` after `CREATE DATABASE name`
+    /// (an encoding, say), without the queue's schema.
+    pub fn create_with(options: &str) -> TestDb {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -50,7 +56,7 @@ impl TestDb {
         let admin_url = server_url();
         let mut admin = PgConnection::establish(&admin_url)
             .unwrap_or_else(|e| panic!("cannot connect to {admin_url}: {e}"));
-        diesel::sql_query(format!("CREATE DATABASE {name}"))
+        diesel::sql_query(format!("CREATE DATABASE {name} {options}"))
             .execute(&mut admin)
             .expect("create test database");
         TestDb {
@@ -58,6 +64,11 @@ impl TestDb {
             name,
             admin_url,
         }
+    }
+
+    /// The test database's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The test database's URL.

@@ -25,7 +25,9 @@ use crate::pq::{Param, Session, SessionError, Step};
 ///
 /// - Immune to server-wide timeouts meant for application sessions: a
 ///   worker's lock session stays idle, holding its locks, while a job runs
-///   for as long as it runs, and the listener is idle by design.
+///   for as long as it runs, and the listener is idle by design. Nor may a
+///   role's or database's `lock_timeout` cancel a completion that waits a
+///   moment for a row another session holds.
 /// - Each prepared statement planned once, with the plan its text is
 ///   written for: the claim walks the ready index in order, and a plan that
 ///   reads the table and sorts it (which the planner may prefer when it
@@ -44,6 +46,7 @@ pub(crate) fn prepare_runner_session(session: &mut Session) -> Result<(), Sessio
                       ('idle_in_transaction_session_timeout', '0'), \
                       ('idle_session_timeout', '0'), \
                       ('transaction_timeout', '0'), \
+                      ('lock_timeout', '0'), \
                       ('plan_cache_mode', 'force_generic_plan'), \
                       ('enable_sort', 'off'), \
                       ('enable_seqscan', 'off'), \

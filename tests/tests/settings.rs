@@ -1,0 +1,96 @@
+//! Server settings a DBA might set: a database in another encoding whose
+//! sessions default to it, and role-level timeouts.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use skiplock::{Job, Runner};
+use skiplock_tests::{wait_until, TestDb};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// What the jobs saw, by argument.
+#[derive(Default)]
+struct Seen(Mutex<BTreeMap<String, usize>>);
+
+impl Seen {
+    fn runs(&self) -> BTreeMap<String, usize> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[skiplock::background_job]
+fn remember(seen: &Arc<Seen>, text: String) {
+    *seen.0.lock().unwrap().entry(text).or_default() += 1;
+}
+
+#[test]
+fn a_latin1_database_whose_sessions_default_to_latin1_runs_non_ascii_payloads() {
+    let db =
+        TestDb::create_with("ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0");
+    skiplock::migrate(&mut db.conn()).unwrap();
+    // Every new session of this database now speaks LATIN1 unless it asks
+    // otherwise (as `PGCLIENTENCODING=LATIN1` or `ALTER ROLE` would make it).
+    db.execute(&format!(
+        "ALTER DATABASE {} SET client_encoding = 'LATIN1'",
+        db.name()
+    ));
+    let texts = ["Crème brûlée", "Größe", "¿señor?", "plain"];
+    let mut conn = db.conn();
+    for text in texts {
+        remember(text.into()).enqueue(&mut conn).unwrap();
+    }
+    let seen = Arc::new(Seen::default());
+    let running = Runner::builder(seen.clone())
+        .database_url(db.url())
+        .queue("default", 2)
+        .build()
+        .unwrap()
+        .start();
+    wait_until("every job ran", PATIENCE, || db.count_jobs("true") == 0);
+    running.shutdown(PATIENCE);
+    let expected: BTreeMap<String, usize> = texts.iter().map(|t| (t.to_string(), 1)).collect();
+    assert_eq!(seen.runs(), expected);
+}
+
+#[test]
+fn a_role_level_lock_timeout_does_not_cancel_a_completion_that_waits_for_its_row() {
+    let db = TestDb::create();
+    // Roles belong to the server: one of this test's own, dropped at the end.
+    let role = format!("skiplock_timeouts_{}", std::process::id());
+    db.execute(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN SUPERUSER; \
+         ALTER ROLE {role} SET lock_timeout = '10ms'; \
+         ALTER ROLE {role} SET statement_timeout = '10ms'"
+    ));
+    let mut url = url::Url::parse(db.url()).unwrap();
+    url.set_username(&role).unwrap();
+
+    let mut conn = db.conn();
+    let texts: Vec<String> = (0..20).map(|n| format!("job {n}")).collect();
+    for text in &texts {
+        remember(text.clone()).enqueue(&mut conn).unwrap();
+    }
+    // Another session holds every job's row for a while: the runner's writes
+    // to them wait longer than the role's lock timeout.
+    let mut holder = db.conn();
+    holder
+        .batch_execute("BEGIN; SELECT id FROM queue_jobs FOR UPDATE")
+        .unwrap();
+    let seen = Arc::new(Seen::default());
+    let running = Runner::builder(seen.clone())
+        .database_url(url.as_str())
+        .queue("default", 1)
+        .build()
+        .unwrap()
+        .start();
+    std::thread::sleep(Duration::from_millis(500));
+    holder.batch_execute("COMMIT").unwrap();
+    wait_until("every job ran", PATIENCE, || db.count_jobs("true") == 0);
+    running.shutdown(PATIENCE);
+    db.execute(&format!("DROP ROLE IF EXISTS {role}"));
+    let expected: BTreeMap<String, usize> = texts.iter().map(|t| (t.clone(), 1)).collect();
+    assert_eq!(seen.runs(), expected, "each job ran once");
+}
