@@ -12,6 +12,7 @@
 //! enqueued once for all the missed ones, or, for a schedule that
 //! [skips missed ticks](Periodic::skip_missed), none of them.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use crate::connection;
 use crate::errors::{EnqueueError, RunnerError};
 use crate::job::{EnqueueOptions, Job};
 use crate::state::Shared;
-use crate::storage::{self, NewJob};
+use crate::storage::{self, NewJob, TickClaim};
 
 /// A job enqueued on a clock: a cron schedule and the job of each tick.
 ///
@@ -226,6 +227,7 @@ pub(crate) fn run<C>(shared: Arc<Shared<C>>) {
     let started = Utc::now();
     let mut failing = false;
     let mut declared = false;
+    let mut held = BTreeSet::new();
     while !signals.is_stopped() {
         let result = (|| -> Result<Option<DateTime<Utc>>, Box<dyn std::error::Error>> {
             let mut conn = connection::checked_get(pool)?;
@@ -242,7 +244,7 @@ pub(crate) fn run<C>(shared: Arc<Shared<C>>) {
                 }
                 declared = true;
             }
-            tick(&mut conn, schedules, started, poll_interval)
+            tick(&mut conn, schedules, started, poll_interval, &mut held)
         })();
         let wake_at = match result {
             Ok(next) => {
@@ -272,12 +274,19 @@ pub(crate) fn run<C>(shared: Arc<Shared<C>>) {
     }
 }
 
-/// Claims every due tick; returns when the next one falls due.
+/// How soon a runner asks again for a tick another runner's transaction
+/// holds.
+const HELD_RETRY: Duration = Duration::from_millis(200);
+
+/// Claims every due tick; returns when the next one falls due. `held`: the
+/// schedules found held by another runner's unfinished tick transaction,
+/// until this runner takes or sees their tick.
 fn tick(
     conn: &mut PgConnection,
     schedules: &[Schedule],
     started: DateTime<Utc>,
     poll_interval: Duration,
+    held: &mut BTreeSet<String>,
 ) -> Result<Option<DateTime<Utc>>, Box<dyn std::error::Error>> {
     let names: Vec<&str> = schedules.iter().map(|s| s.name.as_str()).collect();
     let last_ticks = storage::last_ticks(conn, &names)?;
@@ -290,32 +299,49 @@ fn tick(
             .find(|(name, _)| *name == schedule.name)
             .and_then(|(_, last)| *last)
             .unwrap_or(started);
+        let mut next = schedule.next_after(now);
         if let Some((tick, passed_over)) = schedule.due(last, now) {
             let late = passed_over || now - tick > grace(poll_interval);
             let enqueue = enqueues(schedule.missed, now - tick <= grace(poll_interval));
-            let next = schedule.next_after(tick);
-            let won = conn.transaction(|conn| -> Result<bool, Box<dyn std::error::Error>> {
-                if !storage::claim_tick(conn, &schedule.name, tick, next)? {
-                    return Ok(false);
+            let following = schedule.next_after(tick);
+            let claim =
+                conn.transaction(|conn| -> Result<TickClaim, Box<dyn std::error::Error>> {
+                    let claim = storage::claim_tick(conn, &schedule.name, tick, following)?;
+                    if claim == TickClaim::Taken && enqueue {
+                        storage::insert_job(conn, &(schedule.make)(tick)?)?;
+                    }
+                    Ok(claim)
+                })?;
+            let was_held = match claim {
+                TickClaim::Held => {
+                    if held.insert(schedule.name.clone()) {
+                        info!(schedule = %schedule.name, %tick,
+                            "another runner is taking this schedule's tick and has not \
+                             committed (its transaction holds the schedule); not waiting for \
+                             it, asking again every 200 ms");
+                    }
+                    next = Some(now + HELD_RETRY);
+                    true
                 }
-                if enqueue {
-                    storage::insert_job(conn, &(schedule.make)(tick)?)?;
-                }
-                Ok(true)
-            })?;
-            if won {
+                TickClaim::Taken | TickClaim::TakenElsewhere => held.remove(&schedule.name),
+            };
+            if claim == TickClaim::Taken {
+                let missed_because = if was_held {
+                    "while another runner held the schedule"
+                } else {
+                    "while no runner was alive"
+                };
                 match (enqueue, late) {
                     (true, false) => {
                         debug!(schedule = %schedule.name, %tick, "periodic job enqueued")
                     }
                     (true, true) => info!(schedule = %schedule.name, %tick,
-                        "periodic job enqueued once for the ticks missed while no runner was alive"),
+                        "periodic job enqueued once for the ticks missed {missed_because}"),
                     (false, _) => info!(schedule = %schedule.name, %tick,
-                        "ticks missed while no runner was alive are skipped, as configured"),
+                        "ticks missed {missed_because} are skipped, as configured"),
                 }
             }
         }
-        let next = schedule.next_after(now);
         soonest = match (soonest, next) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

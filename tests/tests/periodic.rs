@@ -1,5 +1,6 @@
 //! Periodic jobs across real runner processes: every tick enqueued exactly
-//! once by whichever process takes it, whatever happens to the others.
+//! once by whichever process takes it, whatever happens to the others; a
+//! runner stalled in its tick transaction holds up no other schedule.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -114,4 +115,62 @@ fn five_seconds_without_any_runner_yield_exactly_one_catch_up_job() {
         assert_eq!(pair[1], pair[0] + 1, "{after:?}");
     }
     assert!(after.len() >= 3, "{after:?}");
+}
+
+#[skiplock::background_job(queue = "ticks")]
+fn ticked(schedule: String) {
+    let _ = schedule;
+}
+
+/// Jobs enqueued by `schedule`.
+fn enqueued_by(db: &TestDb, schedule: &str) -> i64 {
+    db.count_jobs(&format!(
+        "job_type = 'ticked' AND payload->>'schedule' = '{schedule}'"
+    ))
+}
+
+#[test]
+fn a_schedule_held_by_a_stalled_tick_transaction_holds_up_no_other_schedule() {
+    use diesel::connection::SimpleConnection;
+    use skiplock::{Periodic, Runner};
+    let db = TestDb::create();
+    let every_second = |name: &'static str| {
+        Periodic::new("* * * * * *", move |_| ticked(name.to_owned())).name(name)
+    };
+    let running = Runner::builder(())
+        .database_url(db.url())
+        .queue("other", 1)
+        .poll_interval(Duration::from_millis(100))
+        .schedule(every_second("held"))
+        .schedule(every_second("free"))
+        .build()
+        .unwrap()
+        .start();
+    skiplock_tests::wait_until("both schedules tick", Duration::from_secs(10), || {
+        enqueued_by(&db, "held") >= 1 && enqueued_by(&db, "free") >= 1
+    });
+    // Another runner's tick transaction, stalled while it holds `held`.
+    let mut stalled = db.conn();
+    stalled
+        .batch_execute("BEGIN; SELECT * FROM queue_schedules WHERE name = 'held' FOR UPDATE")
+        .unwrap();
+    let (held_before, free_before) = (enqueued_by(&db, "held"), enqueued_by(&db, "free"));
+    std::thread::sleep(Duration::from_millis(3500));
+    let free_during = enqueued_by(&db, "free") - free_before;
+    assert_eq!(
+        enqueued_by(&db, "held"),
+        held_before,
+        "the held schedule ticked"
+    );
+    stalled.batch_execute("COMMIT").unwrap();
+    skiplock_tests::wait_until(
+        "the held schedule ticks again",
+        Duration::from_secs(5),
+        || enqueued_by(&db, "held") > held_before,
+    );
+    running.shutdown(Duration::from_secs(10));
+    assert!(
+        free_during >= 3,
+        "{free_during} ticks of the free schedule in 3.5 s while the other was held"
+    );
 }

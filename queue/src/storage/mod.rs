@@ -995,25 +995,57 @@ pub(crate) fn last_ticks(
     Ok(rows.into_iter().map(|r| (r.name, r.last_tick)).collect())
 }
 
+/// What [`claim_tick`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TickClaim {
+    /// This transaction took the tick, and must enqueue its job before
+    /// committing.
+    Taken,
+    /// Another runner took this tick, or a later one.
+    TakenElsewhere,
+    /// Another runner's transaction holds the schedule (it is taking a
+    /// tick and has not committed): not waited for; ask again.
+    Held,
+}
+
 /// Moves schedule `name` to `tick` if no runner has taken that tick (or a
-/// later one) yet. `true`: this transaction took it, and must enqueue its
-/// job before committing. Concurrent takers wait for the row, then find
-/// the tick taken.
+/// later one) yet. A schedule another transaction holds is skipped, not
+/// waited for: a runner stalled in its tick transaction (paused, on a slow
+/// disk, cut off) holds up no other runner's schedules.
 pub(crate) fn claim_tick(
     conn: &mut PgConnection,
     name: &str,
     tick: DateTime<Utc>,
     next_tick: Option<DateTime<Utc>>,
-) -> QueryResult<bool> {
-    let taken = Statement::new(
-        "UPDATE queue_schedules SET last_tick = $2, next_tick = $3, updated_at = now() \
-         WHERE name = $1 AND (last_tick IS NULL OR last_tick < $2)",
+) -> QueryResult<TickClaim> {
+    #[derive(QueryableByName)]
+    struct Claimed {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        free: bool,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        taken: bool,
+    }
+    let claimed: Claimed = Statement::new(
+        "WITH free AS MATERIALIZED ( \
+             SELECT name, last_tick FROM queue_schedules WHERE name = $1 \
+             FOR UPDATE SKIP LOCKED), \
+         taken AS ( \
+             UPDATE queue_schedules s \
+             SET last_tick = $2, next_tick = $3, updated_at = now() \
+             FROM free f \
+             WHERE s.name = f.name AND (f.last_tick IS NULL OR f.last_tick < $2) \
+             RETURNING 1) \
+         SELECT EXISTS (SELECT 1 FROM free) AS free, EXISTS (SELECT 1 FROM taken) AS taken",
     )
     .bind::<Text, _>(name)
     .bind::<Timestamptz, _>(tick)
     .bind::<Nullable<Timestamptz>, _>(next_tick)
-    .execute(conn)?;
-    Ok(taken == 1)
+    .get_result(conn)?;
+    Ok(match (claimed.free, claimed.taken) {
+        (_, true) => TickClaim::Taken,
+        (true, false) => TickClaim::TakenElsewhere,
+        (false, false) => TickClaim::Held,
+    })
 }
 
 /// A schedule as `skiplock status` and the dashboard show it.
