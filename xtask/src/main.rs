@@ -115,10 +115,12 @@ fn install(packages: &[&str]) -> Result<(), Failure> {
         .into());
     }
     eprintln!("xtask: installing {list} for the tests (apt-get)");
+    // apt-get's progress goes nowhere; its errors still show.
     let apt = |args: &[&str]| -> Result<(), Failure> {
         let status = Command::new("apt-get")
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(std::process::Stdio::null())
             .status()
             .map_err(|e| format!("cannot run apt-get to install {list}: {e}"))?;
         if status.success() {
