@@ -152,10 +152,21 @@ impl WorkerProcess {
     /// Starts `test-worker` (the binary at `path`) with these arguments
     /// after the URL, and waits until its runner has started.
     pub fn spawn(path: &str, db: &TestDb, args: &[u64]) -> WorkerProcess {
+        Self::spawn_with_env(path, db, args, &[])
+    }
+
+    /// [`spawn`](Self::spawn) with these environment variables set.
+    pub fn spawn_with_env(
+        path: &str,
+        db: &TestDb,
+        args: &[u64],
+        env: &[(&str, &str)],
+    ) -> WorkerProcess {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
         let mut command = std::process::Command::new(path);
         command
+            .envs(env.iter().copied())
             .arg(db.url())
             .args(args.iter().map(u64::to_string))
             .stdout(std::process::Stdio::piped());

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 use skiplock::{Job, Runner};
-use skiplock_tests::{wait_until, TestDb};
+use skiplock_tests::crash_jobs::Record;
+use skiplock_tests::{wait_until, TestDb, WorkerProcess};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -93,4 +94,32 @@ fn a_role_level_lock_timeout_does_not_cancel_a_completion_that_waits_for_its_row
     db.execute(&format!("DROP ROLE IF EXISTS {role}"));
     let expected: BTreeMap<String, usize> = texts.iter().map(|t| (t.clone(), 1)).collect();
     assert_eq!(seen.runs(), expected, "each job ran once");
+}
+
+#[test]
+fn a_worker_process_started_with_pgclientencoding_latin1_runs_non_ascii_payloads() {
+    let db =
+        TestDb::create_with("ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0");
+    skiplock::migrate(&mut db.conn()).unwrap();
+    db.execute("CREATE TABLE crash_log (key TEXT NOT NULL, event TEXT NOT NULL, pid INT NOT NULL)");
+    let keys = ["Größe", "crème", "plain"];
+    let mut conn = db.conn();
+    for key in keys {
+        Record { key: key.into() }.enqueue(&mut conn).unwrap();
+    }
+    // libpq in the worker process reads PGCLIENTENCODING: every session it
+    // opens speaks LATIN1 unless it asks otherwise.
+    let _worker = WorkerProcess::spawn_with_env(
+        env!("CARGO_BIN_EXE_test-worker"),
+        &db,
+        &[2, 10, 50, 0],
+        &[("PGCLIENTENCODING", "LATIN1")],
+    );
+    wait_until("every job ran", PATIENCE, || db.count_jobs("true") == 0);
+    let logged = skiplock_tests::count(
+        &mut conn,
+        "SELECT count(*) AS n FROM crash_log \
+         WHERE event = 'done' AND key IN ('Größe', 'crème', 'plain')",
+    );
+    assert_eq!(logged, 3);
 }
