@@ -63,8 +63,9 @@ pub(crate) fn run<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slots: Vec<Arc<S
         // (the runner started, or took on load), it announces at once, not
         // a poll interval later: `skiplock status` and the dashboard count
         // those jobs as running, not ready. A worker that goes from one job
-        // to the next changes no count and waits for the poll interval, so
-        // a busy runner writes no more than an idle one.
+        // to the next changes no count and waits for the poll interval. The
+        // count announced drops only at a check, so this adds at most one
+        // check per check the poll interval makes.
         if !check_failing {
             let busy = slots
                 .iter()
