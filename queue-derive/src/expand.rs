@@ -107,20 +107,25 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
             let ser = format_ident!("__skiplock_serialize_{}", name);
             let de = format_ident!("__skiplock_deserialize_{}", name);
             argument_helpers.push(quote! {
+                // Generic names no user type is likely to have: `#ty` is
+                // read where they are in scope.
                 #[doc(hidden)]
-                fn #ser<S: #krate::__private::serde::Serializer>(
+                fn #ser<__SkiplockS: #krate::__private::serde::Serializer>(
                     value: &#ty,
-                    serializer: S,
-                ) -> ::core::result::Result<S::Ok, S::Error> {
+                    serializer: __SkiplockS,
+                ) -> ::core::result::Result<__SkiplockS::Ok, __SkiplockS::Error> {
                     #[allow(unused_imports)]
                     use #krate::__private::{Storable as _, Unstorable as _};
                     (&&#krate::__private::Probe::<#ty>::new()).serialize_argument(value, serializer)
                 }
 
                 #[doc(hidden)]
-                fn #de<'de, D: #krate::__private::serde::Deserializer<'de>>(
-                    deserializer: D,
-                ) -> ::core::result::Result<#ty, D::Error> {
+                fn #de<'__skiplock_de, __SkiplockD>(
+                    deserializer: __SkiplockD,
+                ) -> ::core::result::Result<#ty, __SkiplockD::Error>
+                where
+                    __SkiplockD: #krate::__private::serde::Deserializer<'__skiplock_de>,
+                {
                     #[allow(unused_imports)]
                     use #krate::__private::{Storable as _, Unstorable as _};
                     (&&#krate::__private::Probe::<#ty>::new()).deserialize_argument(deserializer)
