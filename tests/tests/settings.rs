@@ -27,6 +27,40 @@ fn remember(seen: &Arc<Seen>, text: String) {
     *seen.0.lock().unwrap().entry(text).or_default() += 1;
 }
 
+/// Runs every `remember` job queued in `db` through a runner connecting with
+/// `url` (after `hold`, called once the runner has started); what they saw.
+fn run_all(db: &TestDb, url: &str, hold: impl FnOnce()) -> BTreeMap<String, usize> {
+    let seen = Arc::new(Seen::default());
+    let running = Runner::builder(seen.clone())
+        .database_url(url)
+        .queue("default", 2)
+        .build()
+        .unwrap()
+        .start();
+    hold();
+    wait_until("every job ran", PATIENCE, || db.count_jobs("true") == 0);
+    running.shutdown(PATIENCE);
+    seen.runs()
+}
+
+/// Each of `texts` seen once.
+fn once<T: ToString>(texts: &[T]) -> BTreeMap<String, usize> {
+    texts.iter().map(|t| (t.to_string(), 1)).collect()
+}
+
+/// A login role of one test's own (roles belong to the server, not the
+/// database), dropped when the value is, even when the test fails.
+struct Role<'a>(&'a TestDb, String);
+
+impl Drop for Role<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .conn()
+            .batch_execute(&format!("DROP ROLE IF EXISTS {}", self.1));
+    }
+}
+
 #[test]
 fn a_latin1_database_whose_sessions_default_to_latin1_runs_non_ascii_payloads() {
     let db =
@@ -43,31 +77,21 @@ fn a_latin1_database_whose_sessions_default_to_latin1_runs_non_ascii_payloads() 
     for text in texts {
         remember(text.into()).enqueue(&mut conn).unwrap();
     }
-    let seen = Arc::new(Seen::default());
-    let running = Runner::builder(seen.clone())
-        .database_url(db.url())
-        .queue("default", 2)
-        .build()
-        .unwrap()
-        .start();
-    wait_until("every job ran", PATIENCE, || db.count_jobs("true") == 0);
-    running.shutdown(PATIENCE);
-    let expected: BTreeMap<String, usize> = texts.iter().map(|t| (t.to_string(), 1)).collect();
-    assert_eq!(seen.runs(), expected);
+    assert_eq!(run_all(&db, db.url(), || ()), once(&texts));
 }
 
 #[test]
 fn a_role_level_lock_timeout_does_not_cancel_a_completion_that_waits_for_its_row() {
     let db = TestDb::create();
-    // Roles belong to the server: one of this test's own, dropped at the end.
-    let role = format!("skiplock_timeouts_{}", std::process::id());
+    let role = Role(&db, format!("skiplock_timeouts_{}", std::process::id()));
     db.execute(&format!(
-        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN SUPERUSER; \
-         ALTER ROLE {role} SET lock_timeout = '10ms'; \
-         ALTER ROLE {role} SET statement_timeout = '10ms'"
+        "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN SUPERUSER; \
+         ALTER ROLE {name} SET lock_timeout = '10ms'; \
+         ALTER ROLE {name} SET statement_timeout = '10ms'",
+        name = role.1
     ));
     let mut url = url::Url::parse(db.url()).unwrap();
-    url.set_username(&role).unwrap();
+    url.set_username(&role.1).unwrap();
 
     let mut conn = db.conn();
     let texts: Vec<String> = (0..20).map(|n| format!("job {n}")).collect();
@@ -80,20 +104,11 @@ fn a_role_level_lock_timeout_does_not_cancel_a_completion_that_waits_for_its_row
     holder
         .batch_execute("BEGIN; SELECT id FROM queue_jobs FOR UPDATE")
         .unwrap();
-    let seen = Arc::new(Seen::default());
-    let running = Runner::builder(seen.clone())
-        .database_url(url.as_str())
-        .queue("default", 1)
-        .build()
-        .unwrap()
-        .start();
-    std::thread::sleep(Duration::from_millis(500));
-    holder.batch_execute("COMMIT").unwrap();
-    wait_until("every job ran", PATIENCE, || db.count_jobs("true") == 0);
-    running.shutdown(PATIENCE);
-    db.execute(&format!("DROP ROLE IF EXISTS {role}"));
-    let expected: BTreeMap<String, usize> = texts.iter().map(|t| (t.clone(), 1)).collect();
-    assert_eq!(seen.runs(), expected, "each job ran once");
+    let runs = run_all(&db, url.as_str(), || {
+        std::thread::sleep(Duration::from_millis(500));
+        holder.batch_execute("COMMIT").unwrap();
+    });
+    assert_eq!(runs, once(&texts), "each job ran once");
 }
 
 #[test]
