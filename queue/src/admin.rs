@@ -39,7 +39,10 @@ pub fn discard_job(conn: &mut PgConnection, id: JobId) -> Result<(), AdminError>
     with_idle_job(conn, id, storage::delete_job)
 }
 
-/// Runs `change` on the job while holding its lock, so no worker claims it meanwhile.
+/// Runs `change` on the job while holding its lock, so no worker claims it
+/// meanwhile, and counts the change as a release: a claim that read the job
+/// before it and locks it after reads it again (see
+/// `storage::count_release`).
 fn with_idle_job(
     conn: &mut PgConnection,
     id: JobId,
@@ -53,8 +56,18 @@ fn with_idle_job(
             return Err(AdminError::Running(id));
         }
         change(conn, id.0)?;
-        Ok(())
-    })
+        storage::count_release(conn)?;
+        Ok::<_, AdminError>(())
+    })?;
+    storage::count_release(conn)?;
+    Ok(())
+}
+
+/// How many job releases the database has counted (what a claim compares
+/// before and after it takes its locks). For tests of the claim's recheck.
+#[doc(hidden)]
+pub fn releases_counted(conn: &mut PgConnection) -> Result<i64, AdminError> {
+    Ok(storage::releases_counted(conn)?)
 }
 
 /// Runners seen this recently count as alive: their running jobs are

@@ -166,6 +166,7 @@ macro_rules! __async_job {
 /// Not public API. Used by generated code.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::admin::releases_counted;
     #[cfg(feature = "tokio")]
     pub use crate::asynchronous::{async_connection, async_pool, run_async};
     pub use crate::errors::{

@@ -33,9 +33,11 @@ use pq_sys::{
 };
 use tracing::debug;
 
-/// A statement or connection failure of a [`Session`]. After any failure
-/// the session counts as lost: the runner never goes on with a session in
-/// an unknown state, since closing it is what releases its locks.
+/// A statement or connection failure of a [`Session`]. After a failure the
+/// session counts as lost (the runner never goes on with a session in an
+/// unknown state, since closing it is what releases its locks), except for
+/// a statement that [`Session::pipeline`] reports refused: its
+/// transaction was rolled back and the session is idle, its locks held.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionError {
     message: String,
@@ -115,6 +117,8 @@ pub(crate) struct Session {
     /// Prepared statement names, by the address of their `'static` text.
     prepared: HashMap<usize, CString>,
     lost: bool,
+    /// The last mark handed out (see [`Session::next_mark`]).
+    marks: i64,
 }
 
 // SAFETY: a PGconn may move between threads as long as one thread at a time
@@ -186,6 +190,7 @@ impl Session {
             notices: Box::default(),
             prepared: HashMap::new(),
             lost: false,
+            marks: 0,
         };
         // SAFETY: the connection is valid until `session` drops.
         if unsafe { PQstatus(session.conn.as_ptr()) } != ConnStatusType::CONNECTION_OK {
@@ -316,7 +321,9 @@ impl Session {
         // SAFETY: valid connection and C string; the result is wrapped (and
         // freed) at once.
         let result = unsafe { PQexec(self.conn.as_ptr(), sql.as_ptr()) };
-        self.check(result).map(drop)
+        self.check(result)
+            .map(drop)
+            .map_err(|e| self.lose(e.message))
     }
 
     /// Runs a statement with `$1`, `$2`... bound to `params`, preparing it
@@ -351,7 +358,7 @@ impl Session {
                 0,
             )
         };
-        self.check(result)
+        self.check(result).map_err(|e| self.lose(e.message))
     }
 
     /// The name of `sql`'s prepared statement, preparing it on first use.
@@ -374,15 +381,37 @@ impl Session {
                 ptr::null(),
             )
         };
-        self.check(result)?;
+        self.check(result).map_err(|e| self.lose(e.message))?;
         Ok(self.prepared.entry(key).or_insert(name).as_ptr())
     }
 
+    /// Counts this session lost after `error` (a statement whose refusal
+    /// leaves the session's locks unknown).
+    pub(crate) fn abandon(&mut self, error: SessionError) -> SessionError {
+        self.lost = true;
+        error
+    }
+
+    /// A number no earlier call on this session returned: a write's mark
+    /// (see `storage::claims`).
+    pub(crate) fn next_mark(&mut self) -> i64 {
+        self.marks += 1;
+        self.marks
+    }
+
     /// Runs statements in one round trip (libpq's pipeline mode) and
-    /// returns the rows of each [`Step::Run`], in order. A [`Step::Sync`]
+    /// returns the result of each [`Step::Run`], in order. A [`Step::Sync`]
     /// ends an implicit transaction: what follows it runs after its commit.
     /// The steps must end with a `Sync`.
-    pub(crate) fn pipeline(&mut self, steps: &[Step<'_>]) -> Result<Vec<Rows>, SessionError> {
+    ///
+    /// A statement the server refuses (a trigger's error, a deadlock, a
+    /// cancel) leaves the session as it is: its transaction was rolled back
+    /// (the rest of it, up to its `Sync`, skipped: refused too), and the
+    /// steps after that `Sync` ran. `Err`: the session is lost.
+    pub(crate) fn pipeline(
+        &mut self,
+        steps: &[Step<'_>],
+    ) -> Result<Vec<Result<Rows, SessionError>>, SessionError> {
         assert!(
             matches!(steps.last(), Some(Step::Sync)),
             "a pipeline ends with a Sync"
@@ -445,12 +474,10 @@ impl Session {
             let result = unsafe { PQgetResult(conn) };
             match step {
                 Step::Run(..) => {
-                    match self.check(result) {
-                        Ok(rows) => results.push(rows),
-                        Err(error) => {
-                            failure.get_or_insert(error);
-                        }
+                    if result.is_null() {
+                        failure.get_or_insert_with(|| self.lose(self.connection_error()));
                     }
+                    results.push(self.check(result));
                     // The end of this statement's results.
                     // SAFETY: as above.
                     let end = unsafe { PQgetResult(conn) };
@@ -476,6 +503,10 @@ impl Session {
         if unsafe { PQexitPipelineMode(conn) } != 1 {
             failure.get_or_insert_with(|| self.lose(self.connection_error()));
         }
+        // SAFETY: valid connection.
+        if failure.is_none() && unsafe { PQstatus(conn) } != ConnStatusType::CONNECTION_OK {
+            failure = Some(self.lose(self.connection_error()));
+        }
         match failure {
             Some(error) => {
                 self.lost = true;
@@ -485,7 +516,8 @@ impl Session {
         }
     }
 
-    /// Wraps a result, turning a failed statement into an error.
+    /// Wraps a result, turning a failed statement into an error (and no
+    /// result at all, a broken connection, into a loss).
     fn check(&mut self, result: *mut PGresult) -> Result<Rows, SessionError> {
         let Some(result) = NonNull::new(result) else {
             return Err(self.lose(self.connection_error()));
@@ -494,13 +526,16 @@ impl Session {
         // SAFETY: a valid result.
         match unsafe { PQresultStatus(rows.0.as_ptr()) } {
             ExecStatusType::PGRES_COMMAND_OK | ExecStatusType::PGRES_TUPLES_OK => Ok(rows),
+            ExecStatusType::PGRES_PIPELINE_ABORTED => Err(SessionError::new(
+                "skipped: an earlier statement of its transaction failed",
+            )),
             _ => {
                 // SAFETY: a valid result; the message is owned by it.
                 let message = unsafe { CStr::from_ptr(PQresultErrorMessage(rows.0.as_ptr())) }
                     .to_string_lossy()
                     .trim()
                     .to_owned();
-                Err(self.lose(message))
+                Err(SessionError::new(message))
             }
         }
     }

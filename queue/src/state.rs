@@ -14,7 +14,7 @@ use crate::parts::PartFn;
 use crate::pq::Session;
 use crate::registry::Registry;
 use crate::shutdown::Signals;
-use crate::storage::ClaimedJob;
+use crate::storage::{ClaimedJob, NextAttempt};
 
 /// How a runner is configured, once built.
 #[derive(Debug, Clone)]
@@ -97,6 +97,9 @@ pub(crate) struct BatchState {
     pub(crate) completed: Vec<i64>,
     /// When the oldest of `completed` ended.
     pub(crate) completed_since: Option<Instant>,
+    /// Outcomes the database refused to record: their jobs stay locked
+    /// until a later try records them.
+    pub(crate) unwritten: Unwritten,
     /// The job running now.
     pub(crate) running: Option<RunningJob>,
     /// A moving average of how long this worker's jobs run, which sizes
@@ -137,6 +140,63 @@ impl BatchState {
             }
             _ => settings.batch_size,
         }
+    }
+}
+
+/// Outcomes of a worker's jobs that the database refused to record (a
+/// trigger's error, a deadlock, a cancelled statement, a full disk). Their
+/// jobs stay locked by the worker's session, so that none runs again, and
+/// the writes are tried again after 100 ms, doubling up to 10 s.
+#[derive(Debug, Default)]
+pub(crate) struct Unwritten {
+    /// Jobs that succeeded: their rows are to be deleted.
+    pub(crate) completions: Vec<i64>,
+    pub(crate) failures: Vec<UnwrittenFailure>,
+    /// When to try again.
+    pub(crate) retry_at: Option<Instant>,
+    /// Refusals in a row.
+    pub(crate) refusals: u32,
+}
+
+/// A failed attempt still to be recorded.
+#[derive(Debug, Clone)]
+pub(crate) struct UnwrittenFailure {
+    pub(crate) id: i64,
+    pub(crate) error: String,
+    pub(crate) next: NextAttempt,
+}
+
+impl Unwritten {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.completions.is_empty() && self.failures.is_empty()
+    }
+
+    /// Whether there is something to try again now.
+    pub(crate) fn due(&self) -> bool {
+        !self.is_empty() && self.retry_at.is_none_or(|at| at <= Instant::now())
+    }
+
+    /// How long until the next try (`None`: nothing to try).
+    pub(crate) fn wait(&self) -> Option<Duration> {
+        (!self.is_empty()).then(|| {
+            self.retry_at.map_or(Duration::ZERO, |at| {
+                at.saturating_duration_since(Instant::now())
+            })
+        })
+    }
+
+    /// One more refusal: the next try waits longer.
+    pub(crate) fn refused(&mut self) {
+        self.refusals = self.refusals.saturating_add(1);
+        let wait = Duration::from_millis(100 << self.refusals.min(8).saturating_sub(1))
+            .min(Duration::from_secs(10));
+        self.retry_at = Some(Instant::now() + wait);
+    }
+
+    /// Everything was recorded.
+    pub(crate) fn written(&mut self) {
+        self.refusals = 0;
+        self.retry_at = None;
     }
 }
 

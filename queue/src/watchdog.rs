@@ -29,7 +29,7 @@ use tracing::{debug, info};
 
 use crate::state::{lock, Shared, Slot};
 use crate::worker::{
-    commit_completions, flush_after, record_completions_elsewhere, release_pending,
+    commit_completions, flush_after, record_completions_elsewhere, release_pending, retry_unwritten,
 };
 
 /// The watchdog thread: looks at every worker's running job.
@@ -56,7 +56,7 @@ fn tend<C>(shared: &Shared<C>, slot: &Slot) {
         let Some(running) = batch.running else {
             return;
         };
-        if batch.completed.is_empty() && batch.pending.is_empty() {
+        if batch.completed.is_empty() && batch.pending.is_empty() && !batch.unwritten.due() {
             return;
         }
         (
@@ -72,6 +72,10 @@ fn tend<C>(shared: &Shared<C>, slot: &Slot) {
         // Its locks are gone: other workers may claim the completed jobs
         // now, so record them at once rather than when the job ends.
         record_completions_elsewhere(shared, slot);
+        return;
+    }
+    if let Err(error) = retry_unwritten(shared, slot, lock_session) {
+        debug!(%error, "could not record refused outcomes during a job; the worker will reconnect");
         return;
     }
     if flush {

@@ -25,6 +25,12 @@
 //!
 //! A job that fails has its failure recorded (and its lock released) at
 //! once. When the runner stops, the unstarted jobs are released unrun.
+//!
+//! A lock is released only after the write ending its claim committed. A
+//! write the database refuses (a trigger's error, a deadlock, a cancelled
+//! statement) does not end the session: the job stays locked, so that it
+//! does not run again, and the write is tried again from 100 ms to every
+//! 10 s until it is recorded (see [`crate::state::Unwritten`]).
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -42,7 +48,7 @@ use crate::metrics::Ended;
 use crate::pq::{Session, SessionError};
 use crate::registry::{JobDescriptor, RunFailure};
 use crate::retry::RetryPolicy;
-use crate::state::{lock, LockSession, RunningJob, Shared, Slot};
+use crate::state::{lock, LockSession, RunningJob, Shared, Slot, UnwrittenFailure};
 use crate::storage::{self, ClaimedJob, NextAttempt, Release};
 
 /// What happened to one claimed job.
@@ -121,27 +127,59 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
     then_claim_again: bool,
     mut report: impl FnMut(JobId, &str, &Outcome),
 ) -> Result<BatchReport, BatchError> {
-    let (limit, completed) = {
-        let mut batch = lock(&slot.batch);
-        let limit = limit.unwrap_or_else(|| batch.claim_size(&shared.settings));
-        (limit, batch.take_completed())
-    };
+    let limit = limit.unwrap_or_else(|| lock(&slot.batch).claim_size(&shared.settings));
     let claimed = {
         let mut guard = lock(&slot.session);
+        let mut completed = Vec::new();
         let result = open_session(shared, &mut guard).and_then(|lock_session| {
+            retry_unwritten(shared, slot, lock_session).map_err(BatchError::Connect)?;
+            // Jobs this session holds are not claimed again (its locks are
+            // re-entrant): those whose outcome is still to be recorded.
+            let (taken, release_all, exclude) = {
+                let mut batch = lock(&slot.batch);
+                let unwritten = &batch.unwritten;
+                let mut excluded = exclude.to_vec();
+                excluded.extend(&unwritten.completions);
+                excluded.extend(unwritten.failures.iter().map(|f| f.id));
+                let release_all = unwritten.is_empty();
+                (batch.take_completed(), release_all, excluded)
+            };
+            completed = taken;
             let LockSession { session, holder } = lock_session;
+            // Everything the session holds goes, unless it holds jobs whose
+            // outcome is still to be recorded.
+            let release = if release_all {
+                Release::All { holder: *holder }
+            } else {
+                Release::These(&completed)
+            };
             let synchronous = shared.settings.synchronous_commit;
-            storage::claim_jobs(
+            let claim = storage::claim_jobs(
                 session,
                 queue,
                 limit,
-                exclude,
+                &exclude,
                 *holder,
-                &completed,
+                (&completed, release),
                 synchronous,
                 shared.registry.type_names(),
             )
-            .map_err(BatchError::Connect)
+            .map_err(BatchError::Connect)?;
+            let mut jobs = claim.jobs;
+            if let Some(error) = claim.completions_refused {
+                // Still ready, and locked by this session: the claim may
+                // have locked some again. Not run twice, and held once.
+                let (again, claimed): (Vec<_>, Vec<_>) = jobs
+                    .into_iter()
+                    .partition(|job| completed.contains(&job.id));
+                jobs = claimed;
+                let again: Vec<i64> = again.iter().map(|job| job.id).collect();
+                if !again.is_empty() {
+                    storage::unlock_jobs(session, &again).map_err(BatchError::Connect)?;
+                }
+                keep_unwritten_completions(slot, std::mem::take(&mut completed), &error);
+            }
+            Ok(jobs)
         });
         match result {
             Ok(jobs) => jobs,
@@ -248,23 +286,38 @@ fn open_session<'s, C>(
 
 /// Ends a lost (or failing) session: its locks are released by the server,
 /// and the unstarted jobs with them. The completions not yet committed are
-/// deleted on another connection if possible: those jobs ran.
+/// deleted on another connection first if possible (those jobs ran), so
+/// that a session still alive keeps their locks until then.
 fn lose<C>(
     shared: &Shared<C>,
     slot: &Slot,
     guard: &mut Option<LockSession>,
     error: SessionError,
 ) -> BatchError {
-    *guard = None;
-    let unstarted = lock(&slot.batch).pending.drain(..).count();
     record_completions_elsewhere(shared, slot);
+    *guard = None;
+    let (unstarted, failures) = {
+        let mut batch = lock(&slot.batch);
+        let failures = std::mem::take(&mut batch.unwritten.failures);
+        batch.unwritten.written();
+        (batch.pending.drain(..).count(), failures)
+    };
+    if !failures.is_empty() {
+        let ids: Vec<i64> = failures.iter().map(|f| f.id).collect();
+        warn!(?ids, "the failures of these jobs were never recorded; they run again without an attempt counted");
+    }
     BatchError::Lost { error, unstarted }
 }
 
 /// Deletes the completed jobs of a lost session on a connection from the
 /// pool: they ran, and other workers can claim them now.
 pub(crate) fn record_completions_elsewhere<C>(shared: &Shared<C>, slot: &Slot) {
-    let completed = lock(&slot.batch).take_completed();
+    let completed = {
+        let mut batch = lock(&slot.batch);
+        let mut completed = batch.take_completed();
+        completed.append(&mut batch.unwritten.completions);
+        completed
+    };
     if completed.is_empty() {
         return;
     }
@@ -397,10 +450,9 @@ fn complete<C>(
     }
     .and_then(|()| {
         if commit_now {
-            commit_completions(shared, slot, lock_session, false)
-        } else {
-            Ok(())
+            commit_completions(shared, slot, lock_session, false)?;
         }
+        retry_unwritten(shared, slot, lock_session)
     });
     result.map_err(|error| lose(shared, slot, &mut guard, error))
 }
@@ -413,18 +465,25 @@ pub(crate) fn flush_after<C>(shared: &Shared<C>) -> Duration {
 }
 
 /// Deletes the completed jobs and releases their locks; when the batch is
-/// over (nothing else held), releases everything the session holds.
+/// over (nothing else held), releases everything the session holds. What
+/// the database refuses to delete stays locked, to be tried again.
 pub(crate) fn commit_completions<C>(
     shared: &Shared<C>,
     slot: &Slot,
     lock_session: &mut LockSession,
     batch_over: bool,
 ) -> Result<(), SessionError> {
-    let completed = lock(&slot.batch).take_completed();
+    let (completed, release_all) = {
+        let mut batch = lock(&slot.batch);
+        (
+            batch.take_completed(),
+            batch_over && batch.unwritten.is_empty(),
+        )
+    };
     if completed.is_empty() {
         return Ok(());
     }
-    let release = if batch_over {
+    let release = if release_all {
         Release::All {
             holder: lock_session.holder,
         }
@@ -437,12 +496,110 @@ pub(crate) fn commit_completions<C>(
         release,
         shared.settings.synchronous_commit,
     );
-    if let Err(error) = done {
-        // Kept for the caller's `lose`, which records them elsewhere.
-        lock(&slot.batch).completed.extend(completed);
-        return Err(error);
+    match done {
+        Ok(None) => Ok(()),
+        Ok(Some(refused)) => {
+            keep_unwritten_completions(slot, refused.ids, &refused.error);
+            Ok(())
+        }
+        Err(error) => {
+            // Kept for the caller's `lose`, which records them elsewhere.
+            lock(&slot.batch).completed.extend(completed);
+            Err(error)
+        }
     }
-    Ok(())
+}
+
+/// Keeps completed jobs whose deletion the database refused: their locks
+/// stay held (none runs again), and the deletion is tried again.
+fn keep_unwritten_completions(slot: &Slot, ids: Vec<i64>, error: &SessionError) {
+    warn!(?ids, %error,
+        "the database refused to record these jobs' completion; they stay locked and it is tried again");
+    let mut batch = lock(&slot.batch);
+    batch.unwritten.completions.extend(ids);
+    batch.unwritten.refused();
+}
+
+/// Tries again, when due, to record the outcomes the database refused
+/// (see [`crate::state::Unwritten`]). `Err`: the session is lost.
+pub(crate) fn retry_unwritten<C>(
+    shared: &Shared<C>,
+    slot: &Slot,
+    lock_session: &mut LockSession,
+) -> Result<(), SessionError> {
+    let (completions, failures) = {
+        let mut batch = lock(&slot.batch);
+        if !batch.unwritten.due() {
+            return Ok(());
+        }
+        (
+            std::mem::take(&mut batch.unwritten.completions),
+            std::mem::take(&mut batch.unwritten.failures),
+        )
+    };
+    let synchronous = shared.settings.synchronous_commit;
+    let session = &mut lock_session.session;
+    let mut kept = (Vec::new(), Vec::new());
+    let mut refusal = None;
+    let mut outcome = Ok(());
+    if !completions.is_empty() {
+        let release = Release::These(&completions);
+        match storage::complete_jobs(session, &completions, release, synchronous) {
+            Ok(None) => {}
+            Ok(Some(refused)) => {
+                kept.0 = refused.ids;
+                refusal = Some(refused.error);
+            }
+            Err(error) => {
+                kept.0 = completions.clone();
+                outcome = Err(error);
+            }
+        }
+    }
+    for failure in failures {
+        if outcome.is_err() {
+            kept.1.push(failure);
+            continue;
+        }
+        match storage::record_failure(
+            session,
+            failure.id,
+            &failure.error,
+            failure.next,
+            synchronous,
+        ) {
+            Ok(None) => {}
+            Ok(Some(error)) => {
+                refusal.get_or_insert(error);
+                kept.1.push(failure);
+            }
+            Err(error) => {
+                outcome = Err(error);
+                kept.1.push(failure);
+            }
+        }
+    }
+    let mut batch = lock(&slot.batch);
+    let unwritten = &mut batch.unwritten;
+    unwritten.completions.extend(kept.0);
+    unwritten.failures.extend(kept.1);
+    match refusal {
+        Some(error) if outcome.is_ok() => {
+            unwritten.refused();
+            warn!(%error, refusals = unwritten.refusals,
+                completions = unwritten.completions.len(), failures = unwritten.failures.len(),
+                "the database still refuses to record these outcomes; their jobs stay locked");
+        }
+        _ if outcome.is_ok() && unwritten.is_empty() => {
+            info!(
+                refusals = unwritten.refusals,
+                "recorded the outcomes the database had refused"
+            );
+            unwritten.written();
+        }
+        _ => {}
+    }
+    outcome
 }
 
 /// Gives the unstarted jobs back (on error they stay in the batch, for
@@ -466,15 +623,17 @@ fn end_batch<C>(shared: &Shared<C>, slot: &Slot) -> Result<(), BatchError> {
     let mut guard = lock(&slot.session);
     {
         let batch = lock(&slot.batch);
-        if batch.completed.is_empty() && batch.pending.is_empty() {
+        if batch.completed.is_empty() && batch.pending.is_empty() && !batch.unwritten.due() {
             return Ok(());
         }
     }
     let lock_session = open_or_lost(shared, slot, &mut guard)?;
     // Unstarted jobs first: then the completions are all the session holds.
-    let result = release_pending(slot, lock_session).and_then(|released| {
-        commit_completions(shared, slot, lock_session, true).map(|()| released)
-    });
+    let result = retry_unwritten(shared, slot, lock_session)
+        .and_then(|()| release_pending(slot, lock_session))
+        .and_then(|released| {
+            commit_completions(shared, slot, lock_session, true).map(|()| released)
+        });
     match result {
         Ok(released) => {
             if released > 0 {
@@ -637,8 +796,20 @@ fn fail<C>(
         next,
         shared.settings.synchronous_commit,
     );
-    if let Err(e) = recorded {
-        return Err(lose(shared, slot, &mut guard, e));
+    match recorded {
+        Ok(None) => {}
+        Ok(Some(refusal)) => {
+            warn!(error = %refusal,
+                "the database refused to record this job's failure; it stays locked and it is tried again");
+            let mut batch = lock(&slot.batch);
+            batch.unwritten.failures.push(UnwrittenFailure {
+                id: job.id,
+                error: error.clone(),
+                next,
+            });
+            batch.unwritten.refused();
+        }
+        Err(e) => return Err(lose(shared, slot, &mut guard, e)),
     }
     drop(guard);
     match next {
@@ -683,7 +854,10 @@ pub(crate) fn work<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slot: Arc<Slot>
             Ok(batch) => {
                 trouble.over(&queue);
                 if batch.claimed == 0 {
-                    shared.signals.wait(wakeup, seen, idle_timeout);
+                    // Not past the next try of a refused write.
+                    let retry = lock(&slot.batch).unwritten.wait();
+                    let timeout = retry.map_or(idle_timeout, |r| r.min(idle_timeout));
+                    shared.signals.wait(wakeup, seen, timeout);
                 } else if batch.full {
                     // More may be waiting: share them with a sibling.
                     wakeup.wake_one();
@@ -695,9 +869,24 @@ pub(crate) fn work<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slot: Arc<Slot>
             }
         }
     }
-    // The last batch's completions, if it left them for a next claim.
+    // The last batch's completions, if it left them for a next claim, and
+    // one more try of the writes the database refused.
+    if let Some(retry_at) = lock(&slot.batch).unwritten.retry_at.as_mut() {
+        *retry_at = Instant::now();
+    }
     if let Err(error) = end_batch(&shared, &slot) {
         warn!(queue, %error, "while stopping");
+    }
+    let unwritten = {
+        let batch = lock(&slot.batch);
+        batch.unwritten.completions.len() + batch.unwritten.failures.len()
+    };
+    if unwritten > 0 {
+        warn!(
+            queue,
+            jobs = unwritten,
+            "stopping with outcomes the database refused to record: those jobs run again"
+        );
     }
     // Holds no lock any more: say so (or a reaper will), and close it.
     if let Some(LockSession {

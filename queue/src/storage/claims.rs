@@ -7,7 +7,11 @@
 //!
 //! - A job's lock is released only after the write that ends its claim
 //!   (its deletion, or its failure) has committed: the release is a later
-//!   statement of the same round trip, after the commit.
+//!   statement of the same round trip, after the commit, and it runs only
+//!   when the write's transaction set the session's mark (see
+//!   [`release_step`]). A write the database refuses (a trigger, a
+//!   deadlock, a cancel, a full disk) leaves its jobs locked: the caller
+//!   tries it again.
 //! - The claim reads what it locked again in a later snapshot (see
 //!   [`claim_jobs`]), so a job completed or failed just before its lock
 //!   was taken is never run again.
@@ -108,8 +112,10 @@ pub(crate) struct ClaimedJob {
 /// and runs after this one. A job released unstarted does not take its key
 /// back (an enqueue meanwhile has stored its twin).
 ///
-/// `completed`: the previous batch's completions, committed (and every lock
-/// of the session released) first, in the same round trip.
+/// `completed`: the previous batch's completions, committed (and released
+/// as its `Release` says) first, in the same round trip. When the database
+/// refuses their deletion, they stay locked and the claim goes on: the
+/// result says so.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn claim_jobs(
     session: &mut Session,
@@ -117,13 +123,18 @@ pub(crate) fn claim_jobs(
     limit: i64,
     exclude: &[i64],
     holder: i32,
-    completed: &[i64],
+    completed: (&[i64], Release<'_>),
     wait_for_disk: bool,
     job_types: &[&str],
-) -> Result<Vec<ClaimedJob>, SessionError> {
-    let delete = [Param::Ints(completed), durability(wait_for_disk)];
-    let release = Release::All { holder };
-    let param = release_param(release);
+) -> Result<Claim, SessionError> {
+    let (completed, release) = completed;
+    let mark = session.next_mark();
+    let delete = [
+        Param::Ints(completed),
+        durability(wait_for_disk),
+        Param::Int(mark),
+    ];
+    let param = release_param(release, mark);
     let mut steps = Vec::with_capacity(12);
     if !completed.is_empty() {
         steps.extend(completion_steps(&delete, release, &param));
@@ -138,8 +149,11 @@ pub(crate) fn claim_jobs(
     let recheck = [Param::Int(i64::from(holder))];
     steps.extend([
         Step::Run(
-            "SELECT set_config('skiplock.releases', last_value::text, true) \
-             FROM queue_lock_releases",
+            concat!(
+                "SELECT set_config('skiplock.releases', ",
+                releases_counted!(),
+                "::text, true) FROM queue_lock_releases"
+            ),
             &[],
         ),
         Step::Run(
@@ -181,8 +195,9 @@ pub(crate) fn claim_jobs(
         Step::Run(
             concat!(
                 "WITH moved AS MATERIALIZED ( \
-                     SELECT current_setting('skiplock.releases')::int8 <> last_value AS moved \
-                     FROM queue_lock_releases), \
+                     SELECT current_setting('skiplock.releases')::int8 <> ",
+                releases_counted!(),
+                " AS moved FROM queue_lock_releases), \
                  claim AS MATERIALIZED ( \
                      SELECT jobs FROM queue_claims \
                      WHERE holder = $1::int4 AND (SELECT moved FROM moved)), \
@@ -204,14 +219,29 @@ pub(crate) fn claim_jobs(
         ),
         Step::Sync,
     ]);
-    let results = session.pipeline(&steps)?;
-    // The completion's statements come first when there are any.
-    let results = &results[results.len() - 3..];
-    let (locked, gone) = (&results[1], &results[2]);
+    let mut results = session.pipeline(&steps)?;
+    // The completion's statements come first when there are any: a refused
+    // deletion is reported; anything else refused leaves the locks the
+    // session holds unknown, and the session is given up.
+    let mut completions_refused = None;
+    if !completed.is_empty() {
+        let mut completion = results.drain(..2);
+        if let Err(error) = completion.next().expect("the deletion") {
+            completions_refused = Some(error);
+        }
+        let released = completion.next().expect("the release");
+        drop(completion);
+        released.map_err(|e| session.abandon(e))?;
+    }
+    let mut claim = Vec::with_capacity(3);
+    for result in results {
+        claim.push(result.map_err(|e| session.abandon(e))?);
+    }
+    let (locked, gone) = (&claim[1], &claim[2]);
     let gone = (0..gone.len())
         .map(|row| gone.int(row, 0))
         .collect::<Result<Vec<_>, SessionError>>()?;
-    (0..locked.len())
+    let jobs = (0..locked.len())
         .map(|row| {
             Ok(ClaimedJob {
                 id: locked.int(row, 0)?,
@@ -223,7 +253,21 @@ pub(crate) fn claim_jobs(
             })
         })
         .filter(|job| job.as_ref().map_or(true, |job| !gone.contains(&job.id)))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(Claim {
+        jobs,
+        completions_refused,
+    })
+}
+
+/// What [`claim_jobs`] did.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    /// The jobs claimed, locked by the session.
+    pub(crate) jobs: Vec<ClaimedJob>,
+    /// Why the database refused to delete the completed jobs, if it did:
+    /// they are still locked, their rows still there.
+    pub(crate) completions_refused: Option<SessionError>,
 }
 
 /// Records that `worker` starts running a claimed job carefully, so that
@@ -260,46 +304,60 @@ pub(crate) enum Release<'a> {
 /// before it in the pipeline has committed: one statement, the counter
 /// bumped before the first lock goes (the `OFFSET 0` subqueries and the
 /// one-time filter run first, whatever the plan).
-fn release_step<'a>(release: Release<'a>, params: &'a [Param<'a>; 1]) -> Step<'a> {
+///
+/// It runs only when the session's mark `skiplock.written` is the write's:
+/// the write sets it with `set_config(.., false)` in its own transaction,
+/// and a transaction that does not commit takes its settings back. (A
+/// pipeline skips what follows a failed statement only up to the next
+/// `Sync`, and the release must come after that `Sync` to follow the
+/// commit.)
+fn release_step<'a>(release: Release<'a>, params: &'a [Param<'a>; 2]) -> Step<'a> {
     match release {
         Release::These(_) => Step::Run(
             concat!(
                 "SELECT count(pg_advisory_unlock(",
                 job_lock!("x"),
                 ")) FROM unnest($1::int8[]) x \
-                 WHERE (SELECT nextval('queue_lock_releases')) IS NOT NULL"
+                 WHERE current_setting('skiplock.written', true) = $2::int8::text \
+                   AND (SELECT nextval('queue_lock_releases')) IS NOT NULL"
             ),
             params,
         ),
         Release::All { .. } => Step::Run(
             "SELECT pg_advisory_lock(-1, $1::int4) \
              FROM (SELECT pg_advisory_unlock_all() \
-                   FROM (SELECT nextval('queue_lock_releases') OFFSET 0) counted \
+                   FROM (SELECT nextval('queue_lock_releases') \
+                         WHERE current_setting('skiplock.written', true) = $2::int8::text \
+                         OFFSET 0) counted \
                    OFFSET 0) released",
             params,
         ),
     }
 }
 
-/// The parameter of [`release_step`].
-fn release_param(release: Release<'_>) -> [Param<'_>; 1] {
+/// The parameters of [`release_step`]: what to release, and the mark of
+/// the write it follows.
+fn release_param(release: Release<'_>, mark: i64) -> [Param<'_>; 2] {
     match release {
-        Release::These(ids) => [Param::Ints(ids)],
-        Release::All { holder } => [Param::Int(i64::from(holder))],
+        Release::These(ids) => [Param::Ints(ids), Param::Int(mark)],
+        Release::All { holder } => [Param::Int(i64::from(holder)), Param::Int(mark)],
     }
 }
 
-/// The steps of [`complete_jobs`] (`delete` is the ids and durability),
-/// the release left open for the caller's next statements.
+/// The steps of [`complete_jobs`] (`delete` is the ids, the durability and
+/// the write's mark), the release left open for the caller's next
+/// statements.
 fn completion_steps<'a>(
-    delete: &'a [Param<'a>; 2],
+    delete: &'a [Param<'a>; 3],
     release: Release<'a>,
-    param: &'a [Param<'a>; 1],
-) -> Vec<Step<'a>> {
-    vec![
+    param: &'a [Param<'a>; 2],
+) -> [Step<'a>; 3] {
+    [
         Step::Run(
             "WITH done AS (DELETE FROM queue_jobs WHERE id = ANY ($1::int8[]) RETURNING 1) \
-             SELECT count(*), set_config('synchronous_commit', $2, true) FROM done",
+             SELECT count(*), set_config('synchronous_commit', $2, true), \
+                    set_config('skiplock.written', $3::int8::text, false) \
+             FROM done",
             delete,
         ),
         Step::Sync,
@@ -308,20 +366,87 @@ fn completion_steps<'a>(
 }
 
 /// Deletes completed jobs, and once that has committed, releases their
-/// locks (or, when the batch is over, everything). Returns how many rows
-/// were deleted.
+/// locks (or, when the batch is over, everything). When the database
+/// refuses the deletion, each job is tried on its own (one bad row does
+/// not hold up the others): what it still refuses is returned, locked.
 pub(crate) fn complete_jobs(
     session: &mut Session,
     ids: &[i64],
     release: Release<'_>,
     wait_for_disk: bool,
-) -> Result<usize, SessionError> {
-    let delete = [Param::Ints(ids), durability(wait_for_disk)];
-    let param = release_param(release);
-    let mut steps = completion_steps(&delete, release, &param);
+) -> Result<Option<Refused>, SessionError> {
+    let mark = session.next_mark();
+    let delete = [
+        Param::Ints(ids),
+        durability(wait_for_disk),
+        Param::Int(mark),
+    ];
+    let param = release_param(release, mark);
+    let mut steps = completion_steps(&delete, release, &param).to_vec();
+    steps.push(Step::Sync);
+    let mut results = session.pipeline(&steps)?.into_iter();
+    let deleted = results.next().expect("the deletion");
+    results
+        .next()
+        .expect("the release")
+        .map_err(|e| session.abandon(e))?;
+    match deleted {
+        Ok(_) => Ok(None),
+        Err(error) if ids.len() == 1 => Ok(Some(Refused {
+            ids: ids.to_vec(),
+            error,
+        })),
+        Err(_) => complete_each(session, ids, wait_for_disk),
+    }
+}
+
+/// [`complete_jobs`] one job at a time, in one round trip.
+fn complete_each(
+    session: &mut Session,
+    ids: &[i64],
+    wait_for_disk: bool,
+) -> Result<Option<Refused>, SessionError> {
+    let marks: Vec<i64> = ids.iter().map(|_| session.next_mark()).collect();
+    let deletes: Vec<[Param<'_>; 3]> = ids
+        .chunks(1)
+        .zip(&marks)
+        .map(|(id, &mark)| [Param::Ints(id), durability(wait_for_disk), Param::Int(mark)])
+        .collect();
+    let releases: Vec<[Param<'_>; 2]> = ids
+        .chunks(1)
+        .zip(&marks)
+        .map(|(id, &mark)| release_param(Release::These(id), mark))
+        .collect();
+    let mut steps = Vec::with_capacity(ids.len() * 3 + 1);
+    for ((id, delete), param) in ids.chunks(1).zip(&deletes).zip(&releases) {
+        steps.extend(completion_steps(delete, Release::These(id), param));
+    }
     steps.push(Step::Sync);
     let results = session.pipeline(&steps)?;
-    Ok(usize::try_from(results[0].int(0, 0)?).unwrap_or(0))
+    let mut refused = Vec::new();
+    let mut first_error = None;
+    for (pair, &id) in results.chunks(2).zip(ids) {
+        if let Err(error) = &pair[1] {
+            return Err(session.abandon(error.clone()));
+        }
+        if let Err(error) = &pair[0] {
+            refused.push(id);
+            first_error.get_or_insert_with(|| error.clone());
+        }
+    }
+    Ok(first_error.map(|error| Refused {
+        ids: refused,
+        error,
+    }))
+}
+
+/// Writes the database refused: their jobs are still locked by the session,
+/// their rows as they were.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub(crate) ids: Vec<i64>,
+    /// Why (the first refusal's message).
+    pub(crate) error: SessionError,
 }
 
 /// Gives claimed jobs back unstarted: takes them off `holder`'s claim and
@@ -356,10 +481,17 @@ pub(crate) fn retire_lock_session(session: &mut Session, holder: i32) -> Result<
 }
 
 /// Releases the locks of jobs whose rows were written (and committed) on
-/// another connection.
+/// another connection, counting the release (see [`claim_jobs`]).
 pub(crate) fn unlock_jobs(session: &mut Session, ids: &[i64]) -> Result<(), SessionError> {
-    let param = release_param(Release::These(ids));
-    session.pipeline(&[release_step(Release::These(ids), &param), Step::Sync])?;
+    session.query(
+        concat!(
+            "SELECT count(pg_advisory_unlock(",
+            job_lock!("x"),
+            ")) FROM unnest($1::int8[]) x \
+             WHERE (SELECT nextval('queue_lock_releases')) IS NOT NULL"
+        ),
+        &[Param::Ints(ids)],
+    )?;
     Ok(())
 }
 
@@ -374,28 +506,32 @@ pub(crate) enum NextAttempt {
 
 /// Records a failed attempt of a claimed job (its error, and its next
 /// attempt or death), and once that has committed, releases its lock.
+/// `Ok(Some(why))`: the database refused the write; the job is still
+/// locked, its row as it was.
 pub(crate) fn record_failure(
     session: &mut Session,
     id: i64,
     error: &str,
     next: NextAttempt,
     wait_for_disk: bool,
-) -> Result<(), SessionError> {
+) -> Result<Option<SessionError>, SessionError> {
     let (dead, retry_in) = match next {
         NextAttempt::After(wait) => ("false", i64::try_from(wait.as_micros()).unwrap_or(i64::MAX)),
         NextAttempt::Never => ("true", 0),
     };
+    let mark = session.next_mark();
     let failure = [
         Param::Int(id),
         Param::Text(error),
         Param::Text(dead),
         Param::Int(retry_in),
         durability(wait_for_disk),
+        Param::Int(mark),
     ];
     let ids = [id];
     let release = Release::These(&ids);
-    let param = release_param(release);
-    let mut steps = vec![
+    let param = release_param(release, mark);
+    let steps = [
         Step::Run(
             "WITH failed AS ( \
                  UPDATE queue_jobs SET \
@@ -409,12 +545,20 @@ pub(crate) fn record_failure(
                      scheduled = NOT $3::bool, \
                      running_by = NULL \
                  WHERE id = $1 RETURNING 1) \
-             SELECT count(*), set_config('synchronous_commit', $5, true) FROM failed",
+             SELECT count(*), set_config('synchronous_commit', $5, true), \
+                    set_config('skiplock.written', $6::int8::text, false) \
+             FROM failed",
             &failure,
         ),
         Step::Sync,
+        release_step(release, &param),
+        Step::Sync,
     ];
-    steps.extend([release_step(release, &param), Step::Sync]);
-    session.pipeline(&steps)?;
-    Ok(())
+    let mut results = session.pipeline(&steps)?.into_iter();
+    let written = results.next().expect("the write");
+    results
+        .next()
+        .expect("the release")
+        .map_err(|e| session.abandon(e))?;
+    Ok(written.err())
 }

@@ -33,6 +33,15 @@ macro_rules! job_lock {
     };
 }
 
+/// How many releases `queue_lock_releases` has counted, as SQL text over the
+/// sequence's row: `last_value` alone does not move at the first `nextval`
+/// of a new sequence (only `is_called` does).
+macro_rules! releases_counted {
+    () => {
+        "(last_value + is_called::int4)"
+    };
+}
+
 /// The `running` CTE: the ids of the jobs that runners seen within `$fresh`
 /// seconds announced as running (what `status` and the gauges leave out
 /// of "ready").
@@ -412,10 +421,45 @@ pub(crate) fn next_due(conn: &mut PgConnection) -> QueryResult<Option<DateTime<U
         .get_result(conn)
 }
 
-/// Deletes completed jobs.
+/// Deletes completed jobs whose locks are gone (their session was lost),
+/// counting the release for the claims' recheck (see [`count_release`]).
 pub(crate) fn delete_jobs(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
     use crate::schema::queue_jobs::dsl as j;
-    diesel::delete(j::queue_jobs.filter(j::id.eq_any(ids))).execute(conn)
+    let deleted = conn.transaction(|conn| {
+        let deleted = diesel::delete(j::queue_jobs.filter(j::id.eq_any(ids))).execute(conn)?;
+        count_release(conn)?;
+        Ok::<_, diesel::result::Error>(deleted)
+    })?;
+    count_release(conn)?;
+    Ok(deleted)
+}
+
+/// Counts a release in `queue_lock_releases`, for a write that ends or
+/// changes a job without a worker's lock session (an operator's retry or
+/// discard, completions recorded after a session was lost): a claim whose
+/// snapshot predates the write and that takes the job's lock once it is
+/// free then reads the job again (see `claims::claim_jobs`). Counted in the
+/// write's transaction and again after its commit (sequences are not
+/// transactional): a claim that started before either sees the counter move.
+pub(crate) fn count_release(conn: &mut PgConnection) -> QueryResult<()> {
+    diesel::sql_query("SELECT nextval('queue_lock_releases')").execute(conn)?;
+    Ok(())
+}
+
+/// How many releases have been counted, as the claims' recheck reads them.
+pub(crate) fn releases_counted(conn: &mut PgConnection) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Counted {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    Ok(Statement::new(concat!(
+        "SELECT ",
+        releases_counted!(),
+        "::int8 AS n FROM queue_lock_releases"
+    ))
+    .get_result::<Counted>(conn)?
+    .n)
 }
 
 /// A stored job as operators see it.
