@@ -1,5 +1,6 @@
 //! The database connection a running job uses for its own queries.
 
+use crate::pq::Patience;
 use std::fmt;
 
 use diesel::connection::SimpleConnection;
@@ -188,4 +189,79 @@ pub(crate) fn share_a_session(
         }
     }
     Ok(false)
+}
+
+/// `url` (a URL or a key=value string) with the TCP settings of the
+/// runner's own sessions (see [`Patience`]) for those it does not set: the
+/// connections of a pool the runner makes for itself then also notice a
+/// silent network (a failover, a partition) within about the statement
+/// deadline, rather than when the kernel gives up retransmitting (about 15
+/// minutes).
+pub(crate) fn with_tcp_defaults(url: &str, patience: Patience) -> String {
+    let defaults = [
+        ("keepalives", "1".to_owned()),
+        (
+            "keepalives_idle",
+            patience.silence.as_secs().max(1).to_string(),
+        ),
+        ("keepalives_interval", "1".to_owned()),
+        ("keepalives_count", "3".to_owned()),
+        (
+            "tcp_user_timeout",
+            patience.statement.as_millis().max(1).to_string(),
+        ),
+    ];
+    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let mut url = url.to_owned();
+    for (key, value) in defaults {
+        // `keepalives` is in `keepalives_idle`: a URL setting any of them
+        // keeps its own.
+        if url.contains(key) {
+            continue;
+        }
+        let separator = match (is_url, url.contains('?')) {
+            (true, true) => '&',
+            (true, false) => '?',
+            (false, _) => ' ',
+        };
+        url.push(separator);
+        url.push_str(key);
+        url.push('=');
+        url.push_str(&value);
+    }
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const PATIENCE: Patience = Patience {
+        silence: Duration::from_secs(2),
+        statement: Duration::from_secs(30),
+    };
+
+    #[test]
+    fn tcp_defaults_join_a_url_or_a_key_value_string_and_never_override() {
+        assert_eq!(
+            with_tcp_defaults("postgres://u@h/db", PATIENCE),
+            "postgres://u@h/db?keepalives=1&keepalives_idle=2&keepalives_interval=1\
+             &keepalives_count=3&tcp_user_timeout=30000"
+        );
+        assert_eq!(
+            with_tcp_defaults(
+                "postgresql://h/db?sslmode=require&tcp_user_timeout=5",
+                PATIENCE
+            ),
+            "postgresql://h/db?sslmode=require&tcp_user_timeout=5&keepalives=1\
+             &keepalives_idle=2&keepalives_interval=1&keepalives_count=3"
+        );
+        assert_eq!(
+            with_tcp_defaults("host=h dbname=db keepalives_idle=60", PATIENCE),
+            "host=h dbname=db keepalives_idle=60 keepalives_interval=1 keepalives_count=3 \
+             tcp_user_timeout=30000"
+        );
+    }
 }

@@ -6,28 +6,37 @@
 
 use std::time::Duration;
 
-use crate::pq::{Session, SessionError};
+use crate::pq::{Patience, Session, SessionError};
 use crate::storage;
 
 /// A session that listens on the channel the enqueue statements notify.
 #[derive(Debug)]
 pub(crate) struct Listener {
     session: Session,
+    patience: Patience,
 }
 
 impl Listener {
     /// Connects to `url` and starts listening.
-    pub(crate) fn connect(url: &str) -> Result<Listener, SessionError> {
-        let mut session = Session::connect(url, "skiplock listener")?;
+    pub(crate) fn connect(url: &str, patience: Patience) -> Result<Listener, SessionError> {
+        let mut session = Session::connect(url, "skiplock listener", patience)?;
         storage::prepare_runner_session(&mut session)?;
         session.execute_simple(storage::LISTEN)?;
-        Ok(Listener { session })
+        Ok(Listener { session, patience })
     }
 
     /// Waits up to `timeout` for notifications; returns their payloads
     /// (queue names), empty on timeout. An error means the connection is
     /// lost: drop this listener and connect a new one.
+    ///
+    /// A listener hears nothing while nothing is enqueued, and a silent
+    /// network looks the same: after five silence limits without a word,
+    /// it asks the server (one round trip), and without an answer it is
+    /// lost.
     pub(crate) fn wait(&mut self, timeout: Duration) -> Result<Vec<String>, SessionError> {
+        if self.session.silent_for() >= self.patience.silence * 5 {
+            self.session.ping()?;
+        }
         self.session.wait_for_notifications(timeout)
     }
 }

@@ -21,13 +21,13 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::fmt;
 use std::ptr::{self, NonNull};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pq_sys::{
     ConnStatusType, ExecStatusType, PGconn, PGresult, PQbackendPID, PQclear, PQconnectdbParams,
-    PQconsumeInput, PQenterPipelineMode, PQerrorMessage, PQexec, PQexecPrepared,
-    PQexitPipelineMode, PQfinish, PQfreemem, PQgetResult, PQgetisnull, PQgetvalue, PQnotifies,
-    PQntuples, PQpipelineSync, PQprepare, PQresultErrorField, PQresultErrorMessage, PQresultStatus,
+    PQconsumeInput, PQenterPipelineMode, PQerrorMessage, PQexitPipelineMode, PQfinish, PQfreemem,
+    PQgetResult, PQgetisnull, PQgetvalue, PQisBusy, PQnotifies, PQntuples, PQpipelineSync,
+    PQresultErrorField, PQresultErrorMessage, PQresultStatus, PQsendPrepare, PQsendQuery,
     PQsendQueryPrepared, PQsetNoticeReceiver, PQsocket, PQstatus, PG_DIAG_MESSAGE_PRIMARY,
     PG_DIAG_SEVERITY_NONLOCALIZED,
 };
@@ -109,6 +109,21 @@ struct Notices {
     ending: Cell<Option<String>>,
 }
 
+/// How long a session waits on its server. A network that goes silent (a
+/// failover moving the primary's address, a partition, a NAT dropping the
+/// flow) sends no FIN or RST: without these a statement would wait until
+/// the kernel gives up retransmitting, about 15 minutes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Patience {
+    /// Without a word from the server for longer than half this, a worker
+    /// asks before it starts a job, and the answer must come within this
+    /// (see [`Session::ping`]). Also the TCP keepalive idle time.
+    pub(crate) silence: Duration,
+    /// The longest any statement (or the connection) waits for an answer:
+    /// then the session counts as lost. Also `tcp_user_timeout`.
+    pub(crate) statement: Duration,
+}
+
 /// A libpq connection owned by one thread at a time.
 pub(crate) struct Session {
     conn: NonNull<PGconn>,
@@ -119,6 +134,9 @@ pub(crate) struct Session {
     lost: bool,
     /// The last mark handed out (see [`Session::next_mark`]).
     marks: i64,
+    patience: Patience,
+    /// When the server last answered.
+    last_heard: Instant,
 }
 
 // SAFETY: a PGconn may move between threads as long as one thread at a time
@@ -161,8 +179,14 @@ unsafe extern "C" fn receive_notice(arg: *mut c_void, result: *const PGresult) {
 
 impl Session {
     /// Connects to `url` (a URL or a key=value string, as libpq takes them).
-    /// `application_name` applies unless the URL sets its own.
-    pub(crate) fn connect(url: &str, application_name: &str) -> Result<Session, SessionError> {
+    /// `application_name` applies unless the URL sets its own, and so do
+    /// the TCP keepalives, `tcp_user_timeout` and `connect_timeout` that
+    /// `patience` sets.
+    pub(crate) fn connect(
+        url: &str,
+        application_name: &str,
+        patience: Patience,
+    ) -> Result<Session, SessionError> {
         let secrets = crate::redact::connection_secrets(url);
         let url = CString::new(url)
             .map_err(|_| SessionError::new("the database URL contains a NUL byte"))?;
@@ -172,13 +196,35 @@ impl Session {
         // `PGCLIENTENCODING`, and the role's or database's default (which the
         // server applies before what the client asks): the session's text
         // is UTF-8 whatever the database's encoding, as Rust reads it.
+        // The TCP settings come before `dbname`: the URL's own win.
+        let number = |n: u128| CString::new(n.to_string()).expect("digits");
+        let idle = number(patience.silence.as_secs().max(1).into());
+        let user_timeout = number(patience.statement.as_millis().max(1));
+        let connect_timeout = number((patience.silence * 5).as_secs().max(2).into());
         let keywords = [
+            c"keepalives".as_ptr(),
+            c"keepalives_idle".as_ptr(),
+            c"keepalives_interval".as_ptr(),
+            c"keepalives_count".as_ptr(),
+            c"tcp_user_timeout".as_ptr(),
+            c"connect_timeout".as_ptr(),
             c"dbname".as_ptr(),
             c"fallback_application_name".as_ptr(),
             c"client_encoding".as_ptr(),
             ptr::null(),
         ];
-        let values = [url.as_ptr(), name.as_ptr(), c"UTF8".as_ptr(), ptr::null()];
+        let values = [
+            c"1".as_ptr(),
+            idle.as_ptr(),
+            c"1".as_ptr(),
+            c"3".as_ptr(),
+            user_timeout.as_ptr(),
+            connect_timeout.as_ptr(),
+            url.as_ptr(),
+            name.as_ptr(),
+            c"UTF8".as_ptr(),
+            ptr::null(),
+        ];
         // SAFETY: NULL-terminated arrays of valid C strings; `expand_dbname`
         // makes libpq read the URL or key=value string given as `dbname`.
         // libpq returns NULL only when out of memory.
@@ -191,6 +237,8 @@ impl Session {
             prepared: HashMap::new(),
             lost: false,
             marks: 0,
+            patience,
+            last_heard: Instant::now(),
         };
         // SAFETY: the connection is valid until `session` drops.
         if unsafe { PQstatus(session.conn.as_ptr()) } != ConnStatusType::CONNECTION_OK {
@@ -307,7 +355,90 @@ impl Session {
         if !payloads.is_empty() || !self.readable(timeout) {
             return Ok(payloads);
         }
-        self.read_notifications()
+        let payloads = self.read_notifications()?;
+        self.last_heard = Instant::now();
+        Ok(payloads)
+    }
+
+    /// How long since the server last answered (or sent anything).
+    pub(crate) fn silent_for(&self) -> Duration {
+        self.last_heard.elapsed()
+    }
+
+    /// One round trip that must come back within the patience's silence
+    /// limit; `Err`: the session is lost.
+    pub(crate) fn ping(&mut self) -> Result<(), SessionError> {
+        let deadline = Instant::now() + self.patience.silence;
+        self.run_until(c"SELECT 1", deadline).map(drop)
+    }
+
+    /// Waits until libpq has a result to give without blocking, reading
+    /// what arrives; at `deadline`, the session is lost.
+    fn ready_by(&mut self, deadline: Instant) -> Result<(), SessionError> {
+        let conn = self.conn.as_ptr();
+        loop {
+            // SAFETY: valid connection.
+            if unsafe { PQconsumeInput(conn) } == 0 {
+                return Err(self.lose(self.connection_error()));
+            }
+            // SAFETY: valid connection.
+            if unsafe { PQisBusy(conn) } == 0 {
+                self.last_heard = Instant::now();
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.lose(format!(
+                    "no answer from the database server for {} ms (the network may be down, \
+                     or the server gone)",
+                    self.last_heard.elapsed().as_millis()
+                )));
+            }
+            self.readable(left);
+        }
+    }
+
+    /// The next result of what was sent (NULL: none left), waiting until
+    /// `deadline` at most.
+    fn next_result(&mut self, deadline: Instant) -> Result<*mut PGresult, SessionError> {
+        self.ready_by(deadline)?;
+        // SAFETY: valid connection, and not busy: this does not block.
+        Ok(unsafe { PQgetResult(self.conn.as_ptr()) })
+    }
+
+    /// The one result of a statement sent outside a pipeline, the rest of
+    /// its results drained.
+    fn finish(&mut self, sent: c_int, deadline: Instant) -> Result<Rows, SessionError> {
+        if sent != 1 {
+            return Err(self.lose(self.connection_error()));
+        }
+        let first = self.next_result(deadline)?;
+        let rows = self.check(first);
+        loop {
+            let more = self.next_result(deadline)?;
+            if more.is_null() {
+                break;
+            }
+            // SAFETY: a result we own and do not use.
+            unsafe { PQclear(more) };
+        }
+        rows
+    }
+
+    /// Runs a statement without parameters (the simple protocol).
+    fn run_until(&mut self, sql: &CStr, deadline: Instant) -> Result<Rows, SessionError> {
+        if self.lost {
+            return Err(SessionError::new("the session is gone"));
+        }
+        // SAFETY: valid connection and C string.
+        let sent = unsafe { PQsendQuery(self.conn.as_ptr(), sql.as_ptr()) };
+        self.finish(sent, deadline)
+            .map_err(|e| self.lose(e.message))
+    }
+
+    /// When a statement sent now must have been answered.
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.patience.statement
     }
 
     fn lose(&mut self, message: String) -> SessionError {
@@ -318,12 +449,7 @@ impl Session {
     /// Runs a statement without parameters through the simple protocol
     /// (for utility statements such as `LISTEN`).
     pub(crate) fn execute_simple(&mut self, sql: &'static CStr) -> Result<(), SessionError> {
-        // SAFETY: valid connection and C string; the result is wrapped (and
-        // freed) at once.
-        let result = unsafe { PQexec(self.conn.as_ptr(), sql.as_ptr()) };
-        self.check(result)
-            .map(drop)
-            .map_err(|e| self.lose(e.message))
+        self.run_until(sql, self.deadline()).map(drop)
     }
 
     /// Runs a statement with `$1`, `$2`... bound to `params`, preparing it
@@ -345,10 +471,9 @@ impl Session {
         let values: Vec<*const c_char> = encoded.iter().map(|v| v.as_ptr()).collect();
         let count = c_int::try_from(values.len()).expect("a handful of parameters");
         // SAFETY: valid connection, statement name and parameter values
-        // (text format: lengths and formats may be NULL); the result is
-        // wrapped (and freed) at once.
-        let result = unsafe {
-            PQexecPrepared(
+        // (text format: lengths and formats may be NULL), copied by libpq.
+        let sent = unsafe {
+            PQsendQueryPrepared(
                 self.conn.as_ptr(),
                 name,
                 count,
@@ -358,7 +483,9 @@ impl Session {
                 0,
             )
         };
-        self.check(result).map_err(|e| self.lose(e.message))
+        let deadline = self.deadline();
+        self.finish(sent, deadline)
+            .map_err(|e| self.lose(e.message))
     }
 
     /// The name of `sql`'s prepared statement, preparing it on first use.
@@ -372,8 +499,8 @@ impl Session {
         let text = CString::new(sql).expect("no NUL in the queue's SQL");
         // SAFETY: valid connection and C strings; parameter types are
         // inferred by the server (NULL type array).
-        let result = unsafe {
-            PQprepare(
+        let sent = unsafe {
+            PQsendPrepare(
                 self.conn.as_ptr(),
                 name.as_ptr(),
                 text.as_ptr(),
@@ -381,7 +508,9 @@ impl Session {
                 ptr::null(),
             )
         };
-        self.check(result).map_err(|e| self.lose(e.message))?;
+        let deadline = self.deadline();
+        self.finish(sent, deadline)
+            .map_err(|e| self.lose(e.message))?;
         Ok(self.prepared.entry(key).or_insert(name).as_ptr())
     }
 
@@ -469,9 +598,10 @@ impl Session {
         }
         let mut results = Vec::new();
         let mut failure = None;
+        let deadline = self.deadline();
         for step in steps {
-            // SAFETY: valid connection; each result is wrapped (and freed).
-            let result = unsafe { PQgetResult(conn) };
+            // Each result is wrapped (and freed).
+            let result = self.next_result(deadline)?;
             match step {
                 Step::Run(..) => {
                     if result.is_null() {
@@ -479,8 +609,7 @@ impl Session {
                     }
                     results.push(self.check(result));
                     // The end of this statement's results.
-                    // SAFETY: as above.
-                    let end = unsafe { PQgetResult(conn) };
+                    let end = self.next_result(deadline)?;
                     if !end.is_null() {
                         // SAFETY: a result we own and do not use.
                         unsafe { PQclear(end) };

@@ -18,6 +18,7 @@ use crate::job::{Job, JobId};
 use crate::metrics::{self, Gauge, Metrics};
 use crate::parts::{self, PartFn};
 use crate::periodic::{self, Periodic};
+use crate::pq::Patience;
 use crate::registry::Registry;
 use crate::scheduler;
 use crate::shutdown::Signals;
@@ -54,6 +55,7 @@ pub struct RunnerBuilder<C> {
     synchronous_commit: bool,
     completion_window: Duration,
     slow_job_threshold: Duration,
+    patience: Patience,
     metrics_listener: Option<TcpListener>,
     schedules: Vec<Periodic>,
     #[cfg(feature = "tokio")]
@@ -179,6 +181,34 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         self
     }
 
+    /// The longest a worker goes without hearing from the database server
+    /// and still starts a job (default 2 seconds). A network that goes
+    /// silent (a failover that moves the primary's address, a partition, a
+    /// NAT dropping the flow) sends nothing, and the server on the other
+    /// side may have ended the session and given its jobs' locks to other
+    /// workers: so when a worker has not heard from its server for half
+    /// this long, it asks (one round trip) before it starts its next job,
+    /// and without an answer within this long it starts nothing more,
+    /// counts its session lost and reconnects. Its sessions' TCP keepalives
+    /// start after this long idle (unless the database URL sets its own).
+    pub fn silence_limit(mut self, limit: Duration) -> Self {
+        self.patience.silence = limit;
+        self
+    }
+
+    /// The longest any statement of the runner's own sessions (claims,
+    /// completions, the listener) waits for an answer (default 30 seconds);
+    /// then the session counts as lost: its unstarted jobs are released,
+    /// and its completions recorded on a new connection. Also the sessions'
+    /// `tcp_user_timeout`, and five times the silence limit is their
+    /// `connect_timeout` (unless the database URL sets its own). A
+    /// completion that waits longer than this for a row another transaction
+    /// holds gives its jobs up to be run again.
+    pub fn statement_deadline(mut self, deadline: Duration) -> Self {
+        self.patience.statement = deadline;
+        self
+    }
+
     /// Serves the runner's metrics (Prometheus text format) at `/metrics`
     /// on this listener while the runner runs. Without it, an application
     /// serves [`RunningRunner::metrics`] from its own HTTP server.
@@ -230,6 +260,13 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
         }
         if self.batch_size == 0 {
             return Err(RunnerError::Config("batch size 0; use at least 1".into()));
+        }
+        if self.patience.silence.is_zero() || self.patience.statement < self.patience.silence {
+            return Err(RunnerError::Config(format!(
+                "silence limit {:?} and statement deadline {:?}: the silence limit must be \
+                 above zero and no longer than the statement deadline (the defaults are 2 s and 30 s)",
+                self.patience.silence, self.patience.statement
+            )));
         }
         if self.completion_window.is_zero() {
             return Err(RunnerError::Config(
@@ -327,7 +364,10 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
                 // jobs get connections within a second of it coming back.
                 .connection_timeout(Duration::from_secs(2))
                 .error_handler(Box::new(connection::QuietPoolErrors))
-                .build(ConnectionManager::new(database_url.clone()))
+                .build(ConnectionManager::new(connection::with_tcp_defaults(
+                    &database_url,
+                    self.patience,
+                )))
                 .map_err(|e| unreachable(&e))?,
         };
         if pool.max_size() < needed {
@@ -378,6 +418,7 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
                     synchronous_commit: self.synchronous_commit,
                     completion_window: self.completion_window,
                     slow_job_threshold: self.slow_job_threshold,
+                    patience: self.patience,
                 },
                 metrics: Metrics::default(),
                 schedules,
@@ -438,6 +479,10 @@ impl<C: Any + Send + Sync> Runner<C> {
             synchronous_commit: true,
             completion_window: Duration::from_millis(50),
             slow_job_threshold: Duration::from_millis(100),
+            patience: Patience {
+                silence: Duration::from_secs(2),
+                statement: Duration::from_secs(30),
+            },
             metrics_listener: None,
             schedules: Vec::new(),
             #[cfg(feature = "tokio")]
@@ -533,14 +578,18 @@ impl<C: Any + Send + Sync> Runner<C> {
             }
         }
         let slots_for_metrics = slots.clone();
-        let shared = Arc::clone(&self.shared);
-        let watched = slots.clone();
-        workers.push(
-            thread::Builder::new()
-                .name("queue-watchdog".into())
-                .spawn(move || watchdog::watch(shared, watched))
-                .expect("the OS refused to start the watchdog thread"),
-        );
+        // A watchdog per worker: a statement that waits on a silent network
+        // (up to the statement deadline) holds up no other worker's.
+        for slot in &slots {
+            let shared = Arc::clone(&self.shared);
+            let slot = Arc::clone(slot);
+            workers.push(
+                thread::Builder::new()
+                    .name(format!("queue-watchdog-{}", slot.queue))
+                    .spawn(move || watchdog::watch(shared, slot))
+                    .expect("the OS refused to start a watchdog thread"),
+            );
+        }
         let shared = Arc::clone(&self.shared);
         workers.push(
             thread::Builder::new()

@@ -40,7 +40,7 @@ pub(crate) fn run<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slots: Vec<Arc<S
     while !shared.signals.is_stopped() {
         if let (None, Some(url)) = (&listener, &shared.listener_url) {
             if Instant::now() >= next_connect {
-                match Listener::connect(url) {
+                match Listener::connect(url, shared.settings.patience) {
                     Ok(connected) => {
                         info!("listening for new jobs");
                         listen_failing = false;

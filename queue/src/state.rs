@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::connection::PgPool;
 use crate::metrics::Metrics;
 use crate::parts::PartFn;
-use crate::pq::Session;
+use crate::pq::{Patience, Session};
 use crate::registry::Registry;
 use crate::shutdown::Signals;
 use crate::storage::{ClaimedJob, NextAttempt};
@@ -27,6 +27,8 @@ pub(crate) struct Settings {
     pub(crate) completion_window: Duration,
     /// After this long, a running job's unstarted batch is released.
     pub(crate) slow_job_threshold: Duration,
+    /// How long the runner's sessions wait on the server.
+    pub(crate) patience: Patience,
 }
 
 /// What the threads of one runner share.

@@ -32,17 +32,15 @@ use crate::worker::{
     commit_completions, flush_after, record_completions_elsewhere, release_pending, retry_unwritten,
 };
 
-/// The watchdog thread: looks at every worker's running job.
-pub(crate) fn watch<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slots: Vec<Arc<Slot>>) {
+/// A watchdog thread: looks at one worker's running job.
+pub(crate) fn watch<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slot: Arc<Slot>) {
     let settings = &shared.settings;
     let tick = (settings.completion_window / 8)
         .min(settings.slow_job_threshold / 4)
         .clamp(Duration::from_millis(1), Duration::from_millis(25));
     while !shared.signals.is_stopped() {
         thread::sleep(tick);
-        for slot in &slots {
-            tend(&shared, slot);
-        }
+        tend(&shared, &slot);
     }
 }
 

@@ -275,8 +275,8 @@ fn open_session<'s, C>(
             std::process::id(),
             shared.runner_id
         );
-        let mut session =
-            Session::connect(&shared.database_url, &name).map_err(BatchError::Connect)?;
+        let mut session = Session::connect(&shared.database_url, &name, shared.settings.patience)
+            .map_err(BatchError::Connect)?;
         storage::prepare_runner_session(&mut session).map_err(BatchError::Connect)?;
         let holder = storage::register_lock_session(&mut session).map_err(BatchError::Connect)?;
         *guard = Some(LockSession { session, holder });
@@ -321,11 +321,13 @@ pub(crate) fn record_completions_elsewhere<C>(shared: &Shared<C>, slot: &Slot) {
     if completed.is_empty() {
         return;
     }
-    let deleted = connection::checked_get(&shared.pool)
-        .map_err(|e| e.to_string())
-        .and_then(|mut conn| {
-            storage::delete_jobs(&mut conn, &completed).map_err(|e| e.to_string())
-        });
+    // A session of its own rather than the pool's: its statements have a
+    // deadline, and after a silent network the pool's connections may be
+    // as dead as the lost one.
+    let name = format!("skiplock recorder pid {}", std::process::id());
+    let deleted = Session::connect(&shared.database_url, &name, shared.settings.patience)
+        .and_then(|mut session| storage::complete_elsewhere(&mut session, &completed))
+        .map_err(|e| e.to_string());
     match deleted {
         Ok(_) => debug!(
             jobs = completed.len(),
@@ -368,7 +370,7 @@ fn start_next<C>(
     let mut guard = lock(&slot.session);
     loop {
         let job = {
-            let mut batch = lock(&slot.batch);
+            let batch = lock(&slot.batch);
             if started > 0 && shared.signals.is_stopped() {
                 return Ok(None);
             }
@@ -380,7 +382,15 @@ fn start_next<C>(
             {
                 return Ok(None);
             }
-            let lost = guard.as_mut().is_none_or(|s| s.session.is_lost());
+            if batch.pending.is_empty() {
+                return Ok(None);
+            }
+            drop(batch);
+            let lost = match guard.as_mut() {
+                None => true,
+                Some(lock_session) => !is_heard(shared, &mut lock_session.session),
+            };
+            let mut batch = lock(&slot.batch);
             if batch.pending.is_empty() {
                 return Ok(None);
             }
@@ -412,6 +422,23 @@ fn start_next<C>(
         });
         return Ok(Some((job, careful)));
     }
+}
+
+/// Whether the session is alive, as far as a job may start on it: nothing
+/// says it ended, and the server answered within the silence limit (when
+/// it has been quiet for half of it, one round trip asks). A session found
+/// lost is marked so.
+fn is_heard<C>(shared: &Shared<C>, session: &mut Session) -> bool {
+    if session.is_lost() {
+        return false;
+    }
+    if session.silent_for() >= shared.settings.patience.silence / 2 {
+        if let Err(error) = session.ping() {
+            warn!(%error, "the database server did not answer in time; starting nothing more on this session");
+            return false;
+        }
+    }
+    true
 }
 
 /// Records a success. A careful job's completion commits at once (its row

@@ -120,6 +120,77 @@ impl Job for Timed {
 }
 skiplock::register_job!(Timed);
 
+/// Sleeps `ms` without touching the database, then appends its run to the
+/// file named by `SKIPLOCK_TEST_RUNS` as one line: key, pid, start and end
+/// (µs since the epoch). For tests where the database is out of reach of
+/// the worker for a while.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FileTimed {
+    /// Which job this is.
+    pub key: i64,
+    /// How long it runs.
+    pub ms: u64,
+}
+
+impl Job for FileTimed {
+    const JOB_TYPE: &'static str = "file_timed";
+    const QUEUE: &'static str = QUEUE;
+    type Context = WorkerContext;
+
+    fn run(self, _: &WorkerContext, _: &mut JobConnection<'_>) -> Result<(), PerformError> {
+        use std::io::Write;
+        let started = micros();
+        std::thread::sleep(Duration::from_millis(self.ms));
+        let line = format!(
+            "{} {} {} {}\n",
+            self.key,
+            std::process::id(),
+            started,
+            micros()
+        );
+        let path = std::env::var("SKIPLOCK_TEST_RUNS")
+            .map_err(|_| PerformError::new("SKIPLOCK_TEST_RUNS is not set"))?;
+        // One write of one short line to a file opened for appending: lines
+        // of several processes do not mix.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .and_then(|mut file| file.write_all(line.as_bytes()))
+            .map_err(|e| PerformError::new(e.to_string()))
+    }
+}
+skiplock::register_job!(FileTimed);
+
+/// One run of a [`FileTimed`] job, as its line says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileRun {
+    /// The job's key.
+    pub key: i64,
+    /// The process that ran it.
+    pub pid: u32,
+    /// When it started (µs since the epoch).
+    pub started_us: i64,
+    /// When it ended.
+    pub ended_us: i64,
+}
+
+/// The runs logged in `path` so far.
+pub fn file_runs(path: &std::path::Path) -> Vec<FileRun> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            Some(FileRun {
+                key: fields.next()?.parse().ok()?,
+                pid: fields.next()?.parse().ok()?,
+                started_us: fields.next()?.parse().ok()?,
+                ended_us: fields.next()?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
 /// The wall clock in µs since the epoch (the same clock in every process of
 /// the machine).
 pub fn micros() -> i64 {

@@ -2,6 +2,7 @@
 //! jobs shared between the tests and the `test-worker` binary.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use diesel::connection::SimpleConnection;
@@ -9,6 +10,7 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 
 pub mod crash_jobs;
+pub mod relay;
 
 /// The server the tests use: `DATABASE_URL` (`cargo xtask test` sets it),
 /// or the local PostgreSQL.
@@ -144,9 +146,11 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
 }
 
 /// A `test-worker` process (see `src/bin/test_worker.rs`), killed when
-/// dropped so a failing test leaves none behind.
+/// dropped so a failing test leaves none behind. What it prints after
+/// `ready` (its log, with `RUST_LOG` set) is collected as it comes, so it
+/// never blocks on a full pipe.
 #[derive(Debug)]
-pub struct WorkerProcess(pub std::process::Child);
+pub struct WorkerProcess(pub std::process::Child, Arc<Mutex<String>>);
 
 impl WorkerProcess {
     /// Starts `test-worker` (the binary at `path`) with these arguments
@@ -162,12 +166,17 @@ impl WorkerProcess {
         args: &[u64],
         env: &[(&str, &str)],
     ) -> WorkerProcess {
+        Self::spawn_at(path, db.url(), args, env)
+    }
+
+    /// [`spawn_with_env`](Self::spawn_with_env) connecting to `url`.
+    pub fn spawn_at(path: &str, url: &str, args: &[u64], env: &[(&str, &str)]) -> WorkerProcess {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
         let mut command = std::process::Command::new(path);
         command
             .envs(env.iter().copied())
-            .arg(db.url())
+            .arg(url)
             .args(args.iter().map(u64::to_string))
             .stdout(std::process::Stdio::piped());
         // SAFETY: setrlimit is async-signal-safe. A worker that aborts on
@@ -183,12 +192,27 @@ impl WorkerProcess {
             });
         }
         let mut child = command.spawn().expect("spawn test-worker");
+        let mut output = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        output
             .read_line(&mut line)
             .expect("read test-worker output");
         assert_eq!(line.trim(), "ready", "test-worker did not start");
-        WorkerProcess(child)
+        let collected = Arc::new(Mutex::new(String::new()));
+        let collecting = Arc::clone(&collected);
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while output.read_line(&mut line).is_ok_and(|n| n > 0) {
+                collecting.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        WorkerProcess(child, collected)
+    }
+
+    /// What it printed after `ready` so far.
+    pub fn output(&self) -> String {
+        self.1.lock().unwrap().clone()
     }
 
     /// The process id.
@@ -223,7 +247,7 @@ pub fn init_tracing() {
 #[derive(Debug)]
 pub struct Rendezvous {
     parties: usize,
-    state: std::sync::Mutex<(usize, u64)>,
+    state: Mutex<(usize, u64)>,
     all_here: std::sync::Condvar,
 }
 
@@ -232,7 +256,7 @@ impl Rendezvous {
     pub fn new(parties: usize) -> Self {
         Rendezvous {
             parties,
-            state: std::sync::Mutex::new((0, 0)),
+            state: Mutex::new((0, 0)),
             all_here: std::sync::Condvar::new(),
         }
     }

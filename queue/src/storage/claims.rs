@@ -65,8 +65,12 @@ pub(crate) fn prepare_runner_session(session: &mut Session) -> Result<(), Sessio
 /// so that others can tell when it has ended. Returns the number.
 pub(crate) fn register_lock_session(session: &mut Session) -> Result<i32, SessionError> {
     let rows = session.query(
-        "WITH n AS (SELECT nextval('queue_lock_sessions')::int4 AS holder) \
-         SELECT holder, pg_advisory_lock(-1, holder) FROM n",
+        concat!(
+            "WITH n AS (SELECT nextval('queue_lock_sessions')::int4 AS holder) \
+             SELECT holder, pg_advisory_lock(",
+            holder_lock!("holder"),
+            ") FROM n"
+        ),
         &[],
     )?;
     i32::try_from(rows.int(0, 0)?).map_err(|_| SessionError::new("a session number out of range"))
@@ -324,12 +328,16 @@ fn release_step<'a>(release: Release<'a>, params: &'a [Param<'a>; 2]) -> Step<'a
             params,
         ),
         Release::All { .. } => Step::Run(
-            "SELECT pg_advisory_lock(-1, $1::int4) \
+            concat!(
+                "SELECT pg_advisory_lock(",
+                holder_lock!("$1::int4"),
+                ") \
              FROM (SELECT pg_advisory_unlock_all() \
                    FROM (SELECT nextval('queue_lock_releases') \
                          WHERE current_setting('skiplock.written', true) = $2::int8::text \
                          OFFSET 0) counted \
-                   OFFSET 0) released",
+                   OFFSET 0) released"
+            ),
             params,
         ),
     }
@@ -447,6 +455,31 @@ pub(crate) struct Refused {
     pub(crate) ids: Vec<i64>,
     /// Why (the first refusal's message).
     pub(crate) error: SessionError,
+}
+
+/// Deletes completed jobs whose locks are gone (their session was lost),
+/// on another session, counting the release for the claims' recheck in the
+/// deletion's transaction and again after its commit (see
+/// `storage::count_release`). Returns how many rows were deleted.
+pub(crate) fn complete_elsewhere(
+    session: &mut Session,
+    ids: &[i64],
+) -> Result<usize, SessionError> {
+    let delete = [Param::Ints(ids)];
+    let results = session.pipeline(&[
+        Step::Run(
+            "WITH done AS (DELETE FROM queue_jobs WHERE id = ANY ($1::int8[]) RETURNING 1) \
+             SELECT count(*), nextval('queue_lock_releases') FROM done",
+            &delete,
+        ),
+        Step::Sync,
+        Step::Run("SELECT nextval('queue_lock_releases')", &[]),
+        Step::Sync,
+    ])?;
+    let mut results = results.into_iter();
+    let deleted = results.next().expect("the deletion")?;
+    let n = deleted.int(0, 0)?;
+    Ok(usize::try_from(n).unwrap_or(0))
 }
 
 /// Gives claimed jobs back unstarted: takes them off `holder`'s claim and

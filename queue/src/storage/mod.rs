@@ -16,19 +16,53 @@ use crate::job::JobId;
 use crate::prepared::Statement;
 use crate::schema::queue_jobs;
 
+/// This installation's number, mixed into its advisory lock keys: the locks
+/// are per database while the tables follow `search_path`, and two
+/// installations in two schemas of one database number their jobs and
+/// lock sessions alike (see the migration `lock_namespace`). 0 for the
+/// first installation in a database: its keys are those of the runners
+/// before that migration. A scalar subquery, evaluated once per statement.
+macro_rules! lock_salt {
+    () => {
+        "(SELECT lock_salt FROM queue_installation)"
+    };
+}
+
 /// The two keys of the advisory lock a worker holds on job `$id` while it
 /// has the job claimed, as SQL text. The two-`int4` form is a key space of
 /// its own (applications mostly lock single `bigint` keys); the first key
-/// carries the id's high half tagged with "skpl" in ASCII, the second its
-/// low half, so every id has its own lock.
+/// carries the high half of the id mixed with the installation's number
+/// ([`lock_salt!`]), tagged with "skpl" in ASCII, the second its low half,
+/// so every id of an installation has its own lock.
 macro_rules! job_lock {
     ($id:literal) => {
         concat!(
-            "(((",
+            "((((",
             $id,
-            ") >> 32) # 1936420972)::int4, ((",
+            ") # ",
+            lock_salt!(),
+            ") >> 32) # 1936420972)::int4, ((((",
             $id,
-            ") % 4294967296 - 2147483648)::int4"
+            ") # ",
+            lock_salt!(),
+            ") & 4294967295) - 2147483648)::int4"
+        )
+    };
+}
+
+/// The two keys of the advisory lock that lock session `$holder` holds for
+/// its life (so that others can tell when it has ended): `(-1, holder)`
+/// mixed with the installation's number ([`lock_salt!`]).
+macro_rules! holder_lock {
+    ($holder:literal) => {
+        concat!(
+            "(-1 # (",
+            lock_salt!(),
+            " >> 32))::int4, ((",
+            $holder,
+            ") # (",
+            lock_salt!(),
+            " & 2147483647))::int4"
         )
     };
 }
@@ -421,19 +455,6 @@ pub(crate) fn next_due(conn: &mut PgConnection) -> QueryResult<Option<DateTime<U
         .get_result(conn)
 }
 
-/// Deletes completed jobs whose locks are gone (their session was lost),
-/// counting the release for the claims' recheck (see [`count_release`]).
-pub(crate) fn delete_jobs(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
-    use crate::schema::queue_jobs::dsl as j;
-    let deleted = conn.transaction(|conn| {
-        let deleted = diesel::delete(j::queue_jobs.filter(j::id.eq_any(ids))).execute(conn)?;
-        count_release(conn)?;
-        Ok::<_, diesel::result::Error>(deleted)
-    })?;
-    count_release(conn)?;
-    Ok(deleted)
-}
-
 /// Counts a release in `queue_lock_releases`, for a write that ends or
 /// changes a job without a worker's lock session (an operator's retry or
 /// discard, completions recorded after a session was lost): a claim whose
@@ -554,20 +575,22 @@ pub(crate) fn reap_ended_sessions(conn: &mut PgConnection) -> QueryResult<usize>
         #[diesel(sql_type = BigInt)]
         marked: i64,
     }
-    let reaped: Reaped = Statement::new(
+    let reaped: Reaped = Statement::new(concat!(
         // The transaction-level lock keeps two reapers off the same session
         // and goes with the commit; a live session holds its number itself.
         "WITH ended AS MATERIALIZED ( \
              SELECT holder, jobs FROM queue_claims \
-             WHERE pg_try_advisory_xact_lock(-1, holder)), \
+             WHERE pg_try_advisory_xact_lock(",
+        holder_lock!("holder"),
+        ")), \
          marked AS ( \
              UPDATE queue_jobs SET suspect = true \
              WHERE id = ANY (ARRAY(SELECT unnest(jobs) FROM ended)) AND NOT suspect \
              RETURNING id), \
          forgotten AS ( \
              DELETE FROM queue_claims WHERE holder IN (SELECT holder FROM ended)) \
-         SELECT count(*) AS marked FROM marked",
-    )
+         SELECT count(*) AS marked FROM marked"
+    ))
     .get_result(conn)?;
     Ok(usize::try_from(reaped.marked).unwrap_or(0))
 }
