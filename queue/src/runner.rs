@@ -419,9 +419,11 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
                     completion_window: self.completion_window,
                     slow_job_threshold: self.slow_job_threshold,
                     patience: self.patience,
+                    workers: i64::try_from(workers).unwrap_or(i64::MAX),
                 },
                 metrics: Metrics::default(),
                 schedules,
+                lock_budget: std::sync::OnceLock::new(),
                 worker_name: format!("host {}, pid {}", scheduler::hostname(), std::process::id()),
                 runner_id: format!(
                     "{}-{}-{}",

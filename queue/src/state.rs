@@ -29,6 +29,8 @@ pub(crate) struct Settings {
     pub(crate) slow_job_threshold: Duration,
     /// How long the runner's sessions wait on the server.
     pub(crate) patience: Patience,
+    /// How many workers the runner has, on all its queues.
+    pub(crate) workers: i64,
 }
 
 /// What the threads of one runner share.
@@ -57,6 +59,9 @@ pub(crate) struct Shared<C> {
     pub(crate) metrics: Metrics,
     /// The periodic jobs this runner enqueues.
     pub(crate) schedules: Vec<crate::periodic::Schedule>,
+    /// The most jobs one worker may hold at once, by the server's lock
+    /// table (see `worker::lock_budget`): set by the first lock session.
+    pub(crate) lock_budget: std::sync::OnceLock<i64>,
 }
 
 /// One worker: its lock session and its batch. The worker holds `session`
@@ -131,8 +136,13 @@ impl BatchState {
     }
 
     /// How many jobs the next claim should take: about one completion
-    /// window of work, at least one, at most `batch_size`.
-    pub(crate) fn claim_size(&self, settings: &Settings) -> i64 {
+    /// window of work, at least one, at most `batch_size` (and `budget`).
+    pub(crate) fn claim_size(&self, settings: &Settings, budget: Option<i64>) -> i64 {
+        let size = self.window_of_work(settings);
+        budget.map_or(size, |budget| size.min(budget).max(1))
+    }
+
+    fn window_of_work(&self, settings: &Settings) -> i64 {
         match self.typical_run {
             Some(typical) if !typical.is_zero() => {
                 let fit = settings.completion_window.as_nanos() / typical.as_nanos();

@@ -48,8 +48,8 @@ use crate::metrics::Ended;
 use crate::pq::{Session, SessionError};
 use crate::registry::{JobDescriptor, RunFailure};
 use crate::retry::RetryPolicy;
-use crate::state::{lock, LockSession, RunningJob, Shared, Slot, UnwrittenFailure};
-use crate::storage::{self, ClaimedJob, NextAttempt, Release};
+use crate::state::{lock, LockSession, RunningJob, Settings, Shared, Slot, UnwrittenFailure};
+use crate::storage::{self, ClaimedJob, LockTable, NextAttempt, Release};
 
 /// What happened to one claimed job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,11 +127,14 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
     then_claim_again: bool,
     mut report: impl FnMut(JobId, &str, &Outcome),
 ) -> Result<BatchReport, BatchError> {
-    let limit = limit.unwrap_or_else(|| lock(&slot.batch).claim_size(&shared.settings));
+    let mut limit = limit.unwrap_or(i64::MAX);
     let claimed = {
         let mut guard = lock(&slot.session);
         let mut completed = Vec::new();
         let result = open_session(shared, &mut guard).and_then(|lock_session| {
+            // Known once a session is open.
+            let budget = shared.lock_budget.get().copied();
+            limit = limit.min(lock(&slot.batch).claim_size(&shared.settings, budget));
             retry_unwritten(shared, slot, lock_session).map_err(BatchError::Connect)?;
             // Jobs this session holds are not claimed again (its locks are
             // re-entrant): those whose outcome is still to be recorded.
@@ -278,10 +281,42 @@ fn open_session<'s, C>(
         let mut session = Session::connect(&shared.database_url, &name, shared.settings.patience)
             .map_err(BatchError::Connect)?;
         storage::prepare_runner_session(&mut session).map_err(BatchError::Connect)?;
-        let holder = storage::register_lock_session(&mut session).map_err(BatchError::Connect)?;
+        let (holder, table) =
+            storage::register_lock_session(&mut session).map_err(BatchError::Connect)?;
+        shared
+            .lock_budget
+            .get_or_init(|| lock_budget(&shared.settings, table));
         *guard = Some(LockSession { session, holder });
     }
     Ok(guard.as_mut().expect("just opened"))
+}
+
+/// The share of the server's lock table a runner takes at most.
+const LOCK_TABLE_SHARE: i64 = 4;
+
+/// The most jobs each worker claims at once, so that the runner's advisory
+/// locks (one per claimed job, one per lock session) take at most a
+/// quarter of the server's lock table, whatever its batch size: a full
+/// table fails every session's next lock, the application's included
+/// ("out of shared memory"). Said once when it shrinks the batches.
+fn lock_budget(settings: &Settings, table: LockTable) -> i64 {
+    let share = table.capacity() / LOCK_TABLE_SHARE;
+    let per_worker = share / settings.workers.max(1) - 1;
+    if per_worker < settings.batch_size {
+        warn!(
+            max_locks_per_transaction = table.max_locks_per_transaction,
+            max_connections = table.max_connections,
+            max_prepared_transactions = table.max_prepared_transactions,
+            workers = settings.workers,
+            batch_size = settings.batch_size,
+            jobs_per_claim = per_worker.max(1),
+            "the server's lock table (max_locks_per_transaction x (max_connections + \
+             max_prepared_transactions) locks) is small for this runner: each worker claims at \
+             most jobs_per_claim jobs at once, so that the runner holds at most a quarter of it; \
+             raise max_locks_per_transaction on the server for larger batches"
+        );
+    }
+    per_worker.max(1)
 }
 
 /// Ends a lost (or failing) session: its locks are released by the server,

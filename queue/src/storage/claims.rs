@@ -62,18 +62,50 @@ pub(crate) fn prepare_runner_session(session: &mut Session) -> Result<(), Sessio
 }
 
 /// Numbers this lock session and locks the number for the session's life,
-/// so that others can tell when it has ended. Returns the number.
-pub(crate) fn register_lock_session(session: &mut Session) -> Result<i32, SessionError> {
+/// so that others can tell when it has ended. Returns the number, and the
+/// server's lock table.
+pub(crate) fn register_lock_session(
+    session: &mut Session,
+) -> Result<(i32, LockTable), SessionError> {
     let rows = session.query(
         concat!(
             "WITH n AS (SELECT nextval('queue_lock_sessions')::int4 AS holder) \
-             SELECT holder, pg_advisory_lock(",
+             SELECT holder, \
+                    current_setting('max_locks_per_transaction')::int8, \
+                    current_setting('max_connections')::int8, \
+                    current_setting('max_prepared_transactions')::int8, \
+                    pg_advisory_lock(",
             holder_lock!("holder"),
             ") FROM n"
         ),
         &[],
     )?;
-    i32::try_from(rows.int(0, 0)?).map_err(|_| SessionError::new("a session number out of range"))
+    let holder = i32::try_from(rows.int(0, 0)?)
+        .map_err(|_| SessionError::new("a session number out of range"))?;
+    let table = LockTable {
+        max_locks_per_transaction: rows.int(0, 1)?,
+        max_connections: rows.int(0, 2)?,
+        max_prepared_transactions: rows.int(0, 3)?,
+    };
+    Ok((holder, table))
+}
+
+/// The server's settings that size its shared lock table, where every
+/// advisory lock (each claimed job's) takes an entry: when it is full,
+/// every session that asks for a lock fails with "out of shared memory".
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LockTable {
+    pub(crate) max_locks_per_transaction: i64,
+    pub(crate) max_connections: i64,
+    pub(crate) max_prepared_transactions: i64,
+}
+
+impl LockTable {
+    /// How many locks the table holds (PostgreSQL sizes it so).
+    pub(crate) fn capacity(&self) -> i64 {
+        self.max_locks_per_transaction
+            .saturating_mul(self.max_connections + self.max_prepared_transactions)
+    }
 }
 
 /// The listener's statement.
