@@ -6,6 +6,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use skiplock::{
@@ -874,12 +875,12 @@ fn migrate_is_idempotent_and_records_the_schema_version() {
     let mut conn = db.conn();
     let again = skiplock::migrate(&mut conn).unwrap();
     assert!(again.applied.is_empty());
-    assert_eq!(again.current_version, "20261127000009");
+    assert_eq!(again.current_version, "20261202000010");
     let versions = count(
         &mut conn,
         "SELECT count(*) AS n FROM queue_schema_migrations",
     );
-    assert_eq!(versions, 9);
+    assert_eq!(versions, 15);
 }
 
 #[test]
@@ -902,13 +903,19 @@ fn migrate_upgrades_a_live_table_of_the_first_schema_in_place() {
         report.applied,
         [
             "20261126000002",
+            "202611260000021",
+            "202611260000022",
+            "202611260000023",
+            "202611260000024",
             "20261126000003",
             "20261127000004",
             "20261127000005",
             "20261127000006",
             "20261127000007",
+            "202611270000071",
             "20261127000008",
-            "20261127000009"
+            "20261127000009",
+            "20261202000010"
         ]
     );
     assert_eq!(
@@ -921,6 +928,63 @@ fn migrate_upgrades_a_live_table_of_the_first_schema_in_place() {
     let summary = runner(&db, (), &[("rollback", 1)]).run_pending().unwrap();
     assert_eq!(summary.succeeded.len(), 1);
     assert_eq!(db.count_jobs("true"), 1);
+}
+
+#[test]
+fn migrate_behind_a_long_transaction_does_not_hold_up_enqueues() {
+    let db = TestDb::create_empty();
+    // The first release's schema, live: an application enqueues into it
+    // (with the statement every release's enqueue accepts) while a report
+    // reads the table in a transaction that stays open for seconds.
+    db.execute(include_str!(
+        "../../queue/migrations/2026-11-26-000001_create_queue_jobs/up.sql"
+    ));
+    db.execute(
+        "CREATE TABLE queue_schema_migrations (version VARCHAR(50) PRIMARY KEY, \
+         run_on TIMESTAMPTZ NOT NULL DEFAULT now()); \
+         INSERT INTO queue_schema_migrations (version) VALUES ('20261126000001'); \
+         INSERT INTO queue_jobs (job_type, payload) \
+         SELECT 'noop', 'null' FROM generate_series(1, 10000)",
+    );
+    let mut report = db.conn();
+    report
+        .batch_execute("BEGIN; SELECT count(*) FROM queue_jobs")
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let enqueuer = {
+        let stop = Arc::clone(&stop);
+        let mut conn = db.conn();
+        std::thread::spawn(move || {
+            let mut longest = Duration::ZERO;
+            while !stop.load(Ordering::SeqCst) {
+                let began = Instant::now();
+                conn.batch_execute(
+                    "INSERT INTO queue_jobs (job_type, payload) VALUES ('noop', 'null')",
+                )
+                .unwrap();
+                longest = longest.max(began.elapsed());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            longest
+        })
+    };
+    let migrating = {
+        let mut conn = db.conn();
+        std::thread::spawn(move || skiplock::migrate(&mut conn))
+    };
+    // The report runs for 3 s: a migration's ALTER TABLE waits for it, and
+    // while it waits every enqueue queues behind it.
+    std::thread::sleep(Duration::from_secs(3));
+    report.batch_execute("COMMIT").unwrap();
+    let migrated = migrating.join().unwrap().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let longest = enqueuer.join().unwrap();
+    println!("longest enqueue during the migration: {longest:?}");
+    assert_eq!(migrated.current_version, "20261202000010");
+    assert!(
+        longest < Duration::from_millis(1500),
+        "an enqueue waited {longest:?} behind the migration"
+    );
 }
 
 // --- wake-ups: LISTEN/NOTIFY, reconnection, the poll fallback -------------

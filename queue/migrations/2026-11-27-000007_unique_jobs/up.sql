@@ -3,8 +3,6 @@
 -- `#[background_job(unique)]` type); a job gives its key up when a worker
 -- claims it, so an identical job enqueued while it runs is stored and runs
 -- after it (the running one may have read what the new one must see).
--- Enqueue inserts with ON CONFLICT against this index: race-free however
--- many enqueue at once.
+-- Enqueue inserts with ON CONFLICT against the index that the next
+-- migration builds: race-free however many enqueue at once.
 ALTER TABLE queue_jobs ADD COLUMN unique_key TEXT;
-CREATE UNIQUE INDEX queue_jobs_unique_idx ON queue_jobs (unique_key)
-    WHERE unique_key IS NOT NULL;

@@ -625,14 +625,29 @@ pub(crate) fn delete_job(conn: &mut PgConnection, id: i64) -> QueryResult<usize>
 
 /// Serializes concurrent `migrate` calls until the transaction ends.
 pub(crate) fn lock_for_migration(conn: &mut PgConnection) -> QueryResult<()> {
-    // An arbitrary key of our own: "queue" in ASCII.
-    diesel::sql_query("SELECT pg_advisory_xact_lock(113117101117101)").execute(conn)?;
+    // An arbitrary key of our own: "queue" in ASCII. The session's: each
+    // migration commits on its own while it is held.
+    diesel::sql_query("SELECT pg_advisory_lock(113117101117101)").execute(conn)?;
     diesel::sql_query(
         "CREATE TABLE IF NOT EXISTS queue_schema_migrations (\
              version VARCHAR(50) PRIMARY KEY, \
              run_on TIMESTAMPTZ NOT NULL DEFAULT now())",
     )
     .execute(conn)?;
+    Ok(())
+}
+
+/// Lets the next `migrate` go on.
+pub(crate) fn unlock_after_migration(conn: &mut PgConnection) -> QueryResult<()> {
+    diesel::sql_query("SELECT pg_advisory_unlock(113117101117101)").execute(conn)?;
+    Ok(())
+}
+
+/// Makes the transaction's statements wait at most `wait` for a lock.
+pub(crate) fn limit_lock_wait(conn: &mut PgConnection, wait: Duration) -> QueryResult<()> {
+    diesel::sql_query("SELECT set_config('lock_timeout', $1, true)")
+        .bind::<Text, _>(format!("{}ms", wait.as_millis().max(1)))
+        .execute(conn)?;
     Ok(())
 }
 
