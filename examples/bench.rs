@@ -32,10 +32,7 @@ struct Settings {
 }
 
 fn main() -> BenchResult<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "skiplock=warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    skiplock_examples::log_warnings_to_stderr();
     let args: Vec<String> = std::env::args().collect();
     let claims_only = args.iter().any(|a| a == "--claims");
     let quick = args.iter().any(|a| a == "--quick");

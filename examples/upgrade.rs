@@ -23,10 +23,7 @@ type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 const ENQUEUE: &str = "INSERT INTO queue_jobs (job_type, payload) VALUES ('app', '{\"n\": 1}')";
 
 fn main() -> BenchResult<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "skiplock=warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    skiplock_examples::log_warnings_to_stderr();
     let args: Vec<String> = std::env::args().collect();
     let rows: u64 = match args.iter().position(|a| a == "--rows") {
         Some(i) => args.get(i + 1).ok_or("--rows needs a number")?.parse()?,

@@ -113,6 +113,15 @@ pub struct FreshDatabase {
     _server: throwaway_pg::Server,
 }
 
+/// Logs the queue's warnings (or what `RUST_LOG` says) to stderr, for
+/// examples that print their figures on stdout.
+pub fn log_warnings_to_stderr() {
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "skiplock=warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// The database `name`, dropped and created afresh so every demo run starts
 /// empty, on `DATABASE_URL`'s server; without `DATABASE_URL`, on the local
 /// server (`127.0.0.1:5432`), or, when nothing listens there, on a

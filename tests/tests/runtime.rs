@@ -883,18 +883,26 @@ fn migrate_is_idempotent_and_records_the_schema_version() {
     assert_eq!(versions, 15);
 }
 
-#[test]
-fn migrate_upgrades_a_live_table_of_the_first_schema_in_place() {
+/// A database with the first release's schema, as `migrate` left it.
+fn first_schema() -> TestDb {
     let db = TestDb::create_empty();
-    // The first release's schema, with jobs in it.
     db.execute(include_str!(
         "../../queue/migrations/2026-11-26-000001_create_queue_jobs/up.sql"
     ));
     db.execute(
         "CREATE TABLE queue_schema_migrations (version VARCHAR(50) PRIMARY KEY, \
          run_on TIMESTAMPTZ NOT NULL DEFAULT now()); \
-         INSERT INTO queue_schema_migrations (version) VALUES ('20261126000001'); \
-         INSERT INTO queue_jobs (job_type, queue, payload, run_at) VALUES \
+         INSERT INTO queue_schema_migrations (version) VALUES ('20261126000001')",
+    );
+    db
+}
+
+#[test]
+fn migrate_upgrades_a_live_table_of_the_first_schema_in_place() {
+    // The first release's schema, with jobs in it.
+    let db = first_schema();
+    db.execute(
+        "INSERT INTO queue_jobs (job_type, queue, payload, run_at) VALUES \
            ('noop', 'rollback', 'null', now() - interval '1 minute'), \
            ('noop', 'rollback', 'null', now() + interval '1 hour')",
     );
@@ -932,18 +940,12 @@ fn migrate_upgrades_a_live_table_of_the_first_schema_in_place() {
 
 #[test]
 fn migrate_behind_a_long_transaction_does_not_hold_up_enqueues() {
-    let db = TestDb::create_empty();
     // The first release's schema, live: an application enqueues into it
     // (with the statement every release's enqueue accepts) while a report
     // reads the table in a transaction that stays open for seconds.
-    db.execute(include_str!(
-        "../../queue/migrations/2026-11-26-000001_create_queue_jobs/up.sql"
-    ));
+    let db = first_schema();
     db.execute(
-        "CREATE TABLE queue_schema_migrations (version VARCHAR(50) PRIMARY KEY, \
-         run_on TIMESTAMPTZ NOT NULL DEFAULT now()); \
-         INSERT INTO queue_schema_migrations (version) VALUES ('20261126000001'); \
-         INSERT INTO queue_jobs (job_type, payload) \
+        "INSERT INTO queue_jobs (job_type, payload) \
          SELECT 'noop', 'null' FROM generate_series(1, 10000)",
     );
     let mut report = db.conn();
