@@ -191,6 +191,24 @@ pub(crate) fn share_a_session(
     Ok(false)
 }
 
+/// Runs the runner's own statements `f` (promotions, the reaper, its
+/// announcement) in a transaction whose timeouts are the runner's
+/// statement deadline rather than the role's or the database's: a
+/// `statement_timeout` or `lock_timeout` a DBA sets for application
+/// requests (10 ms, say) would otherwise cancel the promotion of a
+/// thousand due jobs, or a reaper that waits a moment for a row, every
+/// time. The jobs' own connections keep the server's settings.
+pub(crate) fn as_runner<T>(
+    conn: &mut PgConnection,
+    patience: Patience,
+    f: impl FnOnce(&mut PgConnection) -> diesel::QueryResult<T>,
+) -> diesel::QueryResult<T> {
+    diesel::Connection::transaction(conn, |conn| {
+        crate::storage::runner_timeouts(conn, patience.statement)?;
+        f(conn)
+    })
+}
+
 /// `url` (a URL or a key=value string) with the TCP settings of the
 /// runner's own sessions (see [`Patience`]) for those it does not set: the
 /// connections of a pool the runner makes for itself then also notice a

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::connection;
 use crate::errors::{EnqueueError, RunnerError};
 use crate::job::{EnqueueOptions, Job};
-use crate::state::Shared;
+use crate::state::{Settings, Shared};
 use crate::storage::{self, NewJob, TickClaim};
 
 /// A job enqueued on a clock: a cron schedule and the job of each tick.
@@ -244,7 +244,7 @@ pub(crate) fn run<C>(shared: Arc<Shared<C>>) {
                 }
                 declared = true;
             }
-            tick(&mut conn, schedules, started, poll_interval, &mut held)
+            tick(&mut conn, schedules, started, &shared.settings, &mut held)
         })();
         let wake_at = match result {
             Ok(next) => {
@@ -285,9 +285,10 @@ fn tick(
     conn: &mut PgConnection,
     schedules: &[Schedule],
     started: DateTime<Utc>,
-    poll_interval: Duration,
+    settings: &Settings,
     held: &mut BTreeSet<String>,
 ) -> Result<Option<DateTime<Utc>>, Box<dyn std::error::Error>> {
+    let poll_interval = settings.poll_interval;
     let names: Vec<&str> = schedules.iter().map(|s| s.name.as_str()).collect();
     let last_ticks = storage::last_ticks(conn, &names)?;
     let now = Utc::now();
@@ -306,6 +307,8 @@ fn tick(
             let following = schedule.next_after(tick);
             let claim =
                 conn.transaction(|conn| -> Result<TickClaim, Box<dyn std::error::Error>> {
+                    // The runner's timeouts, not the role's (see `connection::as_runner`).
+                    storage::runner_timeouts(conn, settings.patience.statement)?;
                     let claim = storage::claim_tick(conn, &schedule.name, tick, following)?;
                     if claim == TickClaim::Taken && enqueue {
                         storage::insert_job(conn, &(schedule.make)(tick)?)?;

@@ -166,39 +166,45 @@ fn check<C>(
 ) -> Duration {
     let result = (|| -> Result<Duration, Box<dyn std::error::Error>> {
         let mut conn = connection::checked_get(&shared.pool)?;
+        let conn = &mut *conn;
+        let patience = shared.settings.patience;
         let running: Vec<i64> = slots
             .iter()
             .filter_map(|slot| lock(&slot.batch).running.map(|job| job.id))
             .collect();
         let schedules: Vec<&str> = shared.schedules.iter().map(|s| s.name.as_str()).collect();
-        storage::announce_runner(
-            &mut conn,
-            &storage::Announcement {
-                id: &shared.runner_id,
-                hostname: &hostname(),
-                queues,
-                running: &running,
-                poll_interval: shared.settings.poll_interval,
-                job_types: shared.registry.type_names(),
-                schedules: &schedules,
-            },
-        )?;
+        let announcement = storage::Announcement {
+            id: &shared.runner_id,
+            hostname: &hostname(),
+            queues,
+            running: &running,
+            poll_interval: shared.settings.poll_interval,
+            job_types: shared.registry.type_names(),
+            schedules: &schedules,
+        };
+        connection::as_runner(conn, patience, |c| {
+            storage::announce_runner(c, &announcement)
+        })?;
         *announced_running = running.len();
-        reap(&mut conn)?;
-        report_throughput(shared, &mut conn)?;
-        let paused = storage::paused_queues(&mut conn)?;
+        connection::as_runner(conn, patience, reap)?;
+        connection::as_runner(conn, patience, |c| report_throughput(shared, c))?;
+        let paused = connection::as_runner(conn, patience, storage::paused_queues)?;
         for queue in queues {
             if let Some(wakeup) = shared.signals.queue(queue) {
                 wakeup.set_paused(paused.iter().any(|(q, _)| q == queue));
             }
         }
-        while storage::promote_due_jobs(&mut conn, PROMOTION_BATCH)? == PROMOTION_BATCH as usize {}
-        for queue in storage::queues_with_ready_jobs(&mut conn, queues)? {
+        let promote = |c: &mut diesel::PgConnection| storage::promote_due_jobs(c, PROMOTION_BATCH);
+        while connection::as_runner(conn, patience, promote)? == PROMOTION_BATCH as usize {}
+        let ready = connection::as_runner(conn, patience, |c| {
+            storage::queues_with_ready_jobs(c, queues)
+        })?;
+        for queue in &ready {
             if let Some(wakeup) = shared.signals.queue(&queue) {
                 wakeup.wake_one();
             }
         }
-        let until_due = storage::next_due(&mut conn)?.map(|due| {
+        let until_due = connection::as_runner(conn, patience, storage::next_due)?.map(|due| {
             (due - chrono::Utc::now())
                 .to_std()
                 .unwrap_or(Duration::ZERO)

@@ -138,3 +138,35 @@ fn a_worker_process_started_with_pgclientencoding_latin1_runs_non_ascii_payloads
     );
     assert_eq!(logged, 3);
 }
+
+#[test]
+fn a_role_level_statement_timeout_does_not_cancel_the_runners_promotions() {
+    let db = TestDb::create();
+    let role = Role(&db, format!("skiplock_promotions_{}", std::process::id()));
+    db.execute(&format!(
+        "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN SUPERUSER; \
+         ALTER ROLE {name} SET lock_timeout = '10ms'; \
+         ALTER ROLE {name} SET statement_timeout = '10ms'",
+        name = role.1
+    ));
+    let mut url = url::Url::parse(db.url()).unwrap();
+    url.set_username(&role.1).unwrap();
+    // Slow storage, as a busy disk makes it: each updated row of the jobs
+    // table costs 0.1 ms, so promoting a thousand due jobs takes 100 ms.
+    db.execute(
+        "CREATE FUNCTION slow_update() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_sleep(0.0001); RETURN NEW; END $$; \
+         CREATE TRIGGER slow_update BEFORE UPDATE ON queue_jobs \
+             FOR EACH ROW EXECUTE FUNCTION slow_update()",
+    );
+    let texts: Vec<String> = (0..2_000).map(|n| format!("later {n}")).collect();
+    let mut conn = db.conn();
+    let mut batch = skiplock::JobBatch::new();
+    let later = skiplock::EnqueueOptions::new().delay(Duration::from_millis(300));
+    for text in &texts {
+        batch.push_with(&remember(text.clone()), &later).unwrap();
+    }
+    batch.enqueue(&mut conn).unwrap();
+    assert_eq!(db.count_jobs("scheduled"), 2_000);
+    assert_eq!(run_all(&db, url.as_str(), || ()), once(&texts));
+}

@@ -643,6 +643,17 @@ pub(crate) fn unlock_after_migration(conn: &mut PgConnection) -> QueryResult<()>
     Ok(())
 }
 
+/// Gives the transaction's later statements the runner's own timeouts
+/// (see `connection::as_runner`).
+pub(crate) fn runner_timeouts(conn: &mut PgConnection, deadline: Duration) -> QueryResult<()> {
+    diesel::sql_query(
+        "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true)",
+    )
+    .bind::<Text, _>(format!("{}ms", deadline.as_millis().max(1)))
+    .execute(conn)?;
+    Ok(())
+}
+
 /// Makes the transaction's statements wait at most `wait` for a lock.
 pub(crate) fn limit_lock_wait(conn: &mut PgConnection, wait: Duration) -> QueryResult<()> {
     diesel::sql_query("SELECT set_config('lock_timeout', $1, true)")
