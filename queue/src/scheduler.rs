@@ -200,7 +200,7 @@ fn check<C>(
             storage::queues_with_ready_jobs(c, queues)
         })?;
         for queue in &ready {
-            if let Some(wakeup) = shared.signals.queue(&queue) {
+            if let Some(wakeup) = shared.signals.queue(queue) {
                 wakeup.wake_one();
             }
         }
