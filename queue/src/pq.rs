@@ -376,16 +376,10 @@ impl Session {
     /// what arrives; at `deadline`, the session is lost.
     fn ready_by(&mut self, deadline: Instant) -> Result<(), SessionError> {
         let conn = self.conn.as_ptr();
-        loop {
-            // SAFETY: valid connection.
-            if unsafe { PQconsumeInput(conn) } == 0 {
-                return Err(self.lose(self.connection_error()));
-            }
-            // SAFETY: valid connection.
-            if unsafe { PQisBusy(conn) } == 0 {
-                self.last_heard = Instant::now();
-                return Ok(());
-            }
+        // What libpq has read already may hold the result: no system call
+        // until it needs more.
+        // SAFETY: valid connection.
+        while unsafe { PQisBusy(conn) } == 1 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(self.lose(format!(
@@ -394,8 +388,16 @@ impl Session {
                     self.last_heard.elapsed().as_millis()
                 )));
             }
-            self.readable(left);
+            if !self.readable(left) {
+                continue;
+            }
+            // SAFETY: valid connection.
+            if unsafe { PQconsumeInput(conn) } == 0 {
+                return Err(self.lose(self.connection_error()));
+            }
+            self.last_heard = Instant::now();
         }
+        Ok(())
     }
 
     /// The next result of what was sent (NULL: none left), waiting until
