@@ -52,6 +52,23 @@ fn once<T: ToString>(texts: &[T]) -> BTreeMap<String, usize> {
 /// database), dropped when the value is, even when the test fails.
 struct Role<'a>(&'a TestDb, String);
 
+impl<'a> Role<'a> {
+    /// A role of its own whose sessions have a DBA's 10 ms `lock_timeout`
+    /// and `statement_timeout`, and the URL that logs in as it.
+    fn with_short_timeouts(db: &'a TestDb, purpose: &str) -> (Role<'a>, String) {
+        let role = Role(db, format!("skiplock_{purpose}_{}", std::process::id()));
+        db.execute(&format!(
+            "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN SUPERUSER; \
+             ALTER ROLE {name} SET lock_timeout = '10ms'; \
+             ALTER ROLE {name} SET statement_timeout = '10ms'",
+            name = role.1
+        ));
+        let mut url = url::Url::parse(db.url()).unwrap();
+        url.set_username(&role.1).unwrap();
+        (role, url.to_string())
+    }
+}
+
 impl Drop for Role<'_> {
     fn drop(&mut self) {
         let _ = self
@@ -83,15 +100,7 @@ fn a_latin1_database_whose_sessions_default_to_latin1_runs_non_ascii_payloads() 
 #[test]
 fn a_role_level_lock_timeout_does_not_cancel_a_completion_that_waits_for_its_row() {
     let db = TestDb::create();
-    let role = Role(&db, format!("skiplock_timeouts_{}", std::process::id()));
-    db.execute(&format!(
-        "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN SUPERUSER; \
-         ALTER ROLE {name} SET lock_timeout = '10ms'; \
-         ALTER ROLE {name} SET statement_timeout = '10ms'",
-        name = role.1
-    ));
-    let mut url = url::Url::parse(db.url()).unwrap();
-    url.set_username(&role.1).unwrap();
+    let (_role, url) = Role::with_short_timeouts(&db, "timeouts");
 
     let mut conn = db.conn();
     let texts: Vec<String> = (0..20).map(|n| format!("job {n}")).collect();
@@ -104,7 +113,7 @@ fn a_role_level_lock_timeout_does_not_cancel_a_completion_that_waits_for_its_row
     holder
         .batch_execute("BEGIN; SELECT id FROM queue_jobs FOR UPDATE")
         .unwrap();
-    let runs = run_all(&db, url.as_str(), || {
+    let runs = run_all(&db, &url, || {
         std::thread::sleep(Duration::from_millis(500));
         holder.batch_execute("COMMIT").unwrap();
     });
@@ -142,15 +151,7 @@ fn a_worker_process_started_with_pgclientencoding_latin1_runs_non_ascii_payloads
 #[test]
 fn a_role_level_statement_timeout_does_not_cancel_the_runners_promotions() {
     let db = TestDb::create();
-    let role = Role(&db, format!("skiplock_promotions_{}", std::process::id()));
-    db.execute(&format!(
-        "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN SUPERUSER; \
-         ALTER ROLE {name} SET lock_timeout = '10ms'; \
-         ALTER ROLE {name} SET statement_timeout = '10ms'",
-        name = role.1
-    ));
-    let mut url = url::Url::parse(db.url()).unwrap();
-    url.set_username(&role.1).unwrap();
+    let (_role, url) = Role::with_short_timeouts(&db, "promotions");
     // Slow storage, as a busy disk makes it: each updated row of the jobs
     // table costs 0.1 ms, so promoting a thousand due jobs takes 100 ms.
     db.execute(
@@ -168,5 +169,5 @@ fn a_role_level_statement_timeout_does_not_cancel_the_runners_promotions() {
     }
     batch.enqueue(&mut conn).unwrap();
     assert_eq!(db.count_jobs("scheduled"), 2_000);
-    assert_eq!(run_all(&db, url.as_str(), || ()), once(&texts));
+    assert_eq!(run_all(&db, &url, || ()), once(&texts));
 }
