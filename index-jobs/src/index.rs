@@ -15,6 +15,7 @@ use crate::git::{IndexRepo, Pushed, RepoConfig};
 use crate::model::{IndexConfig, IndexVersion};
 use crate::path::crate_path;
 use crate::records::RegistryRecords;
+use crate::sparse::{FillProgress, FillReport, SparseCheck, SparseDir, SparseError, Written};
 use crate::validate::{self, cargo_key, InvalidInput};
 
 /// Why a change could not be applied.
@@ -99,6 +100,12 @@ pub enum IndexError {
         #[source]
         source: io::Error,
     },
+    /// Writing or reading the sparse index failed.
+    #[error(transparent)]
+    Sparse(#[from] SparseError),
+    /// A fill or verification of the sparse index on an index without one.
+    #[error("this index has no sparse directory; give it one with `Index::sparse_dir`")]
+    NoSparseDir,
     /// Other writers kept moving the upstream.
     #[error(
         "the upstream rejected the push {attempts} times (last: {reason}); the job will be retried"
@@ -123,6 +130,7 @@ impl IndexError {
                 | IndexError::NameSpelling { .. }
                 | IndexError::InvalidRecords { .. }
                 | IndexError::NoRecords
+                | IndexError::NoSparseDir
         )
     }
 }
@@ -210,7 +218,7 @@ pub struct Index {
     max_push_attempts: u32,
     before_push: Option<PushHook>,
     records: Option<Box<dyn RegistryRecords>>,
-    sparse: Option<PathBuf>,
+    sparse: Option<SparseDir>,
 }
 
 impl std::fmt::Debug for Index {
@@ -244,17 +252,69 @@ impl Index {
 
     /// Also keeps a sparse index (cargo's `sparse+https://` protocol) in
     /// `dir`: the same files as the git index, and `config.json`, for a web
-    /// server to serve as static files. Each job writes a crate's file there
-    /// once the upstream has it (atomically: a reader sees the old file or
-    /// the new one), and again on every later job of the crate, so a write
-    /// that failed is repaired by the retry.
+    /// server to serve as static files. Each job writes its crate's file
+    /// there once the upstream has it, and again on every later job of the
+    /// crate, so a write that failed is repaired by the retry. The crates no
+    /// job touched since are not there: fill the directory once with
+    /// [`Index::fill_sparse`] (`index-worker fill-sparse`).
+    ///
+    /// Writers may share the directory (workers of a rolling deploy's
+    /// overlap, replicas on one volume, a fill beside them): each file is
+    /// written whole under a name of its own, flushed, and renamed into
+    /// place (a reader sees the old file or the new one), and a file is
+    /// never replaced by the version of an older commit. The writers keep
+    /// what they need for that in `dir/.skiplock/` (no need to serve it).
     pub fn sparse_dir(mut self, dir: impl Into<PathBuf>) -> Result<Self, IndexError> {
-        let dir = dir.into();
+        let sparse = SparseDir::new(dir.into())?;
         let repo = self.repo.lock().unwrap_or_else(PoisonError::into_inner);
-        mirror_file(repo.workdir(), &dir, Path::new("config.json"))?;
+        let head = repo.head_commit()?;
+        write_sparse(&sparse, &repo, head, Path::new("config.json"))?;
         drop(repo);
-        self.sparse = Some(dir);
+        self.sparse = Some(sparse);
         Ok(self)
+    }
+
+    /// Fills the sparse directory from the git index as the upstream has it
+    /// now: every crate file and `config.json`, each written unless it is
+    /// already there, and files the git index does not have removed, all as
+    /// the jobs write them (whole, flushed, never over a newer version).
+    /// Run it once after enabling [`Index::sparse_dir`] on an existing index,
+    /// and whenever [`Index::verify_sparse`] finds differences. Restartable:
+    /// a fill cut short and run again writes only what is still missing.
+    /// `progress` is called after each file. The jobs of a runner sharing
+    /// this `Index` keep running meanwhile.
+    pub fn fill_sparse(
+        &self,
+        mut progress: impl FnMut(&FillProgress),
+    ) -> Result<FillReport, IndexError> {
+        let sparse = self.sparse.as_ref().ok_or(IndexError::NoSparseDir)?;
+        let head = self
+            .repo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fetch()?;
+        let report = sparse.fill(&self.repo, head, &mut progress)?;
+        info!(
+            commit = %report.commit,
+            files = report.files,
+            written = report.written,
+            removed = report.removed,
+            newer = report.newer,
+            sparse = %sparse.root().display(),
+            "sparse index filled"
+        );
+        Ok(report)
+    }
+
+    /// Compares the sparse directory with the git index as the upstream has
+    /// it now, writing nothing: the files missing, different, or not in
+    /// the git index (differences a worker made by writing a newer version
+    /// meanwhile are counted apart, not as faults).
+    pub fn verify_sparse(&self) -> Result<SparseCheck, IndexError> {
+        let sparse = self.sparse.as_ref().ok_or(IndexError::NoSparseDir)?;
+        let repo = self.repo.lock().unwrap_or_else(PoisonError::into_inner);
+        let head = repo.fetch()?;
+        Ok(sparse.verify(&repo, head)?)
     }
 
     /// Brings the crate's file in the index to exactly what the registry's
@@ -274,24 +334,23 @@ impl Index {
         })
     }
 
-    /// The sparse copy of the file `change` is about, as the working tree has it.
-    fn mirror(&self, root: &Path, change: &Change) -> Result<(), IndexError> {
+    /// The crate file `change` is about.
+    fn path_of(change: &Change) -> Result<PathBuf, IndexError> {
         let name = match change {
             Change::Add(version) => &version.name,
             Change::SetYanked { name, .. } => name,
             Change::Replace { name, versions } => versions.first().map_or(name, |v| &v.name),
         };
-        self.mirror_path(root, &crate_path(name)?)
+        Ok(crate_path(name)?)
     }
 
-    fn mirror_path(&self, root: &Path, path: &Path) -> Result<(), IndexError> {
-        match &self.sparse {
-            Some(sparse) => {
-                mirror_file(root, sparse, Path::new("config.json"))?;
-                mirror_file(root, sparse, path)
-            }
-            None => Ok(()),
+    /// The sparse copies of `config.json` and `path` as `commit` has them.
+    fn mirror(&self, repo: &IndexRepo, commit: git2::Oid, path: &Path) -> Result<(), IndexError> {
+        if let Some(sparse) = &self.sparse {
+            write_sparse(sparse, repo, commit, Path::new("config.json"))?;
+            write_sparse(sparse, repo, commit, path)?;
         }
+        Ok(())
     }
 
     /// How many pushes one change tries before the job fails and the
@@ -317,10 +376,10 @@ impl Index {
         let repo = self.repo.lock().unwrap_or_else(PoisonError::into_inner);
         let mut last_rejection = String::new();
         for attempt in 1..=self.max_push_attempts {
-            repo.sync()?;
+            let base = repo.sync()?;
             let Some((path, message)) = change.apply_to(repo.workdir())? else {
                 info!("index already up to date; nothing to commit");
-                self.mirror(repo.workdir(), change)?;
+                self.mirror(&repo, base, &Self::path_of(change)?)?;
                 return Ok(Outcome::Unchanged);
             };
             let commit = repo.commit(&path, &message)?;
@@ -330,7 +389,7 @@ impl Index {
             match repo.push()? {
                 Pushed::Accepted => {
                     info!(%commit, attempt, %message, "index updated");
-                    self.mirror_path(repo.workdir(), &path)?;
+                    self.mirror(&repo, commit, &path)?;
                     return Ok(Outcome::Committed {
                         commit: commit.to_string(),
                         push_attempts: attempt,
@@ -423,31 +482,15 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> IndexError + '_ {
     }
 }
 
-/// Makes `to/path` a copy of `from/path` (or removes it when `from` has
-/// none), through a rename so readers never see half a file.
-fn mirror_file(from: &Path, to: &Path, path: &Path) -> Result<(), IndexError> {
-    let target = to.join(path);
-    match fs::read(from.join(path)) {
-        Ok(content) => {
-            if fs::read(&target).is_ok_and(|old| old == content) {
-                return Ok(());
-            }
-            let dir = target.parent().unwrap_or(to);
-            fs::create_dir_all(dir).map_err(io_error(path))?;
-            let temporary = dir.join(format!(
-                ".{}.{}.tmp",
-                path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-                std::process::id()
-            ));
-            fs::write(&temporary, &content).map_err(io_error(path))?;
-            fs::rename(&temporary, &target).map_err(io_error(path))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::remove_file(&target) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(path)(e)),
-            _ => Ok(()),
-        },
-        Err(e) => Err(io_error(path)(e)),
-    }
+/// The sparse copy of `path` as `commit` has it.
+fn write_sparse(
+    sparse: &SparseDir,
+    repo: &IndexRepo,
+    commit: git2::Oid,
+    path: &Path,
+) -> Result<Written, IndexError> {
+    let content = repo.file_at(commit, path)?;
+    Ok(sparse.write(repo, commit, path, content.as_deref())?)
 }
 
 /// The crates in the index that cargo takes for `name` (other case, `-`

@@ -34,6 +34,8 @@ mod jobs;
 mod model;
 mod path;
 mod records;
+mod remote;
+mod sparse;
 mod validate;
 
 pub use crate::git::{Credentials, RepoConfig, Secret};
@@ -44,4 +46,5 @@ pub use crate::jobs::{
 pub use crate::model::{DependencyKind, IndexConfig, IndexDependency, IndexVersion};
 pub use crate::path::crate_path;
 pub use crate::records::RegistryRecords;
+pub use crate::sparse::{FillProgress, FillReport, SparseCheck, SparseError};
 pub use crate::validate::{cargo_key, InvalidInput, RESERVED_NAMES};
