@@ -140,3 +140,116 @@ fn the_worker_binary_never_prints_its_database_or_index_credentials() {
         }
     }
 }
+
+/// Every file under `dir` (the checkout with its `.git`) that holds `secret`.
+fn files_holding(dir: &std::path::Path, secret: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(at) = dirs.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                dirs.push(entry.path());
+            } else if std::fs::read(entry.path())
+                .unwrap()
+                .windows(secret.len())
+                .any(|w| w == secret.as_bytes())
+            {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_token_in_the_index_url_logs_in_and_is_written_and_logged_nowhere() {
+    use skiplock_tests::git_http::GitHttpServer;
+    const TOKEN: &str = "ghp_T0kenInTheUrl9";
+    // `https://TOKEN@host/..` (user only), and `https://user:TOKEN@host/..`.
+    for (userinfo, login) in [
+        (TOKEN.to_owned(), format!("{TOKEN}:")),
+        (
+            format!("x-access-token:{TOKEN}"),
+            format!("x-access-token:{TOKEN}"),
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let served = dir.path().join("served");
+        let config = IndexConfig {
+            dl: "https://dl.example".into(),
+            api: None,
+        };
+        create_bare_index(&served.join("index.git"), &config, "master").unwrap();
+        let (user, password) = login.split_once(':').unwrap();
+        let server = GitHttpServer::start(served.clone(), user, password);
+        let address = format!("http://127.0.0.1:{}/index.git", server.port);
+        let url = address.replacen("://", &format!("://{userinfo}@"), 1);
+        let checkout = dir.path().join("checkout");
+        if userinfo.contains(':') {
+            // A checkout an older release made: the token in its remote's URL.
+            let repo =
+                git2::Repository::clone(served.join("index.git").to_str().unwrap(), &checkout)
+                    .unwrap();
+            repo.remote_set_url("origin", &url).unwrap();
+            assert_eq!(files_holding(&checkout, TOKEN).len(), 1);
+        }
+        let db = TestDb::create();
+        let mut worker = Command::new(env!("CARGO_BIN_EXE_index-worker"))
+            .env("DATABASE_URL", db.url())
+            .env("INDEX_URL", &url)
+            .env_remove("INDEX_GIT_TOKEN")
+            .env("INDEX_CHECKOUT", &checkout)
+            .env("INDEX_SPARSE_DIR", dir.path().join("sparse"))
+            .env("INDEX_POLL_MS", "50")
+            .env("RUST_LOG", "trace")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(worker.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(line.contains("running the `index` queue"), "{line}");
+        add_crate(version("hello")).enqueue(&mut db.conn()).unwrap();
+        let upstream = git2::Repository::open_bare(served.join("index.git")).unwrap();
+        wait_until("the worker pushed", Duration::from_secs(30), || {
+            let head = upstream.refname_to_id("refs/heads/master").unwrap();
+            let tree = upstream.find_commit(head).unwrap().tree().unwrap();
+            tree.get_path(std::path::Path::new("he/ll/hello")).is_ok()
+        });
+        Command::new("kill")
+            .args(["-TERM", &worker.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(worker.wait().unwrap().success());
+        let mut output = String::new();
+        stdout.read_to_string(&mut output).unwrap();
+        worker
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut output)
+            .unwrap();
+        assert!(output.contains("cloning the index") || userinfo.contains(':'));
+        assert!(
+            !output.contains(TOKEN),
+            "{userinfo}: a log line holds the token"
+        );
+        // The server saw the login on the push, from the credential callback.
+        let seen = server.seen();
+        assert!(
+            seen.iter().any(|r| r.line.contains("git-receive-pack")
+                && r.login.as_deref() == Some(login.as_str())
+                && r.status == 200),
+            "{seen:?}"
+        );
+        assert_eq!(
+            files_holding(&checkout, TOKEN),
+            Vec::<std::path::PathBuf>::new()
+        );
+        let repo = git2::Repository::open(&checkout).unwrap();
+        let remote = repo.find_remote("origin").unwrap();
+        assert_eq!(remote.url(), Some(address.as_str()));
+    }
+}

@@ -330,6 +330,16 @@ fn cargo_locks(upstream: &Upstream, dependency: &str, krate: &str) -> Vec<String
 /// if `download`: every `.crate` downloaded and its checksum verified);
 /// returns the locked versions of `krate`.
 fn cargo_resolves(index: &str, dependency: &str, krate: &str, download: bool) -> Vec<String> {
+    try_cargo_resolves(index, dependency, krate, download).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`cargo_resolves`], or what cargo said when it failed.
+fn try_cargo_resolves(
+    index: &str,
+    dependency: &str,
+    krate: &str,
+    download: bool,
+) -> Result<Vec<String>, String> {
     let project = tempfile::tempdir().unwrap();
     let cargo_home = project.path().join("cargo-home");
     std::fs::create_dir_all(project.path().join("src")).unwrap();
@@ -361,15 +371,16 @@ fn cargo_resolves(index: &str, dependency: &str, krate: &str, download: bool) ->
             .env_remove("CARGO_TARGET_DIR")
             .output()
             .unwrap();
-        assert!(
-            output.status.success(),
-            "cargo {command}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        if !output.status.success() {
+            return Err(format!(
+                "cargo {command}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
     }
     let lock = std::fs::read_to_string(project.path().join("Cargo.lock")).unwrap();
     let lines: Vec<&str> = lock.lines().collect();
-    lines
+    Ok(lines
         .windows(2)
         .filter(|w| w[0] == format!("name = \"{krate}\""))
         .map(|w| {
@@ -377,7 +388,7 @@ fn cargo_resolves(index: &str, dependency: &str, krate: &str, download: bool) ->
                 .trim_end_matches('"')
                 .to_owned()
         })
-        .collect()
+        .collect())
 }
 
 #[test]
@@ -877,4 +888,256 @@ fn cargo_resolves_and_downloads_through_the_sparse_protocol_and_honours_yanks() 
     assert_eq!(upstream.file("fa/nc/fancy-log"), None);
     assert!(!sparse.path().join("fa/nc/fancy-log").exists());
     assert_eq!(upstream.history().0[0], "Deleting crate `fancy-log`");
+}
+
+// --- the sparse directory: filled, verified, shared by writers ---------
+
+/// The sparse index's files (not the writers' state), relative to `dir`,
+/// with their bytes.
+fn sparse_files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(at) = dirs.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            if entry.file_type().unwrap().is_dir() {
+                dirs.push(entry.path());
+            } else {
+                let path = entry.path().strip_prefix(dir).unwrap().to_owned();
+                files.insert(path, std::fs::read(entry.path()).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// Temporary files left in the sparse directory (outside its state).
+fn leftover_temporaries(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(at) = dirs.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                if entry.file_name() != ".skiplock" {
+                    dirs.push(entry.path());
+                }
+            } else if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// Every file of the upstream's git index at its head, with its bytes.
+fn git_files(upstream: &Upstream) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let repo = upstream.repo();
+    let tree = repo.find_commit(upstream.head()).unwrap().tree().unwrap();
+    let mut files = std::collections::BTreeMap::new();
+    tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+        if entry.kind() == Some(git2::ObjectType::Blob) {
+            let blob = repo.find_blob(entry.id()).unwrap();
+            files.insert(
+                Path::new(dir).join(entry.name().unwrap()),
+                blob.content().to_vec(),
+            );
+        }
+        git2::TreeWalkResult::Ok
+    })
+    .unwrap();
+    files
+}
+
+#[test]
+fn a_fill_puts_every_crate_of_an_existing_index_in_the_sparse_directory_for_cargo() {
+    const CRATES: usize = 1000;
+    // The crate cargo downloads is real; the others only need their lines.
+    let (bytes, sum) = packaged_crate("c0537", "1.0.0");
+    let crates = std::collections::HashMap::from([("c0537/1.0.0/download".to_owned(), bytes)]);
+    let sparse = tempfile::tempdir().unwrap();
+    let port = serve_registry(sparse.path().to_owned(), crates);
+    let upstream = Upstream::with_config(&IndexConfig {
+        dl: format!("http://127.0.0.1:{port}/dl"),
+        api: None,
+    });
+    let db = registry_db();
+    let mut conn = db.conn();
+    // An index of 1,000 crates made by the jobs, without a sparse directory.
+    {
+        let runner = records_runner(&db, &upstream);
+        for n in 0..CRATES {
+            let name = format!("c{n:04}");
+            let checksum = if n == 537 {
+                sum.clone()
+            } else {
+                "b".repeat(64)
+            };
+            publish(&mut conn, &IndexVersion::new(&name, "1.0.0", checksum));
+        }
+        let summary = runner.run_pending().unwrap();
+        assert_eq!(summary.succeeded.len(), CRATES, "{:?}", summary.failed);
+    }
+    // Sparse enabled afterwards: a job writes its own crate only.
+    let index = Index::open(upstream.config("checkout"))
+        .unwrap()
+        .records(Records)
+        .sparse_dir(sparse.path())
+        .unwrap();
+    let runner = runner(&db, index);
+    publish(&mut conn, &version("c0001", "1.1.0"));
+    succeeded(&runner.run_pending().unwrap());
+    assert_eq!(
+        sparse_files(sparse.path()).len(),
+        2,
+        "config.json and c0001"
+    );
+    let index_url = format!("sparse+http://127.0.0.1:{port}/");
+    let wanted = "c0537 = { version = \"1\", registry = \"test\" }";
+    let before = try_cargo_resolves(&index_url, wanted, "c0537", true).unwrap_err();
+    assert!(before.contains("c0537"), "{before}");
+    let check = runner.context().verify_sparse().unwrap();
+    assert_eq!(check.missing.len(), CRATES - 1, "{check:?}");
+    assert!(!check.is_clean());
+
+    // A fill cut short (its progress callback panics), then run again: it
+    // carries on, writing only what the first left.
+    let mut seen = Vec::new();
+    let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runner.context().fill_sparse(|p| {
+            seen.push(*p);
+            assert!(p.done < 400, "cut short");
+        })
+    }));
+    assert!(cut.is_err());
+    let written_before = seen.last().unwrap().changed;
+    assert!(written_before > 300, "{written_before}");
+    let total = seen[0].total;
+    assert_eq!(total, CRATES + 1, "every crate file and config.json");
+    let mut last = None;
+    let began = std::time::Instant::now();
+    let report = runner
+        .context()
+        .fill_sparse(|p| {
+            if let Some(previous) = last.replace(p.done) {
+                assert_eq!(p.done, previous + 1);
+            }
+        })
+        .unwrap();
+    eprintln!("fill of {} files: {:?}", report.files, began.elapsed());
+    assert_eq!(last, Some(total));
+    assert_eq!(report.files, CRATES + 1);
+    assert_eq!(report.written, CRATES - 1 - written_before, "{report:?}");
+    assert_eq!((report.removed, report.newer), (0, 0));
+    assert_eq!(report.commit, upstream.head().to_string());
+    // Byte for byte the git index, readable by a web server of another user.
+    assert_eq!(sparse_files(sparse.path()), git_files(&upstream));
+    assert!(leftover_temporaries(sparse.path()).is_empty());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(sparse.path().join("c0/53/c0537"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o044, 0o044, "{mode:o}");
+    assert!(runner.context().verify_sparse().unwrap().is_clean());
+    // Real cargo resolves and downloads a crate no job touched since.
+    assert_eq!(cargo_resolves(&index_url, wanted, "c0537", true), ["1.0.0"]);
+
+    // Verify finds what went wrong since; a fill repairs that alone.
+    std::fs::remove_file(sparse.path().join("c0/12/c0123")).unwrap();
+    std::fs::write(sparse.path().join("c0/99/c0999"), "garbage\n").unwrap();
+    std::fs::create_dir_all(sparse.path().join("zz/zz")).unwrap();
+    std::fs::write(sparse.path().join("zz/zz/zzzz-stale"), "").unwrap();
+    let check = runner.context().verify_sparse().unwrap();
+    assert_eq!(check.missing, [PathBuf::from("c0/12/c0123")]);
+    assert_eq!(check.different, [PathBuf::from("c0/99/c0999")]);
+    assert_eq!(check.extra, [PathBuf::from("zz/zz/zzzz-stale")]);
+    let report = runner.context().fill_sparse(|_| {}).unwrap();
+    assert_eq!((report.written, report.removed), (2, 1), "{report:?}");
+    assert_eq!(sparse_files(sparse.path()), git_files(&upstream));
+}
+
+#[test]
+fn a_fill_never_puts_an_older_version_over_one_a_worker_wrote_meanwhile() {
+    let upstream = Upstream::new();
+    let sparse = tempfile::tempdir().unwrap();
+    let filler = Index::open(upstream.config("filler"))
+        .unwrap()
+        .sparse_dir(sparse.path())
+        .unwrap();
+    let worker = Index::open(upstream.config("worker"))
+        .unwrap()
+        .sparse_dir(sparse.path())
+        .unwrap();
+    for name in ["aaa", "zz-late"] {
+        worker
+            .apply(&index_jobs::Change::Add(version(name, "1.0.0")))
+            .unwrap();
+    }
+    std::fs::remove_file(sparse.path().join("zz/-l/zz-late")).unwrap();
+    // Once the fill has its commit (and before it reaches `zz-late`), the
+    // worker publishes a version of it: the fill's version is older.
+    let mut published = false;
+    let report = filler
+        .fill_sparse(|_| {
+            if !published {
+                published = true;
+                worker
+                    .apply(&index_jobs::Change::Add(version("zz-late", "2.0.0")))
+                    .unwrap();
+            }
+        })
+        .unwrap();
+    assert!(published);
+    assert_eq!(report.newer, 1, "{report:?}");
+    assert_eq!(
+        std::fs::read_to_string(sparse.path().join("zz/-l/zz-late")).ok(),
+        upstream.file("zz/-l/zz-late"),
+        "the worker's newer version stays"
+    );
+    assert_eq!(upstream.lines("zz/-l/zz-late").len(), 2);
+    let check = filler.verify_sparse().unwrap();
+    assert!(check.is_clean(), "{check:?}");
+}
+
+#[test]
+fn two_writers_of_one_process_fill_the_same_directory_at_once_without_a_clash() {
+    // One process: both writers have its pid, as two containers' workers
+    // both have pid 1.
+    let upstream = Upstream::new();
+    let writer = Index::open(upstream.config("writer"))
+        .unwrap()
+        .max_push_attempts(20);
+    for n in 0..150 {
+        writer
+            .apply(&index_jobs::Change::Add(version(&format!("k{n}"), "1.0.0")))
+            .unwrap();
+    }
+    for round in 0..3 {
+        let sparse = tempfile::tempdir().unwrap();
+        let fillers: Vec<Index> = ["one", "two"]
+            .iter()
+            .map(|name| {
+                Index::open(upstream.config(&format!("{name}-{round}")))
+                    .unwrap()
+                    .sparse_dir(sparse.path())
+                    .unwrap()
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            let fills: Vec<_> = fillers
+                .iter()
+                .map(|filler| scope.spawn(move || filler.fill_sparse(|_| {})))
+                .collect();
+            for fill in fills {
+                fill.join().unwrap().unwrap();
+            }
+        });
+        assert_eq!(sparse_files(sparse.path()), git_files(&upstream));
+        assert!(leftover_temporaries(sparse.path()).is_empty());
+    }
 }
