@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Text};
@@ -1140,4 +1141,153 @@ fn two_writers_of_one_process_fill_the_same_directory_at_once_without_a_clash() 
         assert_eq!(sparse_files(sparse.path()), git_files(&upstream));
         assert!(leftover_temporaries(sparse.path()).is_empty());
     }
+}
+
+/// A worker process and everything it printed so far.
+struct IndexWorker {
+    child: std::process::Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl IndexWorker {
+    /// Starts `index-test-worker` as pid 1 of a pid namespace of its own
+    /// (as in a container), and waits for it to run.
+    fn spawn(db: &TestDb, upstream: &Upstream, checkout: &Path, sparse: &Path, seed: u64) -> Self {
+        use std::io::{BufRead, Read};
+        let mut child = Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child"])
+            .arg(env!("CARGO_BIN_EXE_index-test-worker"))
+            .arg(db.url())
+            .arg(upstream.path())
+            .arg(checkout)
+            .arg(sparse)
+            .arg(seed.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("unshare (util-linux) runs the worker in a pid namespace");
+        let output = Arc::new(Mutex::new(String::new()));
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut ready = String::new();
+        stdout.read_line(&mut ready).unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let log = output.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0; 8192];
+            while let Ok(n @ 1..) = stderr.read(&mut buffer) {
+                log.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        assert_eq!(ready.trim(), "ready", "{}", output.lock().unwrap());
+        IndexWorker { child, output }
+    }
+
+    /// The commits whose push it saw accepted.
+    fn accepted(&self) -> Vec<git2::Oid> {
+        self.output
+            .lock()
+            .unwrap()
+            .lines()
+            .filter(|line| line.contains("index updated"))
+            .filter_map(|line| line.split("commit=").nth(1))
+            .map(|rest| git2::Oid::from_str(&rest[..40]).unwrap())
+            .collect()
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for IndexWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn two_index_workers_as_pid_1_sharing_a_path_upstream_and_the_sparse_directory_lose_nothing() {
+    let seed = std::env::var("INDEX_SEED").map_or(20261203, |s| s.parse().unwrap());
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let upstream = Upstream::new();
+    let sparse = tempfile::tempdir().unwrap();
+    let db = registry_db();
+    // Both start at once on an empty sparse directory, both pid 1.
+    let (one, two) = std::thread::scope(|scope| {
+        let start = |name: &'static str, seed: u64| {
+            let checkout = upstream.dir.path().join(name);
+            let (db, upstream, sparse) = (&db, &upstream, sparse.path());
+            scope.spawn(move || IndexWorker::spawn(db, upstream, &checkout, sparse, seed))
+        };
+        let (one, two) = (start("one", seed), start("two", seed + 1));
+        (one.join().unwrap(), two.join().unwrap())
+    });
+    let mut workers = [one, two];
+    let mut conn = db.conn();
+    let names: Vec<String> = (0..20).map(|n| format!("crate-{n:02}")).collect();
+    let mut published = vec![0u32; names.len()];
+    for _ in 0..200 {
+        let at = rng.usize(0..names.len());
+        let name = &names[at];
+        if published[at] == 0 || rng.u8(0..3) == 0 {
+            publish(&mut conn, &version(name, &format!("1.{}.0", published[at])));
+            published[at] += 1;
+        } else {
+            let vers = format!("1.{}.0", rng.u32(0..published[at]));
+            set_yanked(&mut conn, name, &vers, rng.bool());
+        }
+        std::thread::sleep(Duration::from_millis(rng.u64(0..15)));
+    }
+    // A job whose pushes were all rejected waits out its backoff: retried
+    // at once here.
+    skiplock_tests::wait_until("every job ran", Duration::from_secs(120), || {
+        for job in skiplock::failing_jobs(&mut conn, 100).unwrap() {
+            let _ = skiplock::retry_job(&mut conn, skiplock::JobId(job.id));
+        }
+        db.count_jobs("true") == 0
+    });
+    for worker in &mut workers {
+        assert!(worker.is_running(), "{}", worker.output.lock().unwrap());
+    }
+    // Every push a worker saw accepted is in the upstream's history.
+    let repo = upstream.repo();
+    let head = upstream.head();
+    let accepted: Vec<_> = workers.iter().map(IndexWorker::accepted).collect();
+    assert!(
+        accepted.iter().all(|a| a.len() >= 10),
+        "both workers pushed: {:?}",
+        accepted.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    for commit in accepted.iter().flatten() {
+        assert!(
+            *commit == head || repo.graph_descendant_of(head, *commit).unwrap(),
+            "the accepted push {commit} is not in the upstream's history (seed {seed})"
+        );
+    }
+    assert!(upstream.history().1, "a linear history");
+    let rejected = workers
+        .iter()
+        .map(|w| w.output.lock().unwrap().matches("push rejected").count())
+        .sum::<usize>();
+    assert!(rejected >= 5, "{rejected} pushes rejected");
+    // Every file: the records, the git index and the sparse directory agree.
+    for name in &names {
+        let path = index_jobs::crate_path(name).unwrap();
+        let wanted = file_from_records(&mut conn, name);
+        assert_eq!(
+            upstream.file(path.to_str().unwrap()),
+            wanted,
+            "{name} (seed {seed})"
+        );
+        assert_eq!(
+            std::fs::read_to_string(sparse.path().join(&path)).ok(),
+            wanted,
+            "{name}: sparse (seed {seed})"
+        );
+    }
+    assert_eq!(sparse_files(sparse.path()), git_files(&upstream));
+    assert!(leftover_temporaries(sparse.path()).is_empty());
 }
