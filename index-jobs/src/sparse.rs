@@ -329,12 +329,11 @@ impl SparseDir {
             newer: 0,
         };
         let total = files.len() + extra.len();
-        let mut done = 0;
         let wanted = files
             .iter()
             .map(|(path, blob)| (path, Some(*blob)))
             .chain(extra.iter().map(|path| (path, None)));
-        for (path, blob) in wanted {
+        for (done, (path, blob)) in (1..).zip(wanted) {
             let repo = repo();
             let content = blob.map(|id| repo.blob(id)).transpose()?;
             // Already there (and its commit known): nothing to take the
@@ -350,7 +349,6 @@ impl SparseDir {
                 }
             }
             drop(repo);
-            done += 1;
             progress(&FillProgress {
                 done,
                 total,

@@ -253,3 +253,209 @@ fn a_token_in_the_index_url_logs_in_and_is_written_and_logged_nowhere() {
         assert_eq!(remote.url(), Some(address.as_str()));
     }
 }
+
+#[test]
+fn the_worker_binary_fills_and_verifies_the_sparse_directory_without_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream.git");
+    let config = IndexConfig {
+        dl: "https://dl.example".into(),
+        api: None,
+    };
+    create_bare_index(&upstream, &config, "master").unwrap();
+    // An index of 50 crates, made before the sparse directory existed.
+    let index = index_jobs::Index::open(index_jobs::RepoConfig {
+        upstream: upstream.display().to_string(),
+        checkout: dir.path().join("publisher"),
+        branch: "master".into(),
+        author_name: "registry".into(),
+        author_email: "registry@localhost".into(),
+        credentials: index_jobs::Credentials::None,
+    })
+    .unwrap();
+    for n in 0..50 {
+        index
+            .apply(&index_jobs::Change::Add(version(&format!("crate{n}"))))
+            .unwrap();
+    }
+    let sparse = dir.path().join("sparse");
+    let run = |command: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_index-worker"))
+            .args(command)
+            .env_remove("DATABASE_URL")
+            .env("INDEX_URL", &upstream)
+            .env("INDEX_CHECKOUT", dir.path().join("filler"))
+            .env("INDEX_SPARSE_DIR", &sparse)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), text)
+    };
+    let (code, text) = run(&["verify-sparse"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("missing: cr/at/crate0"), "{text}");
+    assert!(text.contains("51 files at"), "{text}");
+    assert!(text.contains("50 missing, 0 different, 0 extra"), "{text}");
+    assert!(text.contains("run `index-worker fill-sparse`"), "{text}");
+
+    let (code, text) = run(&["fill-sparse"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("filling: 51 of 51 files looked at"), "{text}");
+    assert!(text.contains(": 51 files, 50 written, 0 removed"), "{text}");
+    for n in 0..50 {
+        let path = format!("cr/at/crate{n}");
+        let in_git = Command::new("git")
+            .args(["--git-dir", upstream.to_str().unwrap(), "show"])
+            .arg(format!("master:{path}"))
+            .output()
+            .unwrap();
+        assert_eq!(std::fs::read(sparse.join(&path)).unwrap(), in_git.stdout);
+    }
+    let (code, text) = run(&["verify-sparse"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("0 missing, 0 different, 0 extra"), "{text}");
+    // Run again: nothing left to write.
+    let (code, text) = run(&["fill-sparse"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(": 51 files, 0 written"), "{text}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_index-worker"))
+        .arg("fill-sparse")
+        .env_clear()
+        .env("INDEX_URL", &upstream)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--sparse-dir (or INDEX_SPARSE_DIR) is required"),
+        "{stderr}"
+    );
+}
+
+/// An `index-worker` process whose stdout and stderr are collected.
+struct Worker {
+    child: std::process::Child,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Worker {
+    fn start(db: &TestDb, upstream: &std::path::Path, checkout: &std::path::Path) -> Worker {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_index-worker"))
+            .env("DATABASE_URL", db.url())
+            .env("INDEX_URL", upstream)
+            .env("INDEX_CHECKOUT", checkout)
+            .env("INDEX_POLL_MS", "100")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        let stdout: Box<dyn Read + Send> = Box::new(child.stdout.take().unwrap());
+        let stderr: Box<dyn Read + Send> = Box::new(child.stderr.take().unwrap());
+        for stream in [stdout, stderr] {
+            let output = output.clone();
+            readers.push(std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let mut output = output.lock().unwrap();
+                    output.push_str(&line);
+                    output.push('\n');
+                }
+            }));
+        }
+        let worker = Worker { child, output };
+        wait_until("the worker runs", Duration::from_secs(20), || {
+            worker.text().contains("running the `index` queue")
+        });
+        worker
+    }
+
+    fn text(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    fn updates(&self) -> usize {
+        self.text().matches("index updated").count()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_second_index_worker_says_so_stands_by_and_takes_over_when_the_first_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("upstream.git");
+    let config = IndexConfig {
+        dl: "https://dl.example".into(),
+        api: None,
+    };
+    create_bare_index(&upstream, &config, "master").unwrap();
+    let db = TestDb::create();
+    let mut first = Worker::start(&db, &upstream, &dir.path().join("one"));
+    let mut conn = db.conn();
+    add_crate(version("first")).enqueue(&mut conn).unwrap();
+    wait_until("the first worker ran it", Duration::from_secs(20), || {
+        first.updates() == 1
+    });
+    let second = Worker::start(&db, &upstream, &dir.path().join("two"));
+    wait_until(
+        "the second says it stands by",
+        Duration::from_secs(10),
+        || second.text().contains("stands by"),
+    );
+    let line = second.text();
+    let line = line.lines().find(|l| l.contains("stands by")).unwrap();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("`index` runs one worker across all runners"),
+        "{line}"
+    );
+    // The runners' records say who has the queue and who waits.
+    wait_until("the standby is announced", Duration::from_secs(10), || {
+        let runners = skiplock::runners(&mut conn).unwrap();
+        let standing_by = |pid: u32| {
+            runners
+                .iter()
+                .find(|r| r.pid == pid as i32)
+                .map(|r| (r.exclusive.clone(), r.standby.clone()))
+        };
+        let index = vec!["index".to_owned()];
+        standing_by(first.child.id()) == Some((index.clone(), vec![]))
+            && standing_by(second.child.id()) == Some((index.clone(), index))
+    });
+    // Only the first runs the queue's jobs.
+    for n in 0..5 {
+        add_crate(version(&format!("more{n}")))
+            .enqueue(&mut conn)
+            .unwrap();
+    }
+    wait_until("the first ran them", Duration::from_secs(20), || {
+        first.updates() == 6
+    });
+    assert_eq!(second.updates(), 0);
+
+    // The first dies: its session ends, the second takes the queue.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    add_crate(version("after")).enqueue(&mut conn).unwrap();
+    wait_until("the second took over", Duration::from_secs(10), || {
+        second.updates() == 1
+    });
+    assert!(
+        second.text().contains("runs the exclusive queue now"),
+        "{}",
+        second.text()
+    );
+}

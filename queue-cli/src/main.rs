@@ -192,6 +192,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 print_json(&status)?;
             } else {
                 print_status(&status, &paused);
+                print_exclusive(&skiplock::runners(&mut conn)?);
                 print_schedules(&skiplock::schedules(
                     &mut conn,
                     skiplock::RUNNER_FRESH_SECS,
@@ -299,6 +300,41 @@ fn print_status(status: &[QueueStatus], paused: &[skiplock::PausedQueue]) {
             pause.queue,
             pause.paused_at.format("%Y-%m-%d %H:%M:%S UTC")
         );
+    }
+}
+
+/// Who runs each exclusive queue, and which runners stand by for it.
+fn print_exclusive(runners: &[RunnerRecord]) {
+    let live: Vec<&RunnerRecord> = runners
+        .iter()
+        .filter(|r| r.last_seen_secs <= skiplock::RUNNER_FRESH_SECS)
+        .collect();
+    let mut queues: Vec<&String> = live.iter().flat_map(|r| &r.exclusive).collect();
+    queues.sort();
+    queues.dedup();
+    let name = |r: &&RunnerRecord| format!("{} (host {}, pid {})", r.id, r.hostname, r.pid);
+    for queue in queues {
+        let (standby, running): (Vec<&RunnerRecord>, Vec<&RunnerRecord>) = live
+            .iter()
+            .filter(|r| r.exclusive.contains(queue))
+            .partition(|r| r.standby.contains(queue));
+        let running: Vec<String> = running.iter().map(name).collect();
+        println!(
+            "exclusive queue `{queue}`: run by {}",
+            if running.is_empty() {
+                "no runner yet".to_owned()
+            } else {
+                running.join(", ")
+            }
+        );
+        if !standby.is_empty() {
+            let standby: Vec<String> = standby.iter().map(name).collect();
+            println!(
+                "  {} more runner(s) serve it and stand by (started twice?): {}",
+                standby.len(),
+                standby.join(", ")
+            );
+        }
     }
 }
 
@@ -419,7 +455,20 @@ fn print_runners(runners: &[RunnerRecord]) {
             runner.id.clone(),
             runner.hostname.clone(),
             runner.pid.to_string(),
-            runner.queues.join(","),
+            runner
+                .queues
+                .iter()
+                .map(|q| {
+                    if runner.standby.contains(q) {
+                        format!("{q} (standby)")
+                    } else if runner.exclusive.contains(q) {
+                        format!("{q} (exclusive)")
+                    } else {
+                        q.clone()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(","),
             format!("{} ago", age(runner.last_seen_secs)),
             runner
                 .running

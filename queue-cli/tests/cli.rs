@@ -630,3 +630,67 @@ fn status_and_the_dashboard_show_each_schedule_with_its_last_and_next_tick() {
     web.kill().unwrap();
     let _ = web.wait();
 }
+
+#[test]
+fn status_and_runners_show_who_has_an_exclusive_queue_and_who_stands_by() {
+    let db = TestDb::create();
+    let start = || {
+        skiplock::Runner::builder(())
+            .database_url(db.url())
+            .exclusive_queue("git")
+            .poll_interval(std::time::Duration::from_millis(100))
+            .build()
+            .unwrap()
+            .start()
+    };
+    let announced = |count: usize, standing_by: usize| {
+        let mut conn = db.conn();
+        skiplock_tests::wait_until(
+            "the runners announce themselves",
+            std::time::Duration::from_secs(10),
+            || {
+                let runners = skiplock::runners(&mut conn).unwrap();
+                runners.len() == count
+                    && runners.iter().filter(|r| !r.standby.is_empty()).count() == standing_by
+                    && runners.iter().all(|r| r.exclusive == ["git"])
+            },
+        );
+        skiplock::runners(&mut conn).unwrap()
+    };
+    let first = start();
+    let first_id = announced(1, 0)[0].id.clone();
+    let second = start();
+    let runners = announced(2, 1);
+    let second_id = runners
+        .iter()
+        .find(|r| r.id != first_id)
+        .unwrap()
+        .id
+        .clone();
+    let (code, out, _) = run(&db, &["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!("exclusive queue `git`: run by {first_id} (host ")),
+        "{out}"
+    );
+    assert!(
+        out.contains("1 more runner(s) serve it and stand by (started twice?): ")
+            && out.contains(&second_id),
+        "{out}"
+    );
+    let (_, out, _) = run(&db, &["runners"]);
+    let line = |id: &str| out.lines().find(|l| l.contains(id)).unwrap().to_owned();
+    assert!(line(&first_id).contains("git (exclusive)"), "{out}");
+    assert!(line(&second_id).contains("git (standby)"), "{out}");
+
+    // The first stops: the second has the queue.
+    first.shutdown(std::time::Duration::from_secs(10));
+    announced(1, 0);
+    let (_, out, _) = run(&db, &["status"]);
+    assert!(
+        out.contains(&format!("exclusive queue `git`: run by {second_id}")),
+        "{out}"
+    );
+    assert!(!out.contains("stand by"), "{out}");
+    second.shutdown(std::time::Duration::from_secs(10));
+}

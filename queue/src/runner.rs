@@ -47,6 +47,7 @@ use crate::worker::{self, Outcome};
 pub struct RunnerBuilder<C> {
     context: C,
     queues: Vec<(String, usize)>,
+    exclusive: HashSet<String>,
     database_url: Option<String>,
     pool: Option<PgPool>,
     listener_url: Option<String>,
@@ -96,6 +97,23 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
     /// runs two of its jobs at once in this runner.
     pub fn queue(mut self, queue: impl Into<String>, workers: usize) -> Self {
         self.queues.push((queue.into(), workers));
+        self
+    }
+
+    /// Serves `queue` with one worker across every runner of the database,
+    /// for jobs that must never run two at once anywhere (a git index that
+    /// one writer pushes to). The worker runs the queue's jobs only while
+    /// its lock session holds the queue's advisory lock; another runner's
+    /// worker (a second process started by mistake, a rolling deploy's
+    /// overlap) logs a warning, stands by, and takes over within a poll
+    /// interval once the first one's session ends (the process stopped or
+    /// died, its connection broke). `skiplock status` shows which runner has
+    /// the queue and which stand by. Runners of a release without exclusive
+    /// queues do not take the lock: during a deploy from one, both run.
+    pub fn exclusive_queue(mut self, queue: impl Into<String>) -> Self {
+        let queue = queue.into();
+        self.exclusive.insert(queue.clone());
+        self.queues.push((queue, 1));
         self
     }
 
@@ -433,7 +451,11 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.subsec_nanos())
                 ),
-                signals: Signals::new(self.queues.iter().map(|(q, _)| q.as_str())),
+                signals: Signals::new(
+                    self.queues
+                        .iter()
+                        .map(|(q, _)| (q.as_str(), self.exclusive.contains(q))),
+                ),
                 listener_url: self.listener_url,
             }),
             queues: self.queues,
@@ -473,6 +495,7 @@ impl<C: Any + Send + Sync> Runner<C> {
         RunnerBuilder {
             context,
             queues: Vec::new(),
+            exclusive: HashSet::new(),
             database_url: None,
             pool: None,
             listener_url: None,

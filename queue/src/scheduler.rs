@@ -173,6 +173,16 @@ fn check<C>(
             .filter_map(|slot| lock(&slot.batch).running.map(|job| job.id))
             .collect();
         let schedules: Vec<&str> = shared.schedules.iter().map(|s| s.name.as_str()).collect();
+        let exclusive: Vec<&str> = queues
+            .iter()
+            .map(String::as_str)
+            .filter(|q| shared.signals.queue(q).is_some_and(|w| w.exclusive))
+            .collect();
+        let standby: Vec<&str> = exclusive
+            .iter()
+            .copied()
+            .filter(|q| shared.signals.queue(q).is_some_and(|w| w.is_standby()))
+            .collect();
         let announcement = storage::Announcement {
             id: &shared.runner_id,
             hostname: &hostname(),
@@ -181,6 +191,8 @@ fn check<C>(
             poll_interval: shared.settings.poll_interval,
             job_types: shared.registry.type_names(),
             schedules: &schedules,
+            exclusive: &exclusive,
+            standby: &standby,
         };
         connection::as_runner(conn, patience, |c| {
             storage::announce_runner(c, &announcement)

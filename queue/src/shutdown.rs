@@ -12,9 +12,22 @@ pub(crate) struct Wakeup {
     changed: Condvar,
     /// The queue is paused: its workers start nothing new.
     paused: AtomicBool,
+    /// The queue runs one worker across all runners.
+    pub(crate) exclusive: bool,
+    /// This runner's worker of an exclusive queue waits for another's to end.
+    standby: AtomicBool,
 }
 
 impl Wakeup {
+    /// Records whether this runner's worker stands by; returns whether it did.
+    pub(crate) fn set_standby(&self, standby: bool) -> bool {
+        self.standby.swap(standby, Ordering::SeqCst)
+    }
+
+    pub(crate) fn is_standby(&self) -> bool {
+        self.standby.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn is_paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)
     }
@@ -63,12 +76,19 @@ pub(crate) struct Signals {
 }
 
 impl Signals {
-    pub(crate) fn new<'a>(queues: impl IntoIterator<Item = &'a str>) -> Self {
+    /// The wake-ups of `queues`, each with whether it is exclusive.
+    pub(crate) fn new<'a>(queues: impl IntoIterator<Item = (&'a str, bool)>) -> Self {
         Signals {
             stopped: AtomicBool::new(false),
             queues: queues
                 .into_iter()
-                .map(|q| (q.to_owned(), Wakeup::default()))
+                .map(|(q, exclusive)| {
+                    let wakeup = Wakeup {
+                        exclusive,
+                        ..Wakeup::default()
+                    };
+                    (q.to_owned(), wakeup)
+                })
                 .collect(),
         }
     }

@@ -93,6 +93,8 @@ impl Slot {
 pub(crate) struct LockSession {
     pub(crate) session: Session,
     pub(crate) holder: i32,
+    /// It holds its exclusive queue's lock.
+    pub(crate) exclusive: bool,
 }
 
 /// The jobs a worker holds the locks of.

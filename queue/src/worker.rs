@@ -100,6 +100,8 @@ pub(crate) struct BatchReport {
     pub(crate) claimed: usize,
     /// The claim took as many jobs as it asked for: more may be waiting.
     pub(crate) full: bool,
+    /// Another runner's worker has this exclusive queue: nothing claimed.
+    pub(crate) standby: bool,
 }
 
 /// How a job that ran to success was completed.
@@ -128,10 +130,15 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
     mut report: impl FnMut(JobId, &str, &Outcome),
 ) -> Result<BatchReport, BatchError> {
     let mut limit = limit.unwrap_or(i64::MAX);
+    let mut standby = false;
     let claimed = {
         let mut guard = lock(&slot.session);
         let mut completed = Vec::new();
         let result = open_session(shared, &mut guard).and_then(|lock_session| {
+            if !take_exclusive(shared, queue, lock_session)? {
+                standby = true;
+                return Ok(Vec::new());
+            }
             // Known once a session is open.
             let budget = shared.lock_budget.get().copied();
             limit = limit.min(lock(&slot.batch).claim_size(&shared.settings, budget));
@@ -148,11 +155,18 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 (batch.take_completed(), release_all, excluded)
             };
             completed = taken;
-            let LockSession { session, holder } = lock_session;
+            let LockSession {
+                session,
+                holder,
+                exclusive,
+            } = lock_session;
             // Everything the session holds goes, unless it holds jobs whose
             // outcome is still to be recorded.
             let release = if release_all {
-                Release::All { holder: *holder }
+                Release::All {
+                    holder: *holder,
+                    exclusive: if *exclusive { queue } else { "" },
+                }
             } else {
                 Release::These(&completed)
             };
@@ -201,6 +215,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
     let batch = BatchReport {
         claimed: claimed.len(),
         full: claimed.len() as i64 >= limit,
+        standby,
     };
     if batch.claimed > 0 {
         debug!(queue, claimed = batch.claimed, "claimed jobs");
@@ -286,9 +301,49 @@ fn open_session<'s, C>(
         shared
             .lock_budget
             .get_or_init(|| lock_budget(&shared.settings, table));
-        *guard = Some(LockSession { session, holder });
+        *guard = Some(LockSession {
+            session,
+            holder,
+            exclusive: false,
+        });
     }
     Ok(guard.as_mut().expect("just opened"))
+}
+
+/// Whether the worker may claim on its session: always for a queue that is
+/// not exclusive; for an exclusive one, once its session holds the queue's
+/// lock (taken here if free). A change of standing is logged.
+fn take_exclusive<C>(
+    shared: &Shared<C>,
+    queue: &str,
+    lock_session: &mut LockSession,
+) -> Result<bool, BatchError> {
+    let Some(wakeup) = shared.signals.queue(queue).filter(|w| w.exclusive) else {
+        return Ok(true);
+    };
+    if lock_session.exclusive {
+        return Ok(true);
+    }
+    let taken = storage::take_exclusive_queue(&mut lock_session.session, queue)
+        .map_err(BatchError::Connect)?;
+    let was_standby = wakeup.set_standby(!taken);
+    if taken {
+        lock_session.exclusive = true;
+        if was_standby {
+            info!(
+                queue,
+                "the queue's other worker has ended: this runner runs the exclusive queue now"
+            );
+        }
+    } else if !was_standby {
+        warn!(
+            queue,
+            "queue `{queue}` runs one worker across all runners and another runner's worker has \
+             it: this one stands by and takes over when that one ends (`skiplock status` shows \
+             which runner has it); if this process was started by mistake, stop it"
+        );
+    }
+    Ok(taken)
 }
 
 /// The share of the server's lock table a runner takes at most.
@@ -548,6 +603,11 @@ pub(crate) fn commit_completions<C>(
     let release = if release_all {
         Release::All {
             holder: lock_session.holder,
+            exclusive: if lock_session.exclusive {
+                slot.queue.as_str()
+            } else {
+                ""
+            },
         }
     } else {
         Release::These(&completed)
@@ -915,7 +975,12 @@ pub(crate) fn work<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slot: Arc<Slot>
         match run_batch(&shared, &slot, &queue, None, &[], true, |_, _, _| {}) {
             Ok(batch) => {
                 trouble.over(&queue);
-                if batch.claimed == 0 {
+                if batch.standby {
+                    // Another runner has the queue: ask again at each poll.
+                    shared
+                        .signals
+                        .wait(wakeup, seen, shared.settings.poll_interval);
+                } else if batch.claimed == 0 {
                     // Not past the next try of a refused write.
                     let retry = lock(&slot.batch).unwritten.wait();
                     let timeout = retry.map_or(idle_timeout, |r| r.min(idle_timeout));
@@ -954,6 +1019,7 @@ pub(crate) fn work<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slot: Arc<Slot>
     if let Some(LockSession {
         mut session,
         holder,
+        ..
     }) = lock(&slot.session).take()
     {
         let _ = storage::retire_lock_session(&mut session, holder);

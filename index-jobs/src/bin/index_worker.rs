@@ -203,7 +203,7 @@ fn serve(args: Args) -> Result<(), BoxError> {
     let index = open(&args)?;
     let runner = skiplock::Runner::builder(index)
         .database_url(database_url)
-        .queue(INDEX_QUEUE, 1)
+        .exclusive_queue(INDEX_QUEUE)
         .poll_interval(Duration::from_millis(args.poll_ms))
         .build()?;
     let running = runner.start();

@@ -90,6 +90,23 @@ pub(crate) fn register_lock_session(
     Ok((holder, table))
 }
 
+/// Takes exclusive queue `queue` for this lock session, for the session's
+/// life, if no other session has it. Whether it did.
+pub(crate) fn take_exclusive_queue(
+    session: &mut Session,
+    queue: &str,
+) -> Result<bool, SessionError> {
+    let rows = session.query(
+        concat!(
+            "SELECT pg_try_advisory_lock(",
+            queue_lock!("$1::text"),
+            ")::int4"
+        ),
+        &[Param::Text(queue)],
+    )?;
+    Ok(rows.int(0, 0)? == 1)
+}
+
 /// The server's settings that size its shared lock table, where every
 /// advisory lock (each claimed job's) takes an entry: when it is full,
 /// every session that asks for a lock fails with "out of shared memory".
@@ -332,8 +349,25 @@ pub(crate) enum Release<'a> {
     /// Just these.
     These(&'a [i64]),
     /// Everything the session holds (the batch is over: nothing else is
-    /// held), then the session's own number again.
-    All { holder: i32 },
+    /// held), then the session's own number again, and the exclusive
+    /// queue it holds (`""`: none). Those two are taken for the statement's
+    /// transaction first, so that no other session can take them while
+    /// everything is let go: a reaper would take the session for ended, a
+    /// standby runner would take the queue.
+    All { holder: i32, exclusive: &'a str },
+}
+
+/// The parameters of a release step (two or three).
+#[derive(Debug)]
+struct ReleaseParams<'a> {
+    params: [Param<'a>; 3],
+    len: usize,
+}
+
+impl<'a> ReleaseParams<'a> {
+    fn as_slice(&self) -> &[Param<'a>] {
+        &self.params[..self.len]
+    }
 }
 
 /// Counts the release (see [`claim_jobs`]) and releases, after the write
@@ -347,7 +381,8 @@ pub(crate) enum Release<'a> {
 /// pipeline skips what follows a failed statement only up to the next
 /// `Sync`, and the release must come after that `Sync` to follow the
 /// commit.)
-fn release_step<'a>(release: Release<'a>, params: &'a [Param<'a>; 2]) -> Step<'a> {
+fn release_step<'a>(release: Release<'a>, params: &'a ReleaseParams<'a>) -> Step<'a> {
+    let params = params.as_slice();
     match release {
         Release::These(_) => Step::Run(
             concat!(
@@ -363,9 +398,15 @@ fn release_step<'a>(release: Release<'a>, params: &'a [Param<'a>; 2]) -> Step<'a
             concat!(
                 "SELECT pg_advisory_lock(",
                 holder_lock!("$1::int4"),
-                ") \
+                "), CASE WHEN $3::text <> '' THEN pg_advisory_lock(",
+                queue_lock!("$3::text"),
+                ") END \
              FROM (SELECT pg_advisory_unlock_all() \
-                   FROM (SELECT nextval('queue_lock_releases') \
+                   FROM (SELECT nextval('queue_lock_releases'), pg_advisory_xact_lock(",
+                holder_lock!("$1::int4"),
+                "), CASE WHEN $3::text <> '' THEN pg_advisory_xact_lock(",
+                queue_lock!("$3::text"),
+                ") END \
                          WHERE current_setting('skiplock.written', true) = $2::int8::text \
                          OFFSET 0) counted \
                    OFFSET 0) released"
@@ -377,10 +418,20 @@ fn release_step<'a>(release: Release<'a>, params: &'a [Param<'a>; 2]) -> Step<'a
 
 /// The parameters of [`release_step`]: what to release, and the mark of
 /// the write it follows.
-fn release_param(release: Release<'_>, mark: i64) -> [Param<'_>; 2] {
+fn release_param(release: Release<'_>, mark: i64) -> ReleaseParams<'_> {
     match release {
-        Release::These(ids) => [Param::Ints(ids), Param::Int(mark)],
-        Release::All { holder } => [Param::Int(i64::from(holder)), Param::Int(mark)],
+        Release::These(ids) => ReleaseParams {
+            params: [Param::Ints(ids), Param::Int(mark), Param::Int(0)],
+            len: 2,
+        },
+        Release::All { holder, exclusive } => ReleaseParams {
+            params: [
+                Param::Int(i64::from(holder)),
+                Param::Int(mark),
+                Param::Text(exclusive),
+            ],
+            len: 3,
+        },
     }
 }
 
@@ -390,7 +441,7 @@ fn release_param(release: Release<'_>, mark: i64) -> [Param<'_>; 2] {
 fn completion_steps<'a>(
     delete: &'a [Param<'a>; 3],
     release: Release<'a>,
-    param: &'a [Param<'a>; 2],
+    param: &'a ReleaseParams<'a>,
 ) -> [Step<'a>; 3] {
     [
         Step::Run(
@@ -452,7 +503,7 @@ fn complete_each(
         .zip(&marks)
         .map(|(id, &mark)| [Param::Ints(id), durability(wait_for_disk), Param::Int(mark)])
         .collect();
-    let releases: Vec<[Param<'_>; 2]> = ids
+    let releases: Vec<ReleaseParams<'_>> = ids
         .chunks(1)
         .zip(&marks)
         .map(|(id, &mark)| release_param(Release::These(id), mark))

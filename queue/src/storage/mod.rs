@@ -67,6 +67,23 @@ macro_rules! holder_lock {
     };
 }
 
+/// The two keys of the advisory lock a worker's lock session holds while it
+/// serves exclusive queue `$queue` (a text expression): `(-2, hashtext)`
+/// mixed with the installation's number ([`lock_salt!`]).
+macro_rules! queue_lock {
+    ($queue:literal) => {
+        concat!(
+            "(-2 # (",
+            lock_salt!(),
+            " >> 32))::int4, (hashtext(",
+            $queue,
+            ") # (",
+            lock_salt!(),
+            " & 2147483647))::int4"
+        )
+    };
+}
+
 /// How many releases `queue_lock_releases` has counted, as SQL text over the
 /// sequence's row: `last_value` alone does not move at the first `nextval`
 /// of a new sequence (only `is_called` does).
@@ -708,6 +725,10 @@ pub(crate) struct Announcement<'a> {
     pub(crate) job_types: &'a [&'a str],
     /// The schedules it declares.
     pub(crate) schedules: &'a [&'a str],
+    /// The queues it serves with one worker across all runners.
+    pub(crate) exclusive: &'a [&'a str],
+    /// Those of them another runner's worker has: this one stands by.
+    pub(crate) standby: &'a [&'a str],
 }
 
 /// Records that a runner is alive, and what it serves, runs and declares.
@@ -722,9 +743,11 @@ pub(crate) fn announce_runner(
              DELETE FROM queue_runners \
              WHERE id <> $1 AND last_seen_at < now() \
                  - greatest(3 * poll_interval_ms, 2000) * interval '1 millisecond') \
-         INSERT INTO queue_runners (id, hostname, pid, queues, running, poll_interval_ms, job_types, schedules) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-         ON CONFLICT (id) DO UPDATE SET last_seen_at = now(), running = EXCLUDED.running",
+         INSERT INTO queue_runners (id, hostname, pid, queues, running, poll_interval_ms, job_types, schedules, \
+             exclusive, standby) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (id) DO UPDATE SET last_seen_at = now(), running = EXCLUDED.running, \
+             standby = EXCLUDED.standby",
     )
     .bind::<Text, _>(runner.id)
     .bind::<Text, _>(runner.hostname)
@@ -736,6 +759,8 @@ pub(crate) fn announce_runner(
     )
     .bind::<Array<Text>, _>(runner.job_types)
     .bind::<Array<Text>, _>(runner.schedules)
+    .bind::<Array<Text>, _>(runner.exclusive)
+    .bind::<Array<Text>, _>(runner.standby)
     .execute(conn)?;
     Ok(())
 }
@@ -841,12 +866,20 @@ pub struct RunnerRecord {
     /// The jobs it was running then.
     #[diesel(sql_type = Array<BigInt>)]
     pub running: Vec<i64>,
+    /// The queues it serves with one worker across all runners
+    /// ([`RunnerBuilder::exclusive_queue`](crate::RunnerBuilder::exclusive_queue)).
+    #[diesel(sql_type = Array<Text>)]
+    pub exclusive: Vec<String>,
+    /// Those of them another runner's worker had then: this runner's
+    /// worker stands by, and takes over when that one ends.
+    #[diesel(sql_type = Array<Text>)]
+    pub standby: Vec<String>,
 }
 
 /// Every announced runner, most recently seen first.
 pub(crate) fn runners(conn: &mut PgConnection) -> QueryResult<Vec<RunnerRecord>> {
     Statement::new(
-        "SELECT id, hostname, pid, queues, running, \
+        "SELECT id, hostname, pid, queues, running, exclusive, standby, \
              EXTRACT(EPOCH FROM now() - last_seen_at)::float8 AS last_seen_secs \
          FROM queue_runners ORDER BY last_seen_at DESC",
     )

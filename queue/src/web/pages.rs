@@ -404,7 +404,17 @@ pub(crate) fn runners(viewer: &Viewer, runners: &[RunnerRecord]) -> Markup {
                             td { code { (runner.id) } }
                             td { (runner.hostname) }
                             td.num { (runner.pid) }
-                            td { (runner.queues.join(", ")) }
+                            td {
+                                @for (i, queue) in runner.queues.iter().enumerate() {
+                                    @if i > 0 { ", " }
+                                    (queue)
+                                    @if runner.standby.contains(queue) {
+                                        " " span.muted { "(standby: another runner has this exclusive queue)" }
+                                    } @else if runner.exclusive.contains(queue) {
+                                        " " span.muted { "(exclusive)" }
+                                    }
+                                }
+                            }
                             td { (age(runner.last_seen_secs)) " ago" }
                             td {
                                 @if runner.running.is_empty() { span.muted { "idle" } }
