@@ -71,7 +71,7 @@ fn main() -> DemoResult<()> {
     .sparse_dir(dir.path().join("sparse"))?;
     let running = Runner::builder(index)
         .database_url(url.as_str())
-        .queue(INDEX_QUEUE, 1)
+        .exclusive_queue(INDEX_QUEUE)
         .poll_interval(Duration::from_millis(50))
         .build()?
         .start();

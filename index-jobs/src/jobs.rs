@@ -1,5 +1,7 @@
-//! The index jobs. They run on the [`INDEX_QUEUE`] queue, which must have
-//! exactly one worker: two would fight over the working clone.
+//! The index jobs. They run on the [`INDEX_QUEUE`] queue: serve it with
+//! `RunnerBuilder::exclusive_queue`, one worker across every runner (two
+//! would only push against each other; they stay correct, see
+//! [`Index::sparse_dir`](crate::Index::sparse_dir)).
 
 use diesel::PgConnection;
 use skiplock::{background_job, PerformError};
@@ -8,7 +10,7 @@ use tracing::info;
 use crate::index::{Change, Index, IndexError, Outcome};
 use crate::model::IndexVersion;
 
-/// The queue of the index jobs. Serve it with one worker.
+/// The queue of the index jobs. Serve it with `exclusive_queue`: one worker across every runner.
 pub const INDEX_QUEUE: &str = "index";
 
 fn apply(index: &Index, change: Change) -> Result<(), PerformError> {

@@ -2,8 +2,9 @@
 //! [`add_crate`], [`yank`] and [`unyank`], on the [`INDEX_QUEUE`] queue.
 //!
 //! A registry's web handler records a version in its database and enqueues
-//! the matching job in the same transaction; a runner with exactly one
-//! worker on [`INDEX_QUEUE`] and an [`Index`] as context brings the git index
+//! the matching job in the same transaction; a runner serving [`INDEX_QUEUE`]
+//! as an exclusive queue (one worker across every runner) with an [`Index`]
+//! as context brings the git index
 //! up to date: fetch and hard-reset, converge the crate's file to the wanted
 //! state (nothing to commit when it already is), commit, push, and after a
 //! rejected push start over, a bounded number of times.
@@ -21,7 +22,7 @@
 //! })?;
 //! let runner = skiplock::Runner::builder(index)
 //!     .database_url("postgres://registry@db/registry")
-//!     .queue(INDEX_QUEUE, 1)
+//!     .exclusive_queue(INDEX_QUEUE)
 //!     .build()?;
 //! let running = runner.start();
 //! # running.shutdown(std::time::Duration::from_secs(30));
