@@ -9,9 +9,7 @@
 
 use std::time::Instant;
 
-use index_jobs::{
-    create_bare_index, Change, Credentials, Index, IndexConfig, IndexVersion, RepoConfig,
-};
+use index_jobs::{Change, Credentials, Index, IndexVersion, RepoConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -21,12 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .find(|a| !a.starts_with("--"))
         .map_or(Ok(1000), |n| n.parse())?;
     let dir = tempfile::tempdir()?;
-    let upstream = dir.path().join("index.git");
-    let config = IndexConfig {
-        dl: "https://crates.example/api/v1/crates".into(),
-        api: None,
-    };
-    create_bare_index(&upstream, &config, "master")?;
+    let upstream = skiplock_examples::registry::local_upstream(dir.path())?;
     let repo_config = |checkout: &str| RepoConfig {
         upstream: upstream.display().to_string(),
         checkout: dir.path().join(checkout),

@@ -8,21 +8,13 @@
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
-use index_jobs::{
-    create_bare_index, Change, Credentials, Index, IndexConfig, IndexDependency, IndexVersion,
-    RepoConfig,
-};
+use index_jobs::{Change, Credentials, Index, IndexDependency, IndexVersion, RepoConfig};
 use skiplock_examples::registry::{self, Records, VERSIONS_TABLE};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let versions: usize = std::env::args().nth(1).map_or(Ok(2000), |n| n.parse())?;
     let dir = tempfile::tempdir()?;
-    let upstream = dir.path().join("index.git");
-    let config = IndexConfig {
-        dl: "https://crates.example/api/v1/crates".into(),
-        api: None,
-    };
-    create_bare_index(&upstream, &config, "master")?;
+    let upstream = registry::local_upstream(dir.path())?;
     let database = skiplock_examples::fresh_database("queue_index_large")?;
     let url = database.url.clone();
     let mut conn = PgConnection::establish(&url)?;

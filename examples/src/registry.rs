@@ -81,3 +81,15 @@ pub fn set_yanked(
         Ok(sync_crate(name.to_owned()).enqueue(conn)?)
     })
 }
+
+/// A new bare index upstream at `dir/index.git` (downloads from a made-up
+/// host), for the index examples.
+pub fn local_upstream(dir: &std::path::Path) -> Result<std::path::PathBuf, git2::Error> {
+    let upstream = dir.join("index.git");
+    let config = index_jobs::IndexConfig {
+        dl: "https://crates.example/api/v1/crates".into(),
+        api: None,
+    };
+    index_jobs::create_bare_index(&upstream, &config, "master")?;
+    Ok(upstream)
+}

@@ -2,13 +2,24 @@
 //! queue, and stops gracefully on SIGTERM and SIGINT. (Here rather than in
 //! `tests/` because only this package's tests can locate its binary.)
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use index_jobs::{add_crate, create_bare_index, IndexConfig, IndexVersion};
 use skiplock::Job;
+use skiplock_tests::process::Process;
 use skiplock_tests::{wait_until, TestDb};
+
+/// A new bare index at `dir/name`.
+fn bare_index(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let upstream = dir.join(name);
+    let config = IndexConfig {
+        dl: "https://dl.example".into(),
+        api: None,
+    };
+    create_bare_index(&upstream, &config, "master").unwrap();
+    upstream
+}
 
 fn version(name: &str) -> IndexVersion {
     IndexVersion::new(name, "0.1.0", "0".repeat(64))
@@ -18,29 +29,19 @@ fn version(name: &str) -> IndexVersion {
 fn the_worker_binary_runs_index_jobs_and_stops_gracefully_on_sigterm_and_sigint() {
     for signal in ["TERM", "INT"] {
         let dir = tempfile::tempdir().unwrap();
-        let upstream = dir.path().join("upstream.git");
-        let config = IndexConfig {
-            dl: "https://dl.example".into(),
-            api: None,
-        };
-        create_bare_index(&upstream, &config, "master").unwrap();
+        let upstream = bare_index(dir.path(), "upstream.git");
         let db = TestDb::create();
 
-        let mut worker = Command::new(env!("CARGO_BIN_EXE_index-worker"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_index-worker"));
+        command
             .env("DATABASE_URL", db.url())
             .env("INDEX_URL", &upstream)
             .env("INDEX_CHECKOUT", dir.path().join("checkout"))
             .env("INDEX_SPARSE_DIR", dir.path().join("sparse"))
             .env("INDEX_POLL_MS", "50")
-            .env("INDEX_GIT_TOKEN", "s3cret-token")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(worker.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert!(line.contains("running the `index` queue"), "{line}");
+            .env("INDEX_GIT_TOKEN", "s3cret-token");
+        let mut worker = Process::spawn(command);
+        worker.wait_for("running the `index` queue", Duration::from_secs(20));
 
         add_crate(version("hello")).enqueue(&mut db.conn()).unwrap();
         let repo = git2::Repository::open_bare(&upstream).unwrap();
@@ -58,30 +59,14 @@ fn the_worker_binary_runs_index_jobs_and_stops_gracefully_on_sigterm_and_sigint(
                 && dir.path().join("sparse/config.json").is_file()
         });
 
-        let kill = Command::new("kill")
-            .args([format!("-{signal}"), worker.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
-        let status = worker.wait().unwrap();
-        let mut rest = String::new();
-        stdout.read_to_string(&mut rest).unwrap();
-        let mut stderr = String::new();
-        worker
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        assert!(status.success(), "SIG{signal}: {status}\n{rest}\n{stderr}");
+        worker.signal(signal);
+        let (status, output) = worker.finish();
+        assert!(status.success(), "SIG{signal}: {status}\n{output}");
         assert!(
-            rest.contains("index-worker: stopped"),
-            "SIG{signal}: {rest}"
+            output.contains("index-worker: stopped"),
+            "SIG{signal}: {output}"
         );
-        assert!(
-            !stderr.contains("s3cret-token") && !rest.contains("s3cret-token"),
-            "a credential was logged"
-        );
+        assert!(!output.contains("s3cret-token"), "a credential was logged");
     }
 }
 
@@ -143,23 +128,15 @@ fn the_worker_binary_never_prints_its_database_or_index_credentials() {
 
 /// Every file under `dir` (the checkout with its `.git`) that holds `secret`.
 fn files_holding(dir: &std::path::Path, secret: &str) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut dirs = vec![dir.to_owned()];
-    while let Some(at) = dirs.pop() {
-        for entry in std::fs::read_dir(&at).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_dir() {
-                dirs.push(entry.path());
-            } else if std::fs::read(entry.path())
+    skiplock_tests::files_under(dir)
+        .into_iter()
+        .filter(|file| {
+            std::fs::read(file)
                 .unwrap()
                 .windows(secret.len())
                 .any(|w| w == secret.as_bytes())
-            {
-                found.push(entry.path());
-            }
-        }
-    }
-    found
+        })
+        .collect()
 }
 
 #[test]
@@ -176,11 +153,7 @@ fn a_token_in_the_index_url_logs_in_and_is_written_and_logged_nowhere() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let served = dir.path().join("served");
-        let config = IndexConfig {
-            dl: "https://dl.example".into(),
-            api: None,
-        };
-        create_bare_index(&served.join("index.git"), &config, "master").unwrap();
+        bare_index(&served, "index.git");
         let (user, password) = login.split_once(':').unwrap();
         let server = GitHttpServer::start(served.clone(), user, password);
         let address = format!("http://127.0.0.1:{}/index.git", server.port);
@@ -195,22 +168,17 @@ fn a_token_in_the_index_url_logs_in_and_is_written_and_logged_nowhere() {
             assert_eq!(files_holding(&checkout, TOKEN).len(), 1);
         }
         let db = TestDb::create();
-        let mut worker = Command::new(env!("CARGO_BIN_EXE_index-worker"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_index-worker"));
+        command
             .env("DATABASE_URL", db.url())
             .env("INDEX_URL", &url)
             .env_remove("INDEX_GIT_TOKEN")
             .env("INDEX_CHECKOUT", &checkout)
             .env("INDEX_SPARSE_DIR", dir.path().join("sparse"))
             .env("INDEX_POLL_MS", "50")
-            .env("RUST_LOG", "trace")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(worker.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert!(line.contains("running the `index` queue"), "{line}");
+            .env("RUST_LOG", "trace");
+        let mut worker = Process::spawn(command);
+        worker.wait_for("running the `index` queue", Duration::from_secs(20));
         add_crate(version("hello")).enqueue(&mut db.conn()).unwrap();
         let upstream = git2::Repository::open_bare(served.join("index.git")).unwrap();
         wait_until("the worker pushed", Duration::from_secs(30), || {
@@ -218,19 +186,9 @@ fn a_token_in_the_index_url_logs_in_and_is_written_and_logged_nowhere() {
             let tree = upstream.find_commit(head).unwrap().tree().unwrap();
             tree.get_path(std::path::Path::new("he/ll/hello")).is_ok()
         });
-        Command::new("kill")
-            .args(["-TERM", &worker.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(worker.wait().unwrap().success());
-        let mut output = String::new();
-        stdout.read_to_string(&mut output).unwrap();
-        worker
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut output)
-            .unwrap();
+        worker.signal("TERM");
+        let (status, output) = worker.finish();
+        assert!(status.success(), "{output}");
         assert!(output.contains("cloning the index") || userinfo.contains(':'));
         assert!(
             !output.contains(TOKEN),
@@ -257,12 +215,7 @@ fn a_token_in_the_index_url_logs_in_and_is_written_and_logged_nowhere() {
 #[test]
 fn the_worker_binary_fills_and_verifies_the_sparse_directory_without_a_database() {
     let dir = tempfile::tempdir().unwrap();
-    let upstream = dir.path().join("upstream.git");
-    let config = IndexConfig {
-        dl: "https://dl.example".into(),
-        api: None,
-    };
-    create_bare_index(&upstream, &config, "master").unwrap();
+    let upstream = bare_index(dir.path(), "upstream.git");
     // An index of 50 crates, made before the sparse directory existed.
     let index = index_jobs::Index::open(index_jobs::RepoConfig {
         upstream: upstream.display().to_string(),
@@ -337,79 +290,37 @@ fn the_worker_binary_fills_and_verifies_the_sparse_directory_without_a_database(
     );
 }
 
-/// An `index-worker` process whose stdout and stderr are collected.
-struct Worker {
-    child: std::process::Child,
-    output: std::sync::Arc<std::sync::Mutex<String>>,
+/// An `index-worker` process on `upstream`, running.
+fn start_worker(db: &TestDb, upstream: &std::path::Path, checkout: &std::path::Path) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_index-worker"));
+    command
+        .env("DATABASE_URL", db.url())
+        .env("INDEX_URL", upstream)
+        .env("INDEX_CHECKOUT", checkout)
+        .env("INDEX_POLL_MS", "100")
+        .env("RUST_LOG", "info");
+    let worker = Process::spawn(command);
+    worker.wait_for("running the `index` queue", Duration::from_secs(20));
+    worker
 }
 
-impl Worker {
-    fn start(db: &TestDb, upstream: &std::path::Path, checkout: &std::path::Path) -> Worker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_index-worker"))
-            .env("DATABASE_URL", db.url())
-            .env("INDEX_URL", upstream)
-            .env("INDEX_CHECKOUT", checkout)
-            .env("INDEX_POLL_MS", "100")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut readers = Vec::new();
-        let stdout: Box<dyn Read + Send> = Box::new(child.stdout.take().unwrap());
-        let stderr: Box<dyn Read + Send> = Box::new(child.stderr.take().unwrap());
-        for stream in [stdout, stderr] {
-            let output = output.clone();
-            readers.push(std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    let mut output = output.lock().unwrap();
-                    output.push_str(&line);
-                    output.push('\n');
-                }
-            }));
-        }
-        let worker = Worker { child, output };
-        wait_until("the worker runs", Duration::from_secs(20), || {
-            worker.text().contains("running the `index` queue")
-        });
-        worker
-    }
-
-    fn text(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-
-    fn updates(&self) -> usize {
-        self.text().matches("index updated").count()
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// How many pushes it made.
+fn updates(worker: &Process) -> usize {
+    worker.text().matches("index updated").count()
 }
 
 #[test]
 fn a_second_index_worker_says_so_stands_by_and_takes_over_when_the_first_dies() {
     let dir = tempfile::tempdir().unwrap();
-    let upstream = dir.path().join("upstream.git");
-    let config = IndexConfig {
-        dl: "https://dl.example".into(),
-        api: None,
-    };
-    create_bare_index(&upstream, &config, "master").unwrap();
+    let upstream = bare_index(dir.path(), "upstream.git");
     let db = TestDb::create();
-    let mut first = Worker::start(&db, &upstream, &dir.path().join("one"));
+    let mut first = start_worker(&db, &upstream, &dir.path().join("one"));
     let mut conn = db.conn();
     add_crate(version("first")).enqueue(&mut conn).unwrap();
     wait_until("the first worker ran it", Duration::from_secs(20), || {
-        first.updates() == 1
+        updates(&first) == 1
     });
-    let second = Worker::start(&db, &upstream, &dir.path().join("two"));
+    let second = start_worker(&db, &upstream, &dir.path().join("two"));
     wait_until(
         "the second says it stands by",
         Duration::from_secs(10),
@@ -442,16 +353,16 @@ fn a_second_index_worker_says_so_stands_by_and_takes_over_when_the_first_dies() 
             .unwrap();
     }
     wait_until("the first ran them", Duration::from_secs(20), || {
-        first.updates() == 6
+        updates(&first) == 6
     });
-    assert_eq!(second.updates(), 0);
+    assert_eq!(updates(&second), 0);
 
     // The first dies: its session ends, the second takes the queue.
     first.child.kill().unwrap();
     first.child.wait().unwrap();
     add_crate(version("after")).enqueue(&mut conn).unwrap();
     wait_until("the second took over", Duration::from_secs(10), || {
-        second.updates() == 1
+        updates(&second) == 1
     });
     assert!(
         second.text().contains("runs the exclusive queue now"),

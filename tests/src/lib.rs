@@ -11,6 +11,7 @@ use diesel::r2d2::{ConnectionManager, Pool};
 
 pub mod crash_jobs;
 pub mod git_http;
+pub mod process;
 pub mod relay;
 
 /// The server the tests use: `DATABASE_URL` (`cargo xtask test` sets it),
@@ -232,6 +233,26 @@ impl Drop for WorkerProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Every regular file under `dir`, at any depth, as full paths.
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|entry| entry.expect("read the directory"))
+        .filter(|entry| entry.file_type().is_file())
+        .map(walkdir::DirEntry::into_path)
+        .collect()
+}
+
+/// Starts `runner`, prints `ready` (what the tests wait for), and runs
+/// until the process is killed.
+pub fn run_until_killed<C: std::any::Any + Send + Sync>(runner: skiplock::Runner<C>) -> ! {
+    let _running = runner.start();
+    println!("ready");
+    loop {
+        std::thread::park();
     }
 }
 

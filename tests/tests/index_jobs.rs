@@ -16,6 +16,7 @@ use index_jobs::{
 };
 use skiplock::{BoxError, Job, RunSummary, Runner};
 use skiplock_examples::registry::{Records, VERSIONS_TABLE};
+use skiplock_tests::process::Process;
 use skiplock_tests::TestDb;
 use tempfile::TempDir;
 
@@ -767,6 +768,28 @@ fn cargos_name_and_feature_rules_are_applied_before_anything_is_written() {
     assert_eq!(upstream.history().0[0], "Yanking crate `abc#1.0.0`");
 }
 
+/// The index of `upstream` with the demo registry's records and a sparse
+/// directory.
+fn sparse_index(upstream: &Upstream, sparse: &Path) -> Index {
+    Index::open(upstream.config("checkout"))
+        .unwrap()
+        .records(Records)
+        .sparse_dir(sparse)
+        .unwrap()
+}
+
+/// An empty sparse directory served with `crates` (see [`serve_registry`]),
+/// its port, and an upstream index whose downloads are those.
+fn served_registry(crates: std::collections::HashMap<String, Vec<u8>>) -> (TempDir, u16, Upstream) {
+    let sparse = tempfile::tempdir().unwrap();
+    let port = serve_registry(sparse.path().to_owned(), crates);
+    let upstream = Upstream::with_config(&IndexConfig {
+        dl: format!("http://127.0.0.1:{port}/dl"),
+        api: None,
+    });
+    (sparse, port, upstream)
+}
+
 /// A real `.crate` file made by `cargo package`, and its SHA-256.
 fn packaged_crate(name: &str, vers: &str) -> (Vec<u8>, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -835,18 +858,9 @@ fn cargo_resolves_and_downloads_through_the_sparse_protocol_and_honours_yanks() 
         crates.insert(format!("fancy-log/{vers}/download"), bytes);
         lines.push(IndexVersion::new("fancy-log", vers, sum));
     }
-    let sparse = tempfile::tempdir().unwrap();
-    let port = serve_registry(sparse.path().to_owned(), crates);
-    let upstream = Upstream::with_config(&IndexConfig {
-        dl: format!("http://127.0.0.1:{port}/dl"),
-        api: None,
-    });
+    let (sparse, port, upstream) = served_registry(crates);
     let db = registry_db();
-    let index = Index::open(upstream.config("checkout"))
-        .unwrap()
-        .records(Records)
-        .sparse_dir(sparse.path())
-        .unwrap();
+    let index = sparse_index(&upstream, sparse.path());
     let runner = runner(&db, index);
     let mut conn = db.conn();
     for line in &lines {
@@ -896,43 +910,29 @@ fn cargo_resolves_and_downloads_through_the_sparse_protocol_and_honours_yanks() 
 /// The sparse index's files (not the writers' state), relative to `dir`,
 /// with their bytes.
 fn sparse_files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = std::collections::BTreeMap::new();
-    let mut dirs = vec![dir.to_owned()];
-    while let Some(at) = dirs.pop() {
-        for entry in std::fs::read_dir(&at).unwrap() {
-            let entry = entry.unwrap();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
-            if entry.file_type().unwrap().is_dir() {
-                dirs.push(entry.path());
-            } else {
-                let path = entry.path().strip_prefix(dir).unwrap().to_owned();
-                files.insert(path, std::fs::read(entry.path()).unwrap());
-            }
-        }
-    }
-    files
+    skiplock_tests::files_under(dir)
+        .into_iter()
+        .map(|file| file.strip_prefix(dir).unwrap().to_owned())
+        .filter(|path| {
+            !path
+                .components()
+                .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+        })
+        .map(|path| {
+            let bytes = std::fs::read(dir.join(&path)).unwrap();
+            (path, bytes)
+        })
+        .collect()
 }
 
 /// Temporary files left in the sparse directory (outside its state).
 fn leftover_temporaries(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut dirs = vec![dir.to_owned()];
-    while let Some(at) = dirs.pop() {
-        for entry in std::fs::read_dir(&at).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_dir() {
-                if entry.file_name() != ".skiplock" {
-                    dirs.push(entry.path());
-                }
-            } else if entry.file_name().to_string_lossy().ends_with(".tmp") {
-                found.push(entry.path());
-            }
-        }
-    }
-    found
+    skiplock_tests::files_under(dir)
+        .into_iter()
+        .filter(|file| {
+            !file.starts_with(dir.join(".skiplock")) && file.to_string_lossy().ends_with(".tmp")
+        })
+        .collect()
 }
 
 /// Every file of the upstream's git index at its head, with its bytes.
@@ -960,12 +960,7 @@ fn a_fill_puts_every_crate_of_an_existing_index_in_the_sparse_directory_for_carg
     // The crate cargo downloads is real; the others only need their lines.
     let (bytes, sum) = packaged_crate("c0537", "1.0.0");
     let crates = std::collections::HashMap::from([("c0537/1.0.0/download".to_owned(), bytes)]);
-    let sparse = tempfile::tempdir().unwrap();
-    let port = serve_registry(sparse.path().to_owned(), crates);
-    let upstream = Upstream::with_config(&IndexConfig {
-        dl: format!("http://127.0.0.1:{port}/dl"),
-        api: None,
-    });
+    let (sparse, port, upstream) = served_registry(crates);
     let db = registry_db();
     let mut conn = db.conn();
     // An index of 1,000 crates made by the jobs, without a sparse directory.
@@ -984,11 +979,7 @@ fn a_fill_puts_every_crate_of_an_existing_index_in_the_sparse_directory_for_carg
         assert_eq!(summary.succeeded.len(), CRATES, "{:?}", summary.failed);
     }
     // Sparse enabled afterwards: a job writes its own crate only.
-    let index = Index::open(upstream.config("checkout"))
-        .unwrap()
-        .records(Records)
-        .sparse_dir(sparse.path())
-        .unwrap();
+    let index = sparse_index(&upstream, sparse.path());
     let runner = runner(&db, index);
     publish(&mut conn, &version("c0001", "1.1.0"));
     succeeded(&runner.run_pending().unwrap());
@@ -1143,69 +1134,38 @@ fn two_writers_of_one_process_fill_the_same_directory_at_once_without_a_clash() 
     }
 }
 
-/// A worker process and everything it printed so far.
-struct IndexWorker {
-    child: std::process::Child,
-    output: Arc<Mutex<String>>,
+/// Starts `index-test-worker` as pid 1 of a pid namespace of its own (as
+/// in a container), and waits for it to run.
+fn index_worker(
+    db: &TestDb,
+    upstream: &Upstream,
+    checkout: &Path,
+    sparse: &Path,
+    seed: u64,
+) -> Process {
+    let mut command = Command::new("unshare");
+    command
+        .args(["--pid", "--fork", "--kill-child"])
+        .arg(env!("CARGO_BIN_EXE_index-test-worker"))
+        .arg(db.url())
+        .arg(upstream.path())
+        .arg(checkout)
+        .arg(sparse)
+        .arg(seed.to_string());
+    let worker = Process::spawn(command);
+    worker.wait_for("ready", Duration::from_secs(30));
+    worker
 }
 
-impl IndexWorker {
-    /// Starts `index-test-worker` as pid 1 of a pid namespace of its own
-    /// (as in a container), and waits for it to run.
-    fn spawn(db: &TestDb, upstream: &Upstream, checkout: &Path, sparse: &Path, seed: u64) -> Self {
-        use std::io::{BufRead, Read};
-        let mut child = Command::new("unshare")
-            .args(["--pid", "--fork", "--kill-child"])
-            .arg(env!("CARGO_BIN_EXE_index-test-worker"))
-            .arg(db.url())
-            .arg(upstream.path())
-            .arg(checkout)
-            .arg(sparse)
-            .arg(seed.to_string())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("unshare (util-linux) runs the worker in a pid namespace");
-        let output = Arc::new(Mutex::new(String::new()));
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut ready = String::new();
-        stdout.read_line(&mut ready).unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let log = output.clone();
-        std::thread::spawn(move || {
-            let mut buffer = [0; 8192];
-            while let Ok(n @ 1..) = stderr.read(&mut buffer) {
-                log.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
-            }
-        });
-        assert_eq!(ready.trim(), "ready", "{}", output.lock().unwrap());
-        IndexWorker { child, output }
-    }
-
-    /// The commits whose push it saw accepted.
-    fn accepted(&self) -> Vec<git2::Oid> {
-        self.output
-            .lock()
-            .unwrap()
-            .lines()
-            .filter(|line| line.contains("index updated"))
-            .filter_map(|line| line.split("commit=").nth(1))
-            .map(|rest| git2::Oid::from_str(&rest[..40]).unwrap())
-            .collect()
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for IndexWorker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The commits whose push a worker saw accepted.
+fn accepted(worker: &Process) -> Vec<git2::Oid> {
+    worker
+        .text()
+        .lines()
+        .filter(|line| line.contains("index updated"))
+        .filter_map(|line| line.split("commit=").nth(1))
+        .map(|rest| git2::Oid::from_str(&rest[..40]).unwrap())
+        .collect()
 }
 
 #[test]
@@ -1220,7 +1180,7 @@ fn two_index_workers_as_pid_1_sharing_a_path_upstream_and_the_sparse_directory_l
         let start = |name: &'static str, seed: u64| {
             let checkout = upstream.dir.path().join(name);
             let (db, upstream, sparse) = (&db, &upstream, sparse.path());
-            scope.spawn(move || IndexWorker::spawn(db, upstream, &checkout, sparse, seed))
+            scope.spawn(move || index_worker(db, upstream, &checkout, sparse, seed))
         };
         let (one, two) = (start("one", seed), start("two", seed + 1));
         (one.join().unwrap(), two.join().unwrap())
@@ -1250,12 +1210,12 @@ fn two_index_workers_as_pid_1_sharing_a_path_upstream_and_the_sparse_directory_l
         db.count_jobs("true") == 0
     });
     for worker in &mut workers {
-        assert!(worker.is_running(), "{}", worker.output.lock().unwrap());
+        assert!(worker.is_running(), "{}", worker.text());
     }
     // Every push a worker saw accepted is in the upstream's history.
     let repo = upstream.repo();
     let head = upstream.head();
-    let accepted: Vec<_> = workers.iter().map(IndexWorker::accepted).collect();
+    let accepted: Vec<_> = workers.iter().map(accepted).collect();
     assert!(
         accepted.iter().all(|a| a.len() >= 10),
         "both workers pushed: {:?}",
@@ -1270,7 +1230,7 @@ fn two_index_workers_as_pid_1_sharing_a_path_upstream_and_the_sparse_directory_l
     assert!(upstream.history().1, "a linear history");
     let rejected = workers
         .iter()
-        .map(|w| w.output.lock().unwrap().matches("push rejected").count())
+        .map(|w| w.text().matches("push rejected").count())
         .sum::<usize>();
     assert!(rejected >= 5, "{rejected} pushes rejected");
     // Every file: the records, the git index and the sparse directory agree.

@@ -48,17 +48,13 @@ fn main() {
             push_first(&other_writer);
         }
     });
-    let _running = skiplock::Runner::builder(index)
+    let runner = skiplock::Runner::builder(index)
         .database_url(url.as_str())
         .queue(INDEX_QUEUE, 1)
         .poll_interval(Duration::from_millis(50))
         .build()
-        .expect("runner")
-        .start();
-    println!("ready");
-    loop {
-        std::thread::park();
-    }
+        .expect("runner");
+    skiplock_tests::run_until_killed(runner)
 }
 
 /// Another writer's commit on the upstream's branch (the same files).

@@ -19,16 +19,12 @@ fn main() {
         eprintln!("usage: periodic-worker DATABASE_URL POLL_MS");
         std::process::exit(2);
     };
-    let _running = skiplock::Runner::builder(())
+    let runner = skiplock::Runner::builder(())
         .database_url(url.as_str())
         .queue("periodic_idle", 1)
         .poll_interval(Duration::from_millis(poll_ms.parse().expect("a number")))
         .schedule(Periodic::new("* * * * * *", |at| tick(at.timestamp())).name("every-second"))
         .build()
-        .expect("runner")
-        .start();
-    println!("ready");
-    loop {
-        std::thread::park();
-    }
+        .expect("runner");
+    skiplock_tests::run_until_killed(runner)
 }

@@ -27,9 +27,5 @@ fn main() {
     if numbers.len() == 5 {
         builder = builder.completion_window(ms(4));
     }
-    let _running = builder.build().expect("runner").start();
-    println!("ready");
-    loop {
-        std::thread::park();
-    }
+    skiplock_tests::run_until_killed(builder.build().expect("runner"))
 }
