@@ -322,15 +322,26 @@ fn drain_and_pickup(settings: &Settings) -> BenchResult<()> {
          pickup p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
         latency[0], latency[1], latency[2]
     );
+    let exclusive = median(settings.reps, || drain_exclusive(settings))?;
+    println!("drain of an exclusive queue (1 worker across every runner): {exclusive:.0} jobs/s");
     Ok(())
 }
 
 fn drain(settings: &Settings, workers: usize) -> BenchResult<f64> {
+    drain_with(settings, |builder| builder.queue("bench", workers))
+}
+
+/// [`drain`] with the queue exclusive (`RunnerBuilder::exclusive_queue`).
+fn drain_exclusive(settings: &Settings) -> BenchResult<f64> {
+    drain_with(settings, |builder| builder.exclusive_queue("bench"))
+}
+
+fn drain_with(
+    settings: &Settings,
+    serve: impl FnOnce(skiplock::RunnerBuilder<()>) -> skiplock::RunnerBuilder<()>,
+) -> BenchResult<f64> {
     backlog(settings, settings.backlog)?;
-    let runner = Runner::builder(())
-        .database_url(settings.url.as_str())
-        .queue("bench", workers)
-        .build()?;
+    let runner = serve(Runner::builder(()).database_url(settings.url.as_str())).build()?;
     let mut conn = connect(settings)?;
     NOOP_RUNS.store(0, Ordering::Relaxed);
     let started = Instant::now();
