@@ -5,8 +5,10 @@
 //! `-- --quick` for a smoke run, `-- --million` adds the memory run over a
 //! million jobs, `-- --claims` runs only the claim measurements, `-- --drain`
 //! only the drains and the pickup latency, to compare two builds;
-//! `-- --backlog N` sets the drains' backlog, 20,000 jobs by default). Uses
-//! `DATABASE_URL`'s server and (re)creates the database `queue_bench`.
+//! `-- --backlog N` sets the drains' backlog, 20,000 jobs by default;
+//! `-- --held-xmin` runs consecutive drains with and without a transaction
+//! holding back VACUUM, see [`held_horizon`]). Uses `DATABASE_URL`'s server
+//! and (re)creates the database `queue_bench`.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -32,15 +34,26 @@ struct Settings {
 }
 
 fn main() -> BenchResult<()> {
-    skiplock_examples::log_warnings_to_stderr();
     let args: Vec<String> = std::env::args().collect();
+    let held_xmin = args.iter().any(|a| a == "--held-xmin");
+    if held_xmin {
+        claim_times::install();
+    } else {
+        skiplock_examples::log_warnings_to_stderr();
+    }
     let claims_only = args.iter().any(|a| a == "--claims");
     let quick = args.iter().any(|a| a == "--quick");
     let database = skiplock_examples::fresh_database("queue_bench")?;
     let settings = Settings {
         url: database.url.clone(),
         single: if quick { 200 } else { 2_000 },
-        backlog: flag_value(&args, "--backlog")?.unwrap_or(if quick { 2_000 } else { 20_000 }),
+        backlog: flag_value(&args, "--backlog")?.unwrap_or(if quick {
+            2_000
+        } else if held_xmin {
+            200_000
+        } else {
+            20_000
+        }),
         latency_jobs: if quick { 50 } else { 500 },
         reps: if quick { 1 } else { 3 },
         million: args.iter().any(|a| a == "--million"),
@@ -51,6 +64,10 @@ fn main() -> BenchResult<()> {
     }
     if args.iter().any(|a| a == "--drain") {
         return drain_and_pickup(&settings);
+    }
+    if held_xmin {
+        let drains = flag_value(&args, "--drains")?.unwrap_or(5);
+        return held_horizon(&settings, drains);
     }
     println!(
         "skiplock benchmark: {} ({} repetitions, median)",
@@ -341,22 +358,7 @@ fn drain_with(
     serve: impl FnOnce(skiplock::RunnerBuilder<()>) -> skiplock::RunnerBuilder<()>,
 ) -> BenchResult<f64> {
     backlog(settings, settings.backlog)?;
-    let runner = serve(Runner::builder(()).database_url(settings.url.as_str())).build()?;
-    let mut conn = connect(settings)?;
-    NOOP_RUNS.store(0, Ordering::Relaxed);
-    let started = Instant::now();
-    let running = runner.start();
-    // Every job ran: then only the last completions are left to commit.
-    // (Querying the table all along would take a core from the runner.)
-    while NOOP_RUNS.load(Ordering::Relaxed) < settings.backlog {
-        thread::sleep(Duration::from_millis(1));
-    }
-    while !queue_is_empty(&mut conn)? {
-        thread::sleep(Duration::from_millis(1));
-    }
-    let elapsed = started.elapsed();
-    running.shutdown(Duration::from_secs(10));
-    Ok(rate(settings.backlog, elapsed))
+    drain_queued(settings, serve)
 }
 
 /// Runs `sql` on `connections` threads until it deletes nothing; jobs/s
@@ -368,25 +370,7 @@ fn raw_drain(
     sql: &'static str,
 ) -> BenchResult<f64> {
     backlog(settings, jobs)?;
-    let barrier = Arc::new(Barrier::new(connections + 1));
-    let threads: Vec<_> = (0..connections)
-        .map(|_| {
-            let barrier = Arc::clone(&barrier);
-            let url = settings.url.clone();
-            thread::spawn(move || -> QueryResult<()> {
-                let mut conn = PgConnection::establish(&url).expect("connect");
-                barrier.wait();
-                while conn.transaction(|c| diesel::sql_query(sql).execute(c))? > 0 {}
-                Ok(())
-            })
-        })
-        .collect();
-    barrier.wait();
-    let started = Instant::now();
-    for t in threads {
-        t.join().expect("raw drain thread")?;
-    }
-    Ok(rate(jobs, started.elapsed()))
+    drain_raw(settings, connections, jobs, sql, true)
 }
 
 fn raw_delete_batches(settings: &Settings, connections: usize) -> BenchResult<f64> {
@@ -688,4 +672,220 @@ fn peak_rss_kib() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+/// The claim round trips the runner's workers report (`claim_us` of their
+/// debug event "claimed jobs"), collected by a tracing layer.
+mod claim_times {
+    use std::sync::Mutex;
+
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    static MICROS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+    struct Collect;
+
+    struct ClaimUs(Option<u64>);
+
+    impl tracing::field::Visit for ClaimUs {
+        fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+            if field.name() == "claim_us" {
+                self.0 = Some(value);
+            }
+        }
+
+        fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+    }
+
+    impl<S: tracing::Subscriber> Layer<S> for Collect {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let mut claim = ClaimUs(None);
+            event.record(&mut claim);
+            if let Some(us) = claim.0 {
+                MICROS.lock().expect("claim times").push(us);
+            }
+        }
+    }
+
+    /// Warnings to stderr, and the workers' claim times collected.
+    pub(crate) fn install() {
+        let warnings = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(tracing_subscriber::EnvFilter::new("skiplock=warn"));
+        let claims = Collect.with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            meta.target() == "skiplock::worker" && *meta.level() <= tracing::Level::DEBUG
+        }));
+        tracing_subscriber::registry()
+            .with(warnings)
+            .with(claims)
+            .init();
+    }
+
+    /// The claim times collected since the last call, in milliseconds.
+    pub(crate) fn take() -> Vec<f64> {
+        std::mem::take(&mut *MICROS.lock().expect("claim times"))
+            .into_iter()
+            .map(|us| us as f64 / 1000.0)
+            .collect()
+    }
+}
+
+/// The jobs table's size, its indexes' size (MB) and its dead rows.
+fn table_sizes(conn: &mut PgConnection) -> QueryResult<(f64, f64, i64)> {
+    #[derive(QueryableByName)]
+    struct Sizes {
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        table_mb: f64,
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        indexes_mb: f64,
+        #[diesel(sql_type = BigInt)]
+        dead: i64,
+    }
+    let sizes: Sizes = diesel::sql_query(
+        "SELECT pg_table_size('queue_jobs') / 1048576.0::float8 AS table_mb, \
+                pg_indexes_size('queue_jobs') / 1048576.0::float8 AS indexes_mb, \
+                COALESCE((SELECT n_dead_tup FROM pg_stat_user_tables \
+                          WHERE relid = 'queue_jobs'::regclass), 0) AS dead",
+    )
+    .get_result(conn)?;
+    Ok((sizes.table_mb, sizes.indexes_mb, sizes.dead))
+}
+
+/// Consecutive drains of the backlog (200,000 jobs by default) at 1 and 8
+/// workers, with no other transaction, then with one `REPEATABLE READ`
+/// transaction left open meanwhile (it holds back the xmin horizon: VACUUM,
+/// run after each drain as autovacuum would, can remove none of the rows
+/// the drains leave). The table starts empty and analyzed, as a new one.
+/// Each drain prints its rate, the claim round trip's p50 and p99, the
+/// table's and its indexes' sizes and dead rows; then the raw reference
+/// (`DELETE .. FOR UPDATE SKIP LOCKED LIMIT 100` on the same table, one
+/// statement per round trip on 1 and 8 connections) measured the same way;
+/// and the sizes after the transaction ended and VACUUM ran.
+fn held_horizon(settings: &Settings, drains: usize) -> BenchResult<()> {
+    const RAW: &str = "DELETE FROM queue_jobs WHERE id IN (SELECT id FROM queue_jobs \
+         WHERE queue = 'bench' AND dead_at IS NULL AND NOT scheduled \
+         ORDER BY priority DESC, id FOR UPDATE SKIP LOCKED LIMIT 100)";
+    println!(
+        "| drain | workers | horizon | jobs/s | claim p50 ms | claim p99 ms | table MB | indexes MB | dead rows |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut conn = connect(settings)?;
+    for (what, workers) in [
+        ("skiplock", 1),
+        ("skiplock", 8),
+        ("raw SQL", 1),
+        ("raw SQL", 8),
+    ] {
+        for held in [false, true] {
+            clear(&mut conn)?;
+            let holder = if held {
+                let mut holder = connect(settings)?;
+                holder.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")?;
+                Some(holder)
+            } else {
+                None
+            };
+            for round in 1..=drains {
+                let mut batch = JobBatch::new();
+                for _ in 0..settings.backlog {
+                    batch.push(&noop())?;
+                }
+                batch.enqueue(&mut conn)?;
+                claim_times::take();
+                let jobs_per_sec = if what == "skiplock" {
+                    drain_queued(settings, |b| b.queue("bench", workers))?
+                } else {
+                    drain_raw(settings, workers, settings.backlog, RAW, false)?
+                };
+                let claims = claim_times::take();
+                let [p50, _, p99] = if claims.is_empty() {
+                    [f64::NAN; 3]
+                } else {
+                    percentiles(claims)
+                };
+                // As autovacuum would, between drains: with the horizon held
+                // it removes nothing, and the statistics it leaves say the
+                // table is empty (what the next drain's plans see).
+                conn.batch_execute("VACUUM queue_jobs")?;
+                let (table, indexes, dead) = table_sizes(&mut conn)?;
+                println!(
+                    "| {what} {round} | {workers} | {} | {jobs_per_sec:.0} | {p50:.2} | {p99:.2} | {table:.1} | {indexes:.1} | {dead} |",
+                    if held { "held" } else { "free" }
+                );
+            }
+            drop(holder);
+            conn.batch_execute("VACUUM ANALYZE queue_jobs")?;
+            let (table, indexes, _) = table_sizes(&mut conn)?;
+            println!(
+                "| after, VACUUM | {workers} | {} | | | | {table:.1} | {indexes:.1} | |",
+                if held { "ended" } else { "free" }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Drains what `queue_jobs` holds now with a runner serving as `serve` says.
+/// (It waits until every job ran, then until the last completions commit:
+/// querying the table all along would take a core from the runner.)
+fn drain_queued(
+    settings: &Settings,
+    serve: impl FnOnce(skiplock::RunnerBuilder<()>) -> skiplock::RunnerBuilder<()>,
+) -> BenchResult<f64> {
+    let runner = serve(Runner::builder(()).database_url(settings.url.as_str())).build()?;
+    let mut conn = connect(settings)?;
+    NOOP_RUNS.store(0, Ordering::Relaxed);
+    let started = Instant::now();
+    let running = runner.start();
+    while NOOP_RUNS.load(Ordering::Relaxed) < settings.backlog {
+        thread::sleep(Duration::from_millis(1));
+    }
+    while !queue_is_empty(&mut conn)? {
+        thread::sleep(Duration::from_millis(1));
+    }
+    let elapsed = started.elapsed();
+    running.shutdown(Duration::from_secs(10));
+    Ok(rate(settings.backlog, elapsed))
+}
+
+/// Drains what `queue_jobs` holds now (`jobs`) with `sql` on `connections`
+/// connections, one statement per round trip, each in a transaction of its
+/// own if `in_transaction` (`BEGIN` and `COMMIT` round trips around it).
+fn drain_raw(
+    settings: &Settings,
+    connections: usize,
+    jobs: usize,
+    sql: &'static str,
+    in_transaction: bool,
+) -> BenchResult<f64> {
+    let barrier = Arc::new(Barrier::new(connections + 1));
+    let threads: Vec<_> = (0..connections)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            let url = settings.url.clone();
+            thread::spawn(move || -> QueryResult<()> {
+                let mut conn = PgConnection::establish(&url).expect("connect");
+                barrier.wait();
+                let round = |c: &mut PgConnection| diesel::sql_query(sql).execute(c);
+                if in_transaction {
+                    while conn.transaction(|c| round(c))? > 0 {}
+                } else {
+                    while round(&mut conn)? > 0 {}
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    for t in threads {
+        t.join().expect("raw drain thread")?;
+    }
+    Ok(rate(jobs, started.elapsed()))
 }

@@ -131,6 +131,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
 ) -> Result<BatchReport, BatchError> {
     let mut limit = limit.unwrap_or(i64::MAX);
     let mut standby = false;
+    let mut claim_took = Duration::ZERO;
     let claimed = {
         let mut guard = lock(&slot.session);
         let mut completed = Vec::new();
@@ -171,6 +172,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 Release::These(&completed)
             };
             let synchronous = shared.settings.synchronous_commit;
+            let began = Instant::now();
             let claim = storage::claim_jobs(
                 session,
                 queue,
@@ -182,6 +184,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 shared.registry.type_names(),
             )
             .map_err(BatchError::Connect)?;
+            claim_took = began.elapsed();
             let mut jobs = claim.jobs;
             if let Some(error) = claim.completions_refused {
                 // Still ready, and locked by this session: the claim may
@@ -218,7 +221,9 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
         standby,
     };
     if batch.claimed > 0 {
-        debug!(queue, claimed = batch.claimed, "claimed jobs");
+        // The round trip of the claim (with the last batch's completions).
+        let claim_us = u64::try_from(claim_took.as_micros()).unwrap_or(u64::MAX);
+        debug!(queue, claimed = batch.claimed, claim_us, "claimed jobs");
     }
     let mut runnable = VecDeque::with_capacity(claimed.len());
     for job in claimed {

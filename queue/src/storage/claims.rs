@@ -200,6 +200,11 @@ pub(crate) fn claim_jobs(
         Param::Texts(job_types),
     ];
     let recheck = [Param::Int(i64::from(holder))];
+    // The claimed jobs' unique keys are cleared by `id = ANY (ARRAY(..))`,
+    // a lookup of those ids in the primary key whatever the statistics say:
+    // as `id IN (SELECT ..)`, with statistics taken when the table was empty
+    // and dead rows piled up since (a transaction holding the horizon), the
+    // planner walked the whole primary key once per claimed id.
     steps.extend([
         Step::Run(
             concat!(
@@ -232,7 +237,7 @@ pub(crate) fn claim_jobs(
                      ON CONFLICT (holder) DO UPDATE SET jobs = EXCLUDED.jobs, claimed_at = now()), \
                  unkeyed AS ( \
                      UPDATE queue_jobs SET unique_key = NULL \
-                     WHERE id IN (SELECT id FROM locked WHERE keyed)) \
+                     WHERE id = ANY (ARRAY(SELECT id FROM locked WHERE keyed))) \
                  SELECT id, job_type, payload::text, attempts, suspect, running_by \
                  FROM locked, \
                       set_config('synchronous_commit', 'off', true) d"
