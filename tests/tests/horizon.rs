@@ -1,6 +1,7 @@
 //! Claims while another transaction holds back the xmin horizon: VACUUM can
 //! remove none of the rows completed jobs leave, and the statistics it
-//! leaves say the table is empty. (Rates are the benchmark's:
+//! leaves say the table is empty. The runner's statements still look its
+//! jobs up by id. (Rates are the benchmark's:
 //! `cargo run --release -p skiplock-examples --example bench -- --held-xmin`.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -90,13 +91,13 @@ fn a_claim_looks_up_its_jobs_by_id_whatever_the_statistics_say() {
             after.0 > before.0
         },
     );
-    // Ten claims of 20 jobs and their completions look up a few hundred
-    // entries (one walk of the whole key, 20,400 entries, comes from another
-    // of the runner's statements). A claim that walks the primary key (its
-    // 20,200 entries) for the claimed ids reads 20,000 more per claim:
-    // 242,600 in all before the fix.
+    // Ten claims of 20 jobs, their completions, and the wake-up thread's
+    // look for due scheduled jobs look up a few hundred entries. A claim, or
+    // that look, that walks the primary key (its 20,200 entries) reads
+    // 20,000 at a time: 242,600 in all before the fix.
     let read = after.1 - before.1;
-    assert!(read < 2 * DEAD, "{read} primary key entries read");
+    eprintln!("{read} primary key entries read");
+    assert!(read < DEAD, "{read} primary key entries read");
     assert_eq!(db.count_jobs("true"), 0, "every completion was recorded");
     holder.batch_execute("ROLLBACK").unwrap();
 }
