@@ -93,8 +93,9 @@ impl Slot {
 pub(crate) struct LockSession {
     pub(crate) session: Session,
     pub(crate) holder: i32,
-    /// It holds its exclusive queue's lock.
-    pub(crate) exclusive: bool,
+    /// The exclusive queue whose lock it holds, if any (every release that
+    /// lets go of everything takes that one back at once).
+    pub(crate) exclusive: Option<String>,
 }
 
 /// The jobs a worker holds the locks of.

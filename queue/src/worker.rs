@@ -166,7 +166,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
             let release = if release_all {
                 Release::All {
                     holder: *holder,
-                    exclusive: if *exclusive { queue } else { "" },
+                    exclusive: exclusive.as_deref().unwrap_or(""),
                 }
             } else {
                 Release::These(&completed)
@@ -309,7 +309,7 @@ fn open_session<'s, C>(
         *guard = Some(LockSession {
             session,
             holder,
-            exclusive: false,
+            exclusive: None,
         });
     }
     Ok(guard.as_mut().expect("just opened"))
@@ -326,14 +326,16 @@ fn take_exclusive<C>(
     let Some(wakeup) = shared.signals.queue(queue).filter(|w| w.exclusive) else {
         return Ok(true);
     };
-    if lock_session.exclusive {
+    // (A session serving several queues, as `Runner::run_pending` does, may
+    // have let go of this one's lock while it held another's: taken again.)
+    if lock_session.exclusive.as_deref() == Some(queue) {
         return Ok(true);
     }
     let taken = storage::take_exclusive_queue(&mut lock_session.session, queue)
         .map_err(BatchError::Connect)?;
     let was_standby = wakeup.set_standby(!taken);
     if taken {
-        lock_session.exclusive = true;
+        lock_session.exclusive = Some(queue.to_owned());
         if was_standby {
             info!(
                 queue,
@@ -608,11 +610,7 @@ pub(crate) fn commit_completions<C>(
     let release = if release_all {
         Release::All {
             holder: lock_session.holder,
-            exclusive: if lock_session.exclusive {
-                slot.queue.as_str()
-            } else {
-                ""
-            },
+            exclusive: lock_session.exclusive.as_deref().unwrap_or(""),
         }
     } else {
         Release::These(&completed)
