@@ -674,8 +674,11 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// The claim round trips the runner's workers report (`claim_us` of their
-/// debug event "claimed jobs"), collected by a tracing layer.
+/// The claims the runner's workers report (their debug event "claimed
+/// jobs": `claim_us`, the round trip; `walked`, the entries of the ready
+/// index its scan walked; `resumed`, whether it resumed at the runner's
+/// position rather than sweeping from the head), collected by a tracing
+/// layer.
 mod claim_times {
     use std::sync::Mutex;
 
@@ -683,16 +686,36 @@ mod claim_times {
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
 
-    static MICROS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+    /// One claim.
+    #[derive(Debug, Default, Clone, Copy)]
+    pub(crate) struct Claim {
+        pub(crate) micros: u64,
+        pub(crate) walked: u64,
+        pub(crate) resumed: bool,
+    }
+
+    static CLAIMS: Mutex<Vec<Claim>> = Mutex::new(Vec::new());
 
     struct Collect;
 
-    struct ClaimUs(Option<u64>);
+    struct Fields(Option<Claim>);
 
-    impl tracing::field::Visit for ClaimUs {
+    impl tracing::field::Visit for Fields {
         fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-            if field.name() == "claim_us" {
-                self.0 = Some(value);
+            match field.name() {
+                "claim_us" => self.0.get_or_insert_default().micros = value,
+                "walked" => self.0.get_or_insert_default().walked = value,
+                _ => {}
+            }
+        }
+
+        fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+            self.record_u64(field, u64::try_from(value).unwrap_or(0));
+        }
+
+        fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+            if field.name() == "resumed" {
+                self.0.get_or_insert_default().resumed = value;
             }
         }
 
@@ -705,15 +728,15 @@ mod claim_times {
             event: &tracing::Event<'_>,
             _: tracing_subscriber::layer::Context<'_, S>,
         ) {
-            let mut claim = ClaimUs(None);
-            event.record(&mut claim);
-            if let Some(us) = claim.0 {
-                MICROS.lock().expect("claim times").push(us);
+            let mut fields = Fields(None);
+            event.record(&mut fields);
+            if let Some(claim) = fields.0.filter(|c| c.micros > 0) {
+                CLAIMS.lock().expect("claims").push(claim);
             }
         }
     }
 
-    /// Warnings to stderr, and the workers' claim times collected.
+    /// Warnings to stderr, and the workers' claims collected.
     pub(crate) fn install() {
         let warnings = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -727,11 +750,16 @@ mod claim_times {
             .init();
     }
 
+    /// The claims collected since the last call.
+    pub(crate) fn take_claims() -> Vec<Claim> {
+        std::mem::take(&mut *CLAIMS.lock().expect("claims"))
+    }
+
     /// The claim times collected since the last call, in milliseconds.
     pub(crate) fn take() -> Vec<f64> {
-        std::mem::take(&mut *MICROS.lock().expect("claim times"))
+        take_claims()
             .into_iter()
-            .map(|us| us as f64 / 1000.0)
+            .map(|claim| claim.micros as f64 / 1000.0)
             .collect()
     }
 }
@@ -774,9 +802,9 @@ fn held_horizon(settings: &Settings, drains: usize) -> BenchResult<()> {
          WHERE queue = 'bench' AND dead_at IS NULL AND NOT scheduled \
          ORDER BY priority DESC, id FOR UPDATE SKIP LOCKED LIMIT 100))";
     println!(
-        "| drain | workers | horizon | jobs/s | claim p50 ms | claim p99 ms | table MB | indexes MB | dead rows |"
+        "| drain | workers | horizon | jobs/s | claim p50 ms | claim p99 ms | sweeps / claims | entries walked per sweep | table MB | indexes MB | dead rows |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut conn = connect(settings)?;
     for (what, workers) in [
         ("skiplock", 1),
@@ -805,11 +833,19 @@ fn held_horizon(settings: &Settings, drains: usize) -> BenchResult<()> {
                 } else {
                     drain_raw(settings, workers, settings.backlog, RAW, false)?
                 };
-                let claims = claim_times::take();
+                let claims = claim_times::take_claims();
+                let sweeps: Vec<_> = claims.iter().filter(|c| !c.resumed).collect();
+                let swept = if sweeps.is_empty() {
+                    String::new()
+                } else {
+                    let walked: u64 = sweeps.iter().map(|c| c.walked).sum();
+                    format!("{:.0}", walked as f64 / sweeps.len() as f64)
+                };
+                let sweeps = format!("{} / {}", sweeps.len(), claims.len());
                 let [p50, _, p99] = if claims.is_empty() {
                     [f64::NAN; 3]
                 } else {
-                    percentiles(claims)
+                    percentiles(claims.iter().map(|c| c.micros as f64 / 1000.0).collect())
                 };
                 // As autovacuum would, between drains: with the horizon held
                 // it removes nothing, and the statistics it leaves say the
@@ -817,7 +853,7 @@ fn held_horizon(settings: &Settings, drains: usize) -> BenchResult<()> {
                 conn.batch_execute("VACUUM queue_jobs")?;
                 let (table, indexes, dead) = table_sizes(&mut conn)?;
                 println!(
-                    "| {what} {round} | {workers} | {} | {jobs_per_sec:.0} | {p50:.2} | {p99:.2} | {table:.1} | {indexes:.1} | {dead} |",
+                    "| {what} {round} | {workers} | {} | {jobs_per_sec:.0} | {p50:.2} | {p99:.2} | {sweeps} | {swept} | {table:.1} | {indexes:.1} | {dead} |",
                     if held { "held" } else { "free" }
                 );
             }
@@ -825,7 +861,7 @@ fn held_horizon(settings: &Settings, drains: usize) -> BenchResult<()> {
             conn.batch_execute("VACUUM ANALYZE queue_jobs")?;
             let (table, indexes, _) = table_sizes(&mut conn)?;
             println!(
-                "| after, VACUUM | {workers} | {} | | | | {table:.1} | {indexes:.1} | |",
+                "| after, VACUUM | {workers} | {} | | | | | | {table:.1} | {indexes:.1} | |",
                 if held { "ended" } else { "free" }
             );
         }

@@ -32,6 +32,7 @@ mod metrics;
 mod migrate;
 mod parts;
 mod periodic;
+mod position;
 mod pq;
 mod prepared;
 mod redact;

@@ -442,6 +442,11 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
                 metrics: Metrics::default(),
                 schedules,
                 lock_budget: std::sync::OnceLock::new(),
+                positions: self
+                    .queues
+                    .iter()
+                    .map(|(queue, _)| (queue.clone(), std::sync::Mutex::default()))
+                    .collect(),
                 worker_name: format!("host {}, pid {}", scheduler::hostname(), std::process::id()),
                 runner_id: format!(
                     "{}-{}-{}",
@@ -550,6 +555,7 @@ impl<C: Any + Send + Sync> Runner<C> {
                     Some(1),
                     &tried,
                     false,
+                    true,
                     |id, job_type, outcome| {
                         ran.push(id.0);
                         summary.record(id, job_type, outcome);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::connection::PgPool;
 use crate::metrics::Metrics;
 use crate::parts::PartFn;
+use crate::position::Position;
 use crate::pq::{Patience, Session};
 use crate::registry::Registry;
 use crate::shutdown::Signals;
@@ -62,6 +63,9 @@ pub(crate) struct Shared<C> {
     /// The most jobs one worker may hold at once, by the server's lock
     /// table (see `worker::lock_budget`): set by the first lock session.
     pub(crate) lock_budget: std::sync::OnceLock<i64>,
+    /// Where this runner's claims of each queue resume (see
+    /// [`crate::position`]).
+    pub(crate) positions: HashMap<String, Mutex<Position>>,
 }
 
 /// One worker: its lock session and its batch. The worker holds `session`

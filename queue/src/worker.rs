@@ -45,6 +45,7 @@ use crate::connection::{self, ConnectionMode, JobConnection};
 use crate::errors::PerformError;
 use crate::job::JobId;
 use crate::metrics::Ended;
+use crate::position::Scan;
 use crate::pq::{Session, SessionError};
 use crate::registry::{JobDescriptor, RunFailure};
 use crate::retry::RetryPolicy;
@@ -102,6 +103,9 @@ pub(crate) struct BatchReport {
     pub(crate) full: bool,
     /// Another runner's worker has this exclusive queue: nothing claimed.
     pub(crate) standby: bool,
+    /// The claim resumed at the runner's position in the queue (see
+    /// [`crate::position`]): jobs behind it wait for a sweep.
+    pub(crate) resumed: bool,
 }
 
 /// How a job that ran to success was completed.
@@ -119,7 +123,9 @@ enum Completion {
 /// ready jobs of `queue` not in `exclude`, runs them, and records their
 /// outcomes; `report` hears of each. With `then_claim_again`, the caller
 /// claims again at once when this batch was full: the batch's completions
-/// then commit with that claim, in its round trip.
+/// then commit with that claim, in its round trip. The claim starts where
+/// the runner's position in the queue says, or, with `sweep`, at the head.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_batch<C: Any + Send + Sync>(
     shared: &Shared<C>,
     slot: &Slot,
@@ -127,11 +133,18 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
     limit: Option<i64>,
     exclude: &[i64],
     then_claim_again: bool,
+    sweep: bool,
     mut report: impl FnMut(JobId, &str, &Outcome),
 ) -> Result<BatchReport, BatchError> {
     let mut limit = limit.unwrap_or(i64::MAX);
     let mut standby = false;
     let mut claim_took = Duration::ZERO;
+    let position = shared.positions.get(queue);
+    let scan = match position {
+        Some(position) if !sweep => lock(position).scan(Instant::now()),
+        _ => Scan::Sweep,
+    };
+    let mut walked = 0;
     let claimed = {
         let mut guard = lock(&slot.session);
         let mut completed = Vec::new();
@@ -182,9 +195,20 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 (&completed, release),
                 synchronous,
                 shared.registry.type_names(),
+                &scan,
             )
             .map_err(BatchError::Connect)?;
             claim_took = began.elapsed();
+            walked = claim.walked;
+            if let Some(position) = position {
+                lock(position).taken(
+                    &scan,
+                    claim.taken.iter().copied(),
+                    claim.walked,
+                    claim_took,
+                    Instant::now(),
+                );
+            }
             let mut jobs = claim.jobs;
             if let Some(error) = claim.completions_refused {
                 // Still ready, and locked by this session: the claim may
@@ -219,11 +243,20 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
         claimed: claimed.len(),
         full: claimed.len() as i64 >= limit,
         standby,
+        resumed: scan != Scan::Sweep,
     };
     if batch.claimed > 0 {
-        // The round trip of the claim (with the last batch's completions).
+        // The round trip of the claim (with the last batch's completions),
+        // and the entries of the ready index its scan walked.
         let claim_us = u64::try_from(claim_took.as_micros()).unwrap_or(u64::MAX);
-        debug!(queue, claimed = batch.claimed, claim_us, "claimed jobs");
+        debug!(
+            queue,
+            claimed = batch.claimed,
+            claim_us,
+            walked,
+            resumed = batch.resumed,
+            "claimed jobs"
+        );
     }
     let mut runnable = VecDeque::with_capacity(claimed.len());
     for job in claimed {
@@ -975,7 +1008,7 @@ pub(crate) fn work<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slot: Arc<Slot>
             shared.signals.wait(wakeup, seen, idle_timeout);
             continue;
         }
-        match run_batch(&shared, &slot, &queue, None, &[], true, |_, _, _| {}) {
+        match run_batch(&shared, &slot, &queue, None, &[], true, false, |_, _, _| {}) {
             Ok(batch) => {
                 trouble.over(&queue);
                 if batch.standby {
@@ -984,9 +1017,17 @@ pub(crate) fn work<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slot: Arc<Slot>
                         .signals
                         .wait(wakeup, seen, shared.settings.poll_interval);
                 } else if batch.claimed == 0 {
-                    // Not past the next try of a refused write.
+                    // Not past the next try of a refused write, nor, after
+                    // a claim that resumed, the next sweep.
                     let retry = lock(&slot.batch).unwritten.wait();
-                    let timeout = retry.map_or(idle_timeout, |r| r.min(idle_timeout));
+                    let mut timeout = retry.map_or(idle_timeout, |r| r.min(idle_timeout));
+                    if batch.resumed {
+                        let due = shared
+                            .positions
+                            .get(&queue)
+                            .and_then(|p| lock(p).sweep_due_in(Instant::now()));
+                        timeout = due.map_or(timeout, |due| due.min(timeout));
+                    }
                     shared.signals.wait(wakeup, seen, timeout);
                 } else if batch.full {
                     // More may be waiting: share them with a sibling.

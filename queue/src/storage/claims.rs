@@ -23,6 +23,7 @@
 
 use std::time::Duration;
 
+use crate::position::Scan;
 use crate::pq::{Param, Session, SessionError, Step};
 
 /// Settings of the runner's own sessions (lock sessions, the listener):
@@ -142,6 +143,89 @@ pub(crate) struct ClaimedJob {
     pub(crate) crashed_in: Option<String>,
 }
 
+/// The entries of the ready index this session's scans have walked and
+/// not yet reported to the server's statistics (a count that only grows
+/// within a transaction; 0 when the server counts nothing).
+macro_rules! walked_so_far {
+    () => {
+        "COALESCE(pg_stat_get_xact_tuples_returned(to_regclass('queue_jobs_ready_idx')), 0)"
+    };
+}
+
+/// The columns a claim reads of a ready job.
+macro_rules! ready_columns {
+    () => {
+        "id, job_type, payload, attempts, suspect, running_by, \
+         unique_key IS NOT NULL AS keyed, priority"
+    };
+}
+
+/// What a claim's lock scan `c` leads to: the jobs locked (up to `$2`),
+/// recorded as the claim of session `$4`, their unique keys given up.
+macro_rules! claim_tail {
+    () => {
+        concat!(
+            "WHERE pg_try_advisory_lock(",
+            job_lock!("c.id"),
+            ") \
+                 LIMIT $2), \
+             recorded AS ( \
+                 INSERT INTO queue_claims (holder, jobs) \
+                 SELECT $4::int4, COALESCE(array_agg(id), '{}') FROM locked \
+                 ON CONFLICT (holder) DO UPDATE SET jobs = EXCLUDED.jobs, claimed_at = now()), \
+             unkeyed AS ( \
+                 UPDATE queue_jobs SET unique_key = NULL \
+                 WHERE id = ANY (ARRAY(SELECT id FROM locked WHERE keyed))) \
+             SELECT id, job_type, payload::text, attempts, suspect, running_by, priority \
+             FROM locked, \
+                  set_config('synchronous_commit', 'off', true) d"
+        )
+    };
+}
+
+/// A claim from the head of the ready index, in the queue's order.
+const SWEEP: &str = concat!(
+    "WITH locked AS MATERIALIZED ( \
+         SELECT c.* FROM ( \
+             SELECT ",
+    ready_columns!(),
+    " FROM queue_jobs \
+             WHERE queue = $1 AND dead_at IS NULL AND NOT scheduled \
+               AND id <> ALL ($3::int8[]) \
+               AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1) \
+               AND job_type = ANY ($5::text[]) \
+             ORDER BY priority DESC, id \
+             OFFSET 0) c ",
+    claim_tail!()
+);
+
+/// A claim resuming at a position (see [`crate::position`]): for each
+/// priority `$6` in turn, the ready jobs after id `$7`. The lateral scan is
+/// a range of the ready index that starts at that id, so the entries behind
+/// it are not walked. (The priority is bounded on both sides rather than
+/// compared for equality: an equality would make the order by priority
+/// redundant, and the planner would be free to walk the primary key from
+/// the id instead, through every queue's jobs.)
+const RESUME: &str = concat!(
+    "WITH locked AS MATERIALIZED ( \
+         SELECT c.* FROM ( \
+             SELECT j.* FROM unnest($6::int8[], $7::int8[]) l(priority, after) \
+             CROSS JOIN LATERAL ( \
+                 SELECT ",
+    ready_columns!(),
+    " FROM queue_jobs \
+                 WHERE queue = $1 \
+                   AND priority <= l.priority::int2 AND priority >= l.priority::int2 \
+                   AND id > l.after \
+                   AND dead_at IS NULL AND NOT scheduled \
+                   AND id <> ALL ($3::int8[]) \
+                   AND job_type = ANY ($5::text[]) \
+                 ORDER BY priority DESC, id) j \
+             WHERE NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1) \
+             OFFSET 0) c ",
+    claim_tail!()
+);
+
 /// Claims up to `limit` ready jobs of `queue` (not in `exclude`; of the
 /// `job_types` this binary registers, so that during a rolling deploy an
 /// old runner leaves a new type's jobs to the new one; none while the queue
@@ -179,6 +263,7 @@ pub(crate) fn claim_jobs(
     completed: (&[i64], Release<'_>),
     wait_for_disk: bool,
     job_types: &[&str],
+    scan: &Scan,
 ) -> Result<Claim, SessionError> {
     let (completed, release) = completed;
     let mark = session.next_mark();
@@ -192,58 +277,39 @@ pub(crate) fn claim_jobs(
     if !completed.is_empty() {
         steps.extend(completion_steps(&delete, release, &param));
     }
+    let (priorities, afters): (Vec<i64>, Vec<i64>) = match scan {
+        Scan::Sweep => (Vec::new(), Vec::new()),
+        Scan::Resume(levels) => levels.iter().copied().unzip(),
+    };
     let claim = [
         Param::Text(queue),
         Param::Int(limit),
         Param::Ints(exclude),
         Param::Int(i64::from(holder)),
         Param::Texts(job_types),
+        Param::Ints(&priorities),
+        Param::Ints(&afters),
     ];
+    let claim = match scan {
+        Scan::Sweep => &claim[..5],
+        Scan::Resume(_) => &claim[..],
+    };
     let recheck = [Param::Int(i64::from(holder))];
-    // The claimed jobs' unique keys are cleared by `id = ANY (ARRAY(..))`,
-    // a lookup of those ids in the primary key whatever the statistics say:
-    // as `id IN (SELECT ..)`, with statistics taken when the table was empty
-    // and dead rows piled up since (a transaction holding the horizon), the
-    // planner walked the whole primary key once per claimed id.
     steps.extend([
         Step::Run(
             concat!(
                 "SELECT set_config('skiplock.releases', ",
                 releases_counted!(),
+                "::text, true), set_config('skiplock.walked', ",
+                walked_so_far!(),
                 "::text, true) FROM queue_lock_releases"
             ),
             &[],
         ),
-        Step::Run(
-            concat!(
-                "WITH locked AS MATERIALIZED ( \
-                     SELECT c.* FROM ( \
-                         SELECT id, job_type, payload, attempts, suspect, running_by, \
-                                unique_key IS NOT NULL AS keyed \
-                         FROM queue_jobs \
-                         WHERE queue = $1 AND dead_at IS NULL AND NOT scheduled \
-                           AND id <> ALL ($3::int8[]) \
-                           AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1) \
-                           AND job_type = ANY ($5::text[]) \
-                         ORDER BY priority DESC, id \
-                         OFFSET 0) c \
-                     WHERE pg_try_advisory_lock(",
-                job_lock!("c.id"),
-                ") \
-                     LIMIT $2), \
-                 recorded AS ( \
-                     INSERT INTO queue_claims (holder, jobs) \
-                     SELECT $4::int4, COALESCE(array_agg(id), '{}') FROM locked \
-                     ON CONFLICT (holder) DO UPDATE SET jobs = EXCLUDED.jobs, claimed_at = now()), \
-                 unkeyed AS ( \
-                     UPDATE queue_jobs SET unique_key = NULL \
-                     WHERE id = ANY (ARRAY(SELECT id FROM locked WHERE keyed))) \
-                 SELECT id, job_type, payload::text, attempts, suspect, running_by \
-                 FROM locked, \
-                      set_config('synchronous_commit', 'off', true) d"
-            ),
-            &claim,
-        ),
+        match scan {
+            Scan::Sweep => Step::Run(SWEEP, claim),
+            Scan::Resume(_) => Step::Run(RESUME, claim),
+        },
         // Only when a release was counted since the first statement: the
         // claimed jobs no longer ready, in this statement's snapshot, taken
         // once every lock is held. They are let go and taken off the claim.
@@ -275,6 +341,16 @@ pub(crate) fn claim_jobs(
             ),
             &recheck,
         ),
+        // The entries of the ready index the claim's scan walked (its other
+        // statements look rows up by id).
+        Step::Run(
+            concat!(
+                "SELECT ",
+                walked_so_far!(),
+                " - current_setting('skiplock.walked')::int8"
+            ),
+            &[],
+        ),
         Step::Sync,
     ]);
     let mut results = session.pipeline(&steps)?;
@@ -291,11 +367,15 @@ pub(crate) fn claim_jobs(
         drop(completion);
         released.map_err(|e| session.abandon(e))?;
     }
-    let mut claim = Vec::with_capacity(3);
+    let mut claim = Vec::with_capacity(4);
     for result in results {
         claim.push(result.map_err(|e| session.abandon(e))?);
     }
     let (locked, gone) = (&claim[1], &claim[2]);
+    let walked = claim[3].int(0, 0)?;
+    let taken = (0..locked.len())
+        .map(|row| Ok((locked.int(row, 6)?, locked.int(row, 0)?)))
+        .collect::<Result<Vec<_>, SessionError>>()?;
     let gone = (0..gone.len())
         .map(|row| gone.int(row, 0))
         .collect::<Result<Vec<_>, SessionError>>()?;
@@ -315,6 +395,8 @@ pub(crate) fn claim_jobs(
     Ok(Claim {
         jobs,
         completions_refused,
+        taken,
+        walked,
     })
 }
 
@@ -326,6 +408,10 @@ pub(crate) struct Claim {
     /// Why the database refused to delete the completed jobs, if it did:
     /// they are still locked, their rows still there.
     pub(crate) completions_refused: Option<SessionError>,
+    /// `(priority, id)` of every job the scan locked.
+    pub(crate) taken: Vec<(i64, i64)>,
+    /// How many entries of the ready index the claim walked.
+    pub(crate) walked: i64,
 }
 
 /// Records that `worker` starts running a claimed job carefully, so that
