@@ -857,7 +857,11 @@ fn held_horizon(settings: &Settings, drains: usize) -> BenchResult<()> {
                     if held { "held" } else { "free" }
                 );
             }
-            drop(holder);
+            // The transaction ends (before its connection closes, which the
+            // server learns of a moment later).
+            if let Some(mut holder) = holder {
+                holder.batch_execute("ROLLBACK")?;
+            }
             conn.batch_execute("VACUUM ANALYZE queue_jobs")?;
             let (table, indexes, _) = table_sizes(&mut conn)?;
             println!(

@@ -14,14 +14,18 @@
 //! transaction committed after later jobs were taken, a priority the
 //! runner has not seen. Only a claim from the head (a *sweep*) finds those.
 //!
-//! Each sweep says how many index entries it walked (the server counts
-//! them). While a sweep walks hardly more entries than it takes jobs (no
-//! dead entries in front: the usual case), every claim is a sweep and the
-//! queue's order is exact. When a sweep walks many more, claims resume,
-//! and a sweep runs once the time since the last one is nineteen times
-//! what that one took: at most one twentieth of the claiming time goes to
-//! sweeps, and a job behind the position waits at most that long (plus the
-//! worker's wait for a wake-up when it is idle).
+//! Claims resume, and a sweep runs once the time since the last one is
+//! nineteen times what that one took: at most a twentieth of the claiming
+//! time goes to sweeps, and a job behind the position waits at most that
+//! long. On a quiet database a sweep takes a millisecond or two, so that
+//! is a few dozen milliseconds; behind a million dead entries, a second or
+//! two. (Resuming pays on a quiet database too: a sweep walks at least the
+//! entries of the jobs completed since the last claim, which no scan has
+//! passed yet.) Each sweep also says how many index entries it walked (the
+//! server counts them): while that is hardly more than the jobs it takes,
+//! the head is cheap, and a claim that resumed and came back short (the
+//! queue looks drained from the position) is followed at once by a sweep,
+//! so an idle queue's late jobs wait for no timer.
 
 use std::time::{Duration, Instant};
 
@@ -55,17 +59,20 @@ pub(crate) enum Scan {
 pub(crate) struct Position {
     /// `(priority, id of the last job taken)`, highest priority first.
     levels: Vec<(i64, i64)>,
-    /// The last sweep walked dead entries: claims resume.
+    /// The last sweep walked dead entries.
     head_costly: bool,
-    /// While the head is costly, no sweep before this.
+    /// No sweep before this, unless the head is cheap and the last claim
+    /// that resumed came back short.
     next_sweep: Option<Instant>,
+    /// The last claim that resumed took fewer jobs than it asked for.
+    short: bool,
 }
 
 impl Position {
-    /// How the next claim scans. While the head is costly, one worker
-    /// sweeps when a sweep is due, and the others resume meanwhile.
+    /// How the next claim scans. When a sweep is due, one worker sweeps
+    /// and the others resume meanwhile.
     pub(crate) fn scan(&mut self, now: Instant) -> Scan {
-        if !self.head_costly || self.levels.is_empty() {
+        if self.levels.is_empty() || (self.short && !self.head_costly) {
             return Scan::Sweep;
         }
         match self.next_sweep {
@@ -78,21 +85,22 @@ impl Position {
         }
     }
 
-    /// When the next sweep may run, if claims resume until then.
+    /// How long until a sweep may run, after a claim that resumed.
     pub(crate) fn sweep_due_in(&self, now: Instant) -> Option<Duration> {
-        match self.next_sweep {
-            Some(at) if self.head_costly => Some(at.saturating_duration_since(now)),
-            _ => None,
+        if self.short && !self.head_costly {
+            return Some(Duration::ZERO);
         }
+        self.next_sweep.map(|at| at.saturating_duration_since(now))
     }
 
     /// Learns from a claim made with `scan`: the `(priority, id)` of the
-    /// jobs it took, how many entries of the ready index it walked, and how
-    /// long it took.
+    /// jobs it took, whether it took as many as it asked for, how many
+    /// entries of the ready index it walked, and how long it took.
     pub(crate) fn taken(
         &mut self,
         scan: &Scan,
         jobs: impl IntoIterator<Item = (i64, i64)>,
+        full: bool,
         walked: i64,
         took: Duration,
         now: Instant,
@@ -106,9 +114,13 @@ impl Position {
             }
         }
         self.levels.truncate(MAX_LEVELS);
-        if *scan == Scan::Sweep {
-            self.head_costly = walked > CHEAP_WALK + 4 * claimed;
-            self.next_sweep = Some(now + took * SWEEP_SHARE);
+        match scan {
+            Scan::Sweep => {
+                self.head_costly = walked > CHEAP_WALK + 4 * claimed;
+                self.next_sweep = Some(now + took * SWEEP_SHARE);
+                self.short = false;
+            }
+            Scan::Resume(_) => self.short = !full,
         }
     }
 }
@@ -117,66 +129,66 @@ impl Position {
 mod tests {
     use super::*;
 
-    #[test]
-    fn claims_sweep_while_the_head_is_cheap() {
-        let now = Instant::now();
-        let mut position = Position::default();
-        assert_eq!(position.scan(now), Scan::Sweep);
-        position.taken(
-            &Scan::Sweep,
-            [(0, 5), (0, 9)],
-            900,
-            Duration::from_millis(1),
-            now,
-        );
-        assert_eq!(position.scan(now), Scan::Sweep);
-        assert_eq!(position.sweep_due_in(now), None);
-    }
+    const MS: Duration = Duration::from_millis(1);
 
     #[test]
-    fn claims_resume_after_a_costly_sweep_until_the_next_is_due() {
+    fn the_first_claim_sweeps_then_claims_resume_until_the_next_sweep_is_due() {
         let now = Instant::now();
         let mut position = Position::default();
+        assert_eq!(position.scan(now), Scan::Sweep);
         position.taken(
             &Scan::Sweep,
             [(0, 7), (5, 3), (0, 4), (5, 2)],
-            50_000,
-            Duration::from_millis(10),
+            true,
+            300,
+            10 * MS,
             now,
         );
         assert_eq!(position.scan(now), Scan::Resume(vec![(5, 3), (0, 7)]));
-        assert_eq!(
-            position.sweep_due_in(now),
-            Some(Duration::from_millis(190))
-        );
-        let later = now + Duration::from_millis(100);
+        assert_eq!(position.sweep_due_in(now), Some(190 * MS));
+        let later = now + 100 * MS;
         position.taken(
             &Scan::Resume(vec![(5, 3), (0, 7)]),
             [(0, 20), (-1, 8)],
-            300,
-            Duration::from_millis(1),
+            true,
+            30,
+            MS,
             later,
         );
         assert_eq!(
             position.scan(later),
             Scan::Resume(vec![(5, 3), (0, 20), (-1, 8)])
         );
+        // Due: one worker sweeps, the others resume meanwhile.
+        let due = now + 190 * MS;
+        assert_eq!(position.scan(due), Scan::Sweep);
+        assert!(matches!(position.scan(due), Scan::Resume(_)));
         // A stray behind the position does not move it back.
-        position.taken(
-            &Scan::Sweep,
-            [(0, 2)],
-            40_000,
-            Duration::from_millis(10),
-            now + Duration::from_millis(200),
-        );
+        position.taken(&Scan::Sweep, [(0, 2)], false, 40_000, 10 * MS, due);
         assert_eq!(
-            position.scan(now + Duration::from_millis(250)),
+            position.scan(due + 50 * MS),
             Scan::Resume(vec![(5, 3), (0, 20), (-1, 8)])
         );
-        assert_eq!(
-            position.scan(now + Duration::from_millis(390)),
-            Scan::Sweep
-        );
+        assert_eq!(position.scan(due + 190 * MS), Scan::Sweep);
+    }
+
+    #[test]
+    fn a_short_resume_is_followed_by_a_sweep_only_while_the_head_is_cheap() {
+        let now = Instant::now();
+        let mut cheap = Position::default();
+        cheap.taken(&Scan::Sweep, [(0, 9)], false, 200, MS, now);
+        let resume = cheap.scan(now);
+        assert_eq!(resume, Scan::Resume(vec![(0, 9)]));
+        cheap.taken(&resume, [], false, 0, MS, now);
+        assert_eq!(cheap.sweep_due_in(now), Some(Duration::ZERO));
+        assert_eq!(cheap.scan(now), Scan::Sweep);
+
+        let mut costly = Position::default();
+        costly.taken(&Scan::Sweep, [(0, 9)], false, 900_000, 100 * MS, now);
+        let resume = costly.scan(now);
+        costly.taken(&resume, [], false, 0, MS, now);
+        assert_eq!(costly.sweep_due_in(now), Some(1_900 * MS));
+        assert_eq!(costly.scan(now), Scan::Resume(vec![(0, 9)]));
     }
 
     #[test]
@@ -186,8 +198,9 @@ mod tests {
         position.taken(
             &Scan::Sweep,
             (0..40).map(|p| (p, 100 + p)),
-            1_000_000,
-            Duration::from_millis(1),
+            true,
+            0,
+            MS,
             now,
         );
         match position.scan(now) {
@@ -195,7 +208,7 @@ mod tests {
                 assert_eq!(levels.len(), MAX_LEVELS);
                 assert_eq!(levels[0], (39, 139));
             }
-            Scan::Sweep => panic!("the head is costly"),
+            Scan::Sweep => panic!("not due"),
         }
     }
 }

@@ -204,6 +204,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 lock(position).taken(
                     &scan,
                     claim.taken.iter().copied(),
+                    claim.taken.len() as i64 >= limit,
                     claim.walked,
                     claim_took,
                     Instant::now(),

@@ -1,15 +1,17 @@
 //! Claims while another transaction holds back the xmin horizon: VACUUM can
 //! remove none of the rows completed jobs leave, and the statistics it
 //! leaves say the table is empty. The runner's statements still look its
-//! jobs up by id. (Rates are the benchmark's:
+//! jobs up by id, and its claims resume behind the dead entries of the
+//! ready index instead of walking them each time, while the jobs that
+//! become ready behind that position still run. (Rates are the benchmark's:
 //! `cargo run --release -p skiplock-examples --example bench -- --held-xmin`.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
-use skiplock::{JobBatch, Runner};
+use skiplock::{EnqueueOptions, Job, JobBatch, PerformError, Runner};
 use skiplock_tests::{count, wait_until, TestDb};
 
 #[skiplock::background_job(queue = "horizon")]
@@ -20,17 +22,56 @@ fn tick(done: &Arc<AtomicUsize>) {
 /// Index entries of the jobs' primary key read so far, by every session
 /// that has reported its statistics.
 fn primary_key_reads(db: &TestDb) -> (i64, i64) {
+    index_reads(db, "queue_jobs_pkey")
+}
+
+/// Scans of `index` and its entries read so far, by every session that has
+/// reported its statistics.
+fn index_reads(db: &TestDb, index: &str) -> (i64, i64) {
     let mut conn = db.conn();
     let mut read = |column: &str| {
         count(
             &mut conn,
             &format!(
                 "SELECT {column} AS n FROM pg_stat_user_indexes \
-                 WHERE indexrelid = 'queue_jobs_pkey'::regclass"
+                 WHERE indexrelid = '{index}'::regclass"
             ),
         )
     };
     (read("idx_scan"), read("idx_tup_read"))
+}
+
+/// The reads of `index` once the statistics of the sessions so far are in
+/// (they stop moving).
+fn settled_reads(db: &TestDb, index: &str) -> (i64, i64) {
+    let mut before = index_reads(db, index);
+    loop {
+        std::thread::sleep(Duration::from_millis(700));
+        let now = index_reads(db, index);
+        if now == before {
+            return now;
+        }
+        before = now;
+    }
+}
+
+/// Holds the horizon (a `REPEATABLE READ` transaction that has taken its
+/// snapshot) and leaves `dead` ended jobs of `queue` in front of the ready
+/// index, which VACUUM cannot remove; VACUUM has left statistics that say
+/// the table is empty.
+fn hold_horizon_behind(db: &TestDb, queue: &str, dead: i64) -> diesel::PgConnection {
+    db.execute("VACUUM ANALYZE queue_jobs");
+    let mut holder = db.conn();
+    holder
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .unwrap();
+    db.execute(&format!(
+        "INSERT INTO queue_jobs (job_type, queue, payload) \
+         SELECT 'ended', '{queue}', 'null' FROM generate_series(1, {dead}); \
+         DELETE FROM queue_jobs"
+    ));
+    db.execute("VACUUM queue_jobs");
+    holder
 }
 
 #[test]
@@ -99,5 +140,152 @@ fn a_claim_looks_up_its_jobs_by_id_whatever_the_statistics_say() {
     eprintln!("{read} primary key entries read");
     assert!(read < DEAD, "{read} primary key entries read");
     assert_eq!(db.count_jobs("true"), 0, "every completion was recorded");
+    holder.batch_execute("ROLLBACK").unwrap();
+}
+
+#[test]
+fn claims_resume_behind_the_dead_entries_instead_of_walking_them_each_time() {
+    const DEAD: i64 = 100_000;
+    const JOBS: usize = 2_000;
+    let db = TestDb::create();
+    let mut holder = hold_horizon_behind(&db, "horizon", DEAD);
+    let mut batch = JobBatch::new();
+    for _ in 0..JOBS {
+        batch.push(&tick()).unwrap();
+    }
+    batch.enqueue(&mut db.conn()).unwrap();
+    let before = settled_reads(&db, "queue_jobs_ready_idx");
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let runner = Runner::builder(done.clone())
+        .database_url(db.url())
+        .queue("horizon", 1)
+        .batch_size(20)
+        .build()
+        .unwrap();
+    let running = runner.start();
+    wait_until("every job ran", Duration::from_secs(120), || {
+        done.load(Ordering::SeqCst) == JOBS
+    });
+    running.shutdown(Duration::from_secs(10));
+    let mut after = before;
+    wait_until(
+        "the statistics of the runner's sessions",
+        Duration::from_secs(20),
+        || {
+            after = index_reads(&db, "queue_jobs_ready_idx");
+            after.0 >= before.0 + 100
+        },
+    );
+    // A hundred claims of 20 jobs. Each claim from the head walks the
+    // 100,000 dead entries (10,000,000 in all, as every claim did before);
+    // those that resume walk a few dozen, and a sweep from the head runs
+    // at most a twentieth of the time.
+    let walked = after.1 - before.1;
+    eprintln!("{walked} ready index entries walked");
+    assert!(walked < 20 * DEAD, "{walked} ready index entries walked");
+    assert_eq!(db.count_jobs("true"), 0, "every completion was recorded");
+    holder.batch_execute("ROLLBACK").unwrap();
+}
+
+/// When each job of the `behind` queue started.
+#[derive(Default)]
+struct Started(Mutex<Vec<(String, Instant)>>);
+
+impl Started {
+    fn of(&self, label: &str) -> Vec<Instant> {
+        let started = self.0.lock().unwrap();
+        started
+            .iter()
+            .filter(|(l, _)| l == label)
+            .map(|(_, at)| *at)
+            .collect()
+    }
+}
+
+#[skiplock::background_job(queue = "behind", backoff = "300ms", max_backoff = "300ms")]
+fn step(started: &Arc<Started>, label: String, millis: u64) -> Result<(), PerformError> {
+    let first = {
+        let mut all = started.0.lock().unwrap();
+        all.push((label.clone(), Instant::now()));
+        all.iter().filter(|(l, _)| *l == label).count() == 1
+    };
+    std::thread::sleep(Duration::from_millis(millis));
+    if label == "retried" && first {
+        return Err(PerformError::msg("the first attempt fails"));
+    }
+    Ok(())
+}
+
+#[test]
+fn jobs_that_become_ready_behind_the_position_still_run() {
+    const BACKLOG: usize = 1_500;
+    let db = TestDb::create();
+    let mut holder = hold_horizon_behind(&db, "behind", 100_000);
+    // A job whose transaction commits only after later jobs have run: its
+    // id is below theirs.
+    let mut late = db.conn();
+    late.batch_execute("BEGIN").unwrap();
+    step("late".into(), 0).enqueue(&mut late).unwrap();
+    let mut batch = JobBatch::new();
+    batch.push(&step("retried".into(), 0)).unwrap();
+    for _ in 0..BACKLOG {
+        batch.push(&step("backlog".into(), 4)).unwrap();
+    }
+    batch.enqueue(&mut db.conn()).unwrap();
+
+    let started = Arc::new(Started::default());
+    let runner = Runner::builder(started.clone())
+        .database_url(db.url())
+        .queue("behind", 1)
+        .batch_size(10)
+        .poll_interval(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let running = runner.start();
+    wait_until(
+        "a hundred jobs of the backlog ran",
+        Duration::from_secs(60),
+        || started.of("backlog").len() >= 100,
+    );
+    // Now behind the claims' position: the late job (committed now), the
+    // retry (its backoff over soon), and a job of a higher priority.
+    late.batch_execute("COMMIT").unwrap();
+    let committed = Instant::now();
+    step("urgent".into(), 0)
+        .enqueue_with(&mut db.conn(), &EnqueueOptions::new().priority(10))
+        .unwrap();
+    let bound = Duration::from_secs(5);
+    wait_until("the jobs behind the position ran", bound * 2, || {
+        !started.of("late").is_empty()
+            && !started.of("urgent").is_empty()
+            && started.of("retried").len() == 2
+    });
+    let backlog = started.of("backlog");
+    let last = *backlog.last().unwrap();
+    let (late_at, urgent_at) = (started.of("late")[0], started.of("urgent")[0]);
+    eprintln!(
+        "late after {:?}, urgent after {:?}, retry after {:?}; {} of the backlog had run",
+        late_at - committed,
+        urgent_at - committed,
+        started.of("retried")[1] - committed,
+        backlog.len()
+    );
+    for (what, at) in [("late", late_at), ("urgent", urgent_at)] {
+        assert!(
+            at - committed < bound,
+            "the {what} job waited {:?}",
+            at - committed
+        );
+    }
+    assert!(
+        backlog.len() < BACKLOG || urgent_at < last,
+        "the job of a higher priority waited for the backlog"
+    );
+    wait_until("the backlog ran", Duration::from_secs(60), || {
+        started.of("backlog").len() == BACKLOG
+    });
+    running.shutdown(Duration::from_secs(10));
+    assert_eq!(db.count_jobs("true"), 0);
     holder.batch_execute("ROLLBACK").unwrap();
 }
