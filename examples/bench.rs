@@ -4,7 +4,8 @@
 //! `cargo run --release -p skiplock-examples --example bench` (a few minutes;
 //! `-- --quick` for a smoke run, `-- --million` adds the memory run over a
 //! million jobs, `-- --claims` runs only the claim measurements, `-- --drain`
-//! only the drains and the pickup latency, to compare two builds;
+//! only the drains (at 1 and 8 workers, or `--workers 1,8,32,64`, each
+//! next to the raw reference) and the pickup latency, to compare two builds;
 //! `-- --backlog N` sets the drains' backlog, 20,000 jobs by default;
 //! `-- --held-xmin` runs consecutive drains with and without a transaction
 //! holding back VACUUM, see [`held_horizon`]). Uses `DATABASE_URL`'s server
@@ -63,7 +64,20 @@ fn main() -> BenchResult<()> {
         return claim_scaling(&settings);
     }
     if args.iter().any(|a| a == "--drain") {
-        return drain_and_pickup(&settings);
+        let workers = match args.iter().position(|a| a == "--workers") {
+            None => vec![1, 8],
+            Some(at) => args
+                .get(at + 1)
+                .map(|list| {
+                    list.split(',')
+                        .map(str::parse)
+                        .collect::<Result<Vec<usize>, _>>()
+                })
+                .and_then(Result::ok)
+                .filter(|list| !list.is_empty())
+                .ok_or("--workers takes a list of worker counts: 1,8,32,64")?,
+        };
+        return drain_and_pickup(&settings, &workers);
     }
     if held_xmin {
         let drains = flag_value(&args, "--drains")?.unwrap_or(5);
@@ -115,34 +129,24 @@ fn main() -> BenchResult<()> {
         ours,
         raw,
         "jobs/s",
-        "multi-row INSERT",
+        "INSERT … SELECT unnest($1::jsonb[]), plain table",
     );
-    let (ours, raw) = paired(
-        reps,
-        || drain(&settings, 1),
-        || raw_claim_one_per_tx(&settings, 1),
-    )?;
-    row(
-        "drain, 1 worker",
-        ours,
-        raw,
-        "jobs/s",
-        "1 tx per job, 1 conn",
-    );
-    let (ours, raw) = paired(
-        reps,
-        || drain(&settings, 8),
-        || raw_delete_batches(&settings, 8),
-    )?;
-    row(
-        "drain, 8 workers",
-        ours,
-        raw,
-        "jobs/s",
-        "DELETE … LIMIT 100, 8 conns",
-    );
-    let raw_single_8 = median(reps, || raw_claim_one_per_tx(&settings, 8))?;
-    println!("  (reference: 1 tx per job from 8 connections: {raw_single_8:.1} jobs/s)");
+    for workers in [1, 8] {
+        let (ours, raw) = paired(
+            reps,
+            || drain(&settings, workers),
+            || raw_delete_batches(&settings, workers),
+        )?;
+        row(
+            &format!("drain, {workers} worker(s)"),
+            ours,
+            raw,
+            "jobs/s",
+            &format!(
+                "prepared DELETE … SKIP LOCKED LIMIT 100 RETURNING, plain table, {workers} conn(s)"
+            ),
+        );
+    }
 
     let raw_latency = raw_listen_latency(&settings)?;
     let latency = pickup_latency(&settings)?;
@@ -268,27 +272,55 @@ fn enqueue_batches(settings: &Settings) -> BenchResult<f64> {
     Ok(rate(settings.backlog, started.elapsed()))
 }
 
+/// The strongest raw batch enqueue: 1,000 payloads a call in one
+/// `INSERT .. SELECT unnest($1::jsonb[])` into a plain table.
 fn raw_insert_batches(settings: &Settings) -> BenchResult<f64> {
-    use skiplock_examples::bench_schema::queue_jobs::dsl as j;
     let mut conn = connect(settings)?;
-    clear(&mut conn)?;
-    let payload = serde_json::json!({});
-    let rows: Vec<_> = (0..1_000)
-        .map(|_| {
-            (
-                j::job_type.eq("noop"),
-                j::queue.eq("bench"),
-                j::payload.eq(&payload),
-            )
-        })
-        .collect();
+    raw_table(&mut conn)?;
+    let payloads = raw_payloads();
     let started = Instant::now();
     for _ in 0..settings.backlog / 1_000 {
-        diesel::insert_into(j::queue_jobs)
-            .values(&rows)
-            .execute(&mut conn)?;
+        raw_insert(&mut conn, &payloads)?;
     }
     Ok(rate(settings.backlog, started.elapsed()))
+}
+
+/// The raw references' table, empty: what a queue of its own needs at
+/// least (an id, a priority, a payload, the claim order's index), nothing
+/// of this queue's.
+fn raw_table(conn: &mut PgConnection) -> QueryResult<()> {
+    conn.batch_execute(
+        "CREATE TABLE IF NOT EXISTS bench_raw_jobs ( \
+             id BIGSERIAL PRIMARY KEY, \
+             priority SMALLINT NOT NULL DEFAULT 0, \
+             payload JSONB NOT NULL); \
+         CREATE INDEX IF NOT EXISTS bench_raw_jobs_claim ON bench_raw_jobs (priority, id); \
+         TRUNCATE bench_raw_jobs; \
+         VACUUM ANALYZE bench_raw_jobs",
+    )
+}
+
+/// A thousand payloads, what each raw insert takes.
+fn raw_payloads() -> Vec<serde_json::Value> {
+    (0..1_000).map(|_| serde_json::json!({})).collect()
+}
+
+fn raw_insert(conn: &mut PgConnection, payloads: &[serde_json::Value]) -> QueryResult<usize> {
+    diesel::sql_query("INSERT INTO bench_raw_jobs (payload) SELECT unnest($1::jsonb[])")
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Jsonb>, _>(payloads)
+        .execute(conn)
+}
+
+/// Adds `jobs` to the raw references' table, 1,000 an insert.
+fn raw_fill(conn: &mut PgConnection, jobs: usize) -> QueryResult<()> {
+    let payloads = raw_payloads();
+    let mut left = jobs;
+    while left > 0 {
+        let n = left.min(1_000);
+        raw_insert(conn, &payloads[..n])?;
+        left -= n;
+    }
+    Ok(())
 }
 
 /// The number after `flag` on the command line, if the flag is there.
@@ -330,13 +362,21 @@ fn queue_is_empty(conn: &mut PgConnection) -> QueryResult<bool> {
 
 /// The queue's own figures that a change of the engine moves: drains at 1
 /// and 8 workers (median of the repetitions) and the pickup latency.
-fn drain_and_pickup(settings: &Settings) -> BenchResult<()> {
-    let one = median(settings.reps, || drain(settings, 1))?;
-    let eight = median(settings.reps, || drain(settings, 8))?;
+fn drain_and_pickup(settings: &Settings, workers: &[usize]) -> BenchResult<()> {
+    for &n in workers {
+        let (ours, raw) = paired(
+            settings.reps,
+            || drain(settings, n),
+            || raw_delete_batches(settings, n),
+        )?;
+        println!(
+            "drain {n} worker(s): {ours:.0} jobs/s; raw reference {raw:.0} jobs/s ({:.0} %)",
+            ours / raw * 100.0
+        );
+    }
     let latency = pickup_latency(settings)?;
     println!(
-        "drain 1 worker: {one:.0} jobs/s; drain 8 workers: {eight:.0} jobs/s; \
-         pickup p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
+        "pickup p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
         latency[0], latency[1], latency[2]
     );
     let exclusive = median(settings.reps, || drain_exclusive(settings))?;
@@ -361,38 +401,19 @@ fn drain_with(
     drain_queued(settings, serve)
 }
 
-/// Runs `sql` on `connections` threads until it deletes nothing; jobs/s
-/// over a backlog of `jobs`.
-fn raw_drain(
-    settings: &Settings,
-    connections: usize,
-    jobs: usize,
-    sql: &'static str,
-) -> BenchResult<f64> {
-    backlog(settings, jobs)?;
-    drain_raw(settings, connections, jobs, sql, true)
-}
+/// The strongest raw drain: batches of 100 deleted and returned by one
+/// prepared statement per round trip, no `BEGIN`/`COMMIT` around it, on
+/// the plain table of [`raw_table`].
+const RAW_DRAIN: &str = "DELETE FROM bench_raw_jobs WHERE id IN (SELECT id FROM bench_raw_jobs \
+     ORDER BY priority, id FOR UPDATE SKIP LOCKED LIMIT 100) RETURNING payload";
 
+/// [`RAW_DRAIN`] on `connections` connections over a fresh backlog: jobs/s.
 fn raw_delete_batches(settings: &Settings, connections: usize) -> BenchResult<f64> {
-    raw_drain(
-        settings,
-        connections,
-        settings.backlog,
-        "DELETE FROM queue_jobs WHERE id IN (SELECT id FROM queue_jobs \
-         ORDER BY priority, id FOR UPDATE SKIP LOCKED LIMIT 100)",
-    )
-}
-
-fn raw_claim_one_per_tx(settings: &Settings, connections: usize) -> BenchResult<f64> {
-    // SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1, then DELETE, in one
-    // transaction. At one commit per job, a smaller backlog gives the rate.
-    raw_drain(
-        settings,
-        connections,
-        settings.single,
-        "WITH claimed AS (SELECT id FROM queue_jobs ORDER BY priority, id \
-         FOR UPDATE SKIP LOCKED LIMIT 1) DELETE FROM queue_jobs WHERE id IN (SELECT id FROM claimed)",
-    )
+    let mut conn = connect(settings)?;
+    raw_table(&mut conn)?;
+    raw_fill(&mut conn, settings.backlog)?;
+    conn.batch_execute("VACUUM ANALYZE bench_raw_jobs")?;
+    Ok(drain_raw(settings, connections, settings.backlog, RAW_DRAIN)?.0)
 }
 
 fn percentiles(mut millis: Vec<f64>) -> [f64; 3] {
@@ -765,7 +786,7 @@ mod claim_times {
 }
 
 /// The jobs table's size, its indexes' size (MB) and its dead rows.
-fn table_sizes(conn: &mut PgConnection) -> QueryResult<(f64, f64, i64)> {
+fn table_sizes(conn: &mut PgConnection, table: &str) -> QueryResult<(f64, f64, i64)> {
     #[derive(QueryableByName)]
     struct Sizes {
         #[diesel(sql_type = diesel::sql_types::Double)]
@@ -776,11 +797,12 @@ fn table_sizes(conn: &mut PgConnection) -> QueryResult<(f64, f64, i64)> {
         dead: i64,
     }
     let sizes: Sizes = diesel::sql_query(
-        "SELECT pg_table_size('queue_jobs') / 1048576.0::float8 AS table_mb, \
-                pg_indexes_size('queue_jobs') / 1048576.0::float8 AS indexes_mb, \
+        "SELECT pg_table_size($1::regclass) / 1048576.0::float8 AS table_mb, \
+                pg_indexes_size($1::regclass) / 1048576.0::float8 AS indexes_mb, \
                 COALESCE((SELECT n_dead_tup FROM pg_stat_user_tables \
-                          WHERE relid = 'queue_jobs'::regclass), 0) AS dead",
+                          WHERE relid = $1::regclass), 0) AS dead",
     )
+    .bind::<Text, _>(table)
     .get_result(conn)?;
     Ok((sizes.table_mb, sizes.indexes_mb, sizes.dead))
 }
@@ -792,15 +814,10 @@ fn table_sizes(conn: &mut PgConnection) -> QueryResult<(f64, f64, i64)> {
 /// the drains leave). The table starts empty and analyzed, as a new one.
 /// Each drain prints its rate, the claim round trip's p50 and p99, the
 /// table's and its indexes' sizes and dead rows; then the raw reference
-/// (`DELETE .. FOR UPDATE SKIP LOCKED LIMIT 100` on the same table, one
-/// statement per round trip on 1 and 8 connections) measured the same way;
-/// and the sizes after the transaction ended and VACUUM ran.
+/// ([`RAW_DRAIN`] on its plain table, 1 and 8 connections) measured the
+/// same way, its round trips as the claim's; and the sizes after the
+/// transaction ended and VACUUM ran.
 fn held_horizon(settings: &Settings, drains: usize) -> BenchResult<()> {
-    // `id = ANY (ARRAY(..))`: as `id IN (..)` the planner, with the
-    // statistics VACUUM leaves under a held horizon, walks the whole table.
-    const RAW: &str = "DELETE FROM queue_jobs WHERE id = ANY (ARRAY(SELECT id FROM queue_jobs \
-         WHERE queue = 'bench' AND dead_at IS NULL AND NOT scheduled \
-         ORDER BY priority DESC, id FOR UPDATE SKIP LOCKED LIMIT 100))";
     println!(
         "| drain | workers | horizon | jobs/s | claim p50 ms | claim p99 ms | sweeps / claims | entries walked per sweep | table MB | indexes MB | dead rows |"
     );
@@ -812,8 +829,14 @@ fn held_horizon(settings: &Settings, drains: usize) -> BenchResult<()> {
         ("raw SQL", 1),
         ("raw SQL", 8),
     ] {
+        let raw = what == "raw SQL";
+        let table = if raw { "bench_raw_jobs" } else { "queue_jobs" };
         for held in [false, true] {
-            clear(&mut conn)?;
+            if raw {
+                raw_table(&mut conn)?;
+            } else {
+                clear(&mut conn)?;
+            }
             let holder = if held {
                 let mut holder = connect(settings)?;
                 holder.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")?;
@@ -822,38 +845,52 @@ fn held_horizon(settings: &Settings, drains: usize) -> BenchResult<()> {
                 None
             };
             for round in 1..=drains {
-                let mut batch = JobBatch::new();
-                for _ in 0..settings.backlog {
-                    batch.push(&noop())?;
-                }
-                batch.enqueue(&mut conn)?;
-                claim_times::take();
-                let jobs_per_sec = if what == "skiplock" {
-                    drain_queued(settings, |b| b.queue("bench", workers))?
+                if raw {
+                    raw_fill(&mut conn, settings.backlog)?;
                 } else {
-                    drain_raw(settings, workers, settings.backlog, RAW, false)?
+                    let mut batch = JobBatch::new();
+                    for _ in 0..settings.backlog {
+                        batch.push(&noop())?;
+                    }
+                    batch.enqueue(&mut conn)?;
+                }
+                claim_times::take();
+                let (jobs_per_sec, raw_rounds) = if raw {
+                    drain_raw(settings, workers, settings.backlog, RAW_DRAIN)?
+                } else {
+                    let rate = drain_queued(settings, |b| b.queue("bench", workers))?;
+                    (rate, Vec::new())
                 };
                 let claims = claim_times::take_claims();
                 let sweeps: Vec<_> = claims.iter().filter(|c| !c.resumed).collect();
-                let swept = if sweeps.is_empty() {
-                    String::new()
+                let (sweeps, swept) = if raw {
+                    (String::new(), String::new())
+                } else if sweeps.is_empty() {
+                    (format!("0 / {}", claims.len()), String::new())
                 } else {
                     let walked: u64 = sweeps.iter().map(|c| c.walked).sum();
-                    format!("{:.0}", walked as f64 / sweeps.len() as f64)
+                    (
+                        format!("{} / {}", sweeps.len(), claims.len()),
+                        format!("{:.0}", walked as f64 / sweeps.len() as f64),
+                    )
                 };
-                let sweeps = format!("{} / {}", sweeps.len(), claims.len());
-                let [p50, _, p99] = if claims.is_empty() {
+                let rounds = if raw {
+                    raw_rounds
+                } else {
+                    claims.iter().map(|c| c.micros as f64 / 1000.0).collect()
+                };
+                let [p50, _, p99] = if rounds.is_empty() {
                     [f64::NAN; 3]
                 } else {
-                    percentiles(claims.iter().map(|c| c.micros as f64 / 1000.0).collect())
+                    percentiles(rounds)
                 };
                 // As autovacuum would, between drains: with the horizon held
                 // it removes nothing, and the statistics it leaves say the
                 // table is empty (what the next drain's plans see).
-                conn.batch_execute("VACUUM queue_jobs")?;
-                let (table, indexes, dead) = table_sizes(&mut conn)?;
+                conn.batch_execute(&format!("VACUUM {table}"))?;
+                let (table_mb, indexes, dead) = table_sizes(&mut conn, table)?;
                 println!(
-                    "| {what} {round} | {workers} | {} | {jobs_per_sec:.0} | {p50:.2} | {p99:.2} | {sweeps} | {swept} | {table:.1} | {indexes:.1} | {dead} |",
+                    "| {what} {round} | {workers} | {} | {jobs_per_sec:.0} | {p50:.2} | {p99:.2} | {sweeps} | {swept} | {table_mb:.1} | {indexes:.1} | {dead} |",
                     if held { "held" } else { "free" }
                 );
             }
@@ -862,10 +899,10 @@ fn held_horizon(settings: &Settings, drains: usize) -> BenchResult<()> {
             if let Some(mut holder) = holder {
                 holder.batch_execute("ROLLBACK")?;
             }
-            conn.batch_execute("VACUUM ANALYZE queue_jobs")?;
-            let (table, indexes, _) = table_sizes(&mut conn)?;
+            conn.batch_execute(&format!("VACUUM ANALYZE {table}"))?;
+            let (table_mb, indexes, _) = table_sizes(&mut conn, table)?;
             println!(
-                "| after, VACUUM | {workers} | {} | | | | | | {table:.1} | {indexes:.1} | |",
+                "| {what}: after, VACUUM | {workers} | {} | | | | | | {table_mb:.1} | {indexes:.1} | |",
                 if held { "ended" } else { "free" }
             );
         }
@@ -896,38 +933,42 @@ fn drain_queued(
     Ok(rate(settings.backlog, elapsed))
 }
 
-/// Drains what `queue_jobs` holds now (`jobs`) with `sql` on `connections`
-/// connections, one statement per round trip, each in a transaction of its
-/// own if `in_transaction` (`BEGIN` and `COMMIT` round trips around it).
+/// Drains a table with `sql` (a statement that deletes a batch) on
+/// `connections` connections, prepared once on each, one execution per
+/// round trip until one deletes nothing: jobs/s over `jobs`, and each
+/// round trip's duration (ms).
 fn drain_raw(
     settings: &Settings,
     connections: usize,
     jobs: usize,
     sql: &'static str,
-    in_transaction: bool,
-) -> BenchResult<f64> {
+) -> BenchResult<(f64, Vec<f64>)> {
     let barrier = Arc::new(Barrier::new(connections + 1));
     let threads: Vec<_> = (0..connections)
         .map(|_| {
             let barrier = Arc::clone(&barrier);
             let url = settings.url.clone();
-            thread::spawn(move || -> QueryResult<()> {
+            thread::spawn(move || -> QueryResult<Vec<f64>> {
                 let mut conn = PgConnection::establish(&url).expect("connect");
+                conn.batch_execute(&format!("PREPARE raw_drain AS {sql}"))?;
+                let mut rounds = Vec::new();
                 barrier.wait();
-                let round = |c: &mut PgConnection| diesel::sql_query(sql).execute(c);
-                if in_transaction {
-                    while conn.transaction(|c| round(c))? > 0 {}
-                } else {
-                    while round(&mut conn)? > 0 {}
+                loop {
+                    let began = Instant::now();
+                    let deleted = diesel::sql_query("EXECUTE raw_drain").execute(&mut conn)?;
+                    rounds.push(began.elapsed().as_secs_f64() * 1000.0);
+                    if deleted == 0 {
+                        return Ok(rounds);
+                    }
                 }
-                Ok(())
             })
         })
         .collect();
     barrier.wait();
     let started = Instant::now();
+    let mut rounds = Vec::new();
     for t in threads {
-        t.join().expect("raw drain thread")?;
+        rounds.extend(t.join().expect("raw drain thread")?);
     }
-    Ok(rate(jobs, started.elapsed()))
+    Ok((rate(jobs, started.elapsed()), rounds))
 }
