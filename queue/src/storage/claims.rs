@@ -232,8 +232,9 @@ const RESUME: &str = concat!(
 /// is paused) in priority order, skipping jobs other workers
 /// hold, and records them as the latest claim of lock session `holder`.
 ///
-/// The lock scan walks the ready index in claim order and takes the
-/// advisory lock of jobs until `limit` are locked (the `OFFSET 0` fence
+/// The lock scan walks the ready index in claim order, from the head
+/// ([`SWEEP`]) or from the runner's position ([`RESUME`]), as `scan` says,
+/// and takes the advisory lock of jobs until `limit` are locked (the `OFFSET 0` fence
 /// keeps the lock call above the ordered scan whatever the plan, so it runs
 /// only on rows the LIMIT still wants; the session's settings keep the
 /// scan on the index, in order, see [`prepare_runner_session`]). Its
@@ -248,6 +249,9 @@ const RESUME: &str = concat!(
 /// claim's own transaction: an identical job enqueued from now on is stored
 /// and runs after this one. A job released unstarted does not take its key
 /// back (an enqueue meanwhile has stored its twin).
+///
+/// The result also says how many entries of the ready index the scan
+/// walked, from the server's count (see [`crate::position`]).
 ///
 /// `completed`: the previous batch's completions, committed (and released
 /// as its `Release` says) first, in the same round trip. When the database
