@@ -8,7 +8,8 @@
 //! next to the raw reference) and the pickup latency, to compare two builds;
 //! `-- --backlog N` sets the drains' backlog, 20,000 jobs by default;
 //! `-- --held-xmin` runs consecutive drains with and without a transaction
-//! holding back VACUUM, see [`held_horizon`]). Uses `DATABASE_URL`'s server
+//! holding back VACUUM, see [`held_horizon`]; `--only skiplock` or `--only
+//! raw` runs half of them). Uses `DATABASE_URL`'s server
 //! and (re)creates the database `queue_bench`.
 
 use std::sync::atomic::Ordering;
@@ -81,7 +82,12 @@ fn main() -> BenchResult<()> {
     }
     if held_xmin {
         let drains = flag_value(&args, "--drains")?.unwrap_or(5);
-        return held_horizon(&settings, drains);
+        let only = args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|at| args.get(at + 1))
+            .map(String::as_str);
+        return held_horizon(&settings, drains, only);
     }
     println!(
         "skiplock benchmark: {} ({} repetitions, median)",
@@ -295,9 +301,9 @@ fn raw_table(conn: &mut PgConnection) -> QueryResult<()> {
              priority SMALLINT NOT NULL DEFAULT 0, \
              payload JSONB NOT NULL); \
          CREATE INDEX IF NOT EXISTS bench_raw_jobs_claim ON bench_raw_jobs (priority, id); \
-         TRUNCATE bench_raw_jobs; \
-         VACUUM ANALYZE bench_raw_jobs",
-    )
+         TRUNCATE bench_raw_jobs",
+    )?;
+    conn.batch_execute("VACUUM ANALYZE bench_raw_jobs")
 }
 
 /// A thousand payloads, what each raw insert takes.
@@ -817,11 +823,11 @@ fn table_sizes(conn: &mut PgConnection, table: &str) -> QueryResult<(f64, f64, i
 /// ([`RAW_DRAIN`] on its plain table, 1 and 8 connections) measured the
 /// same way, its round trips as the claim's; and the sizes after the
 /// transaction ended and VACUUM ran.
-fn held_horizon(settings: &Settings, drains: usize) -> BenchResult<()> {
+fn held_horizon(settings: &Settings, drains: usize, only: Option<&str>) -> BenchResult<()> {
     println!(
-        "| drain | workers | horizon | jobs/s | claim p50 ms | claim p99 ms | sweeps / claims | entries walked per sweep | table MB | indexes MB | dead rows |"
+        "| drain | workers | horizon | jobs/s | claim p50 ms | claim p99 ms | sweeps / claims | entries walked per sweep | ms per sweep | table MB | indexes MB | dead rows |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut conn = connect(settings)?;
     for (what, workers) in [
         ("skiplock", 1),
@@ -830,6 +836,9 @@ fn held_horizon(settings: &Settings, drains: usize) -> BenchResult<()> {
         ("raw SQL", 8),
     ] {
         let raw = what == "raw SQL";
+        if only.is_some_and(|only| only != if raw { "raw" } else { "skiplock" }) {
+            continue;
+        }
         let table = if raw { "bench_raw_jobs" } else { "queue_jobs" };
         for held in [false, true] {
             if raw {
@@ -863,15 +872,22 @@ fn held_horizon(settings: &Settings, drains: usize) -> BenchResult<()> {
                 };
                 let claims = claim_times::take_claims();
                 let sweeps: Vec<_> = claims.iter().filter(|c| !c.resumed).collect();
-                let (sweeps, swept) = if raw {
-                    (String::new(), String::new())
+                let (sweeps, swept, sweep_ms) = if raw {
+                    (String::new(), String::new(), String::new())
                 } else if sweeps.is_empty() {
-                    (format!("0 / {}", claims.len()), String::new())
+                    (
+                        format!("0 / {}", claims.len()),
+                        String::new(),
+                        String::new(),
+                    )
                 } else {
+                    let n = sweeps.len() as f64;
                     let walked: u64 = sweeps.iter().map(|c| c.walked).sum();
+                    let micros: u64 = sweeps.iter().map(|c| c.micros).sum();
                     (
                         format!("{} / {}", sweeps.len(), claims.len()),
-                        format!("{:.0}", walked as f64 / sweeps.len() as f64),
+                        format!("{:.0}", walked as f64 / n),
+                        format!("{:.1}", micros as f64 / n / 1000.0),
                     )
                 };
                 let rounds = if raw {
@@ -890,7 +906,7 @@ fn held_horizon(settings: &Settings, drains: usize) -> BenchResult<()> {
                 conn.batch_execute(&format!("VACUUM {table}"))?;
                 let (table_mb, indexes, dead) = table_sizes(&mut conn, table)?;
                 println!(
-                    "| {what} {round} | {workers} | {} | {jobs_per_sec:.0} | {p50:.2} | {p99:.2} | {sweeps} | {swept} | {table_mb:.1} | {indexes:.1} | {dead} |",
+                    "| {what} {round} | {workers} | {} | {jobs_per_sec:.0} | {p50:.2} | {p99:.2} | {sweeps} | {swept} | {sweep_ms} | {table_mb:.1} | {indexes:.1} | {dead} |",
                     if held { "held" } else { "free" }
                 );
             }
@@ -902,7 +918,7 @@ fn held_horizon(settings: &Settings, drains: usize) -> BenchResult<()> {
             conn.batch_execute(&format!("VACUUM ANALYZE {table}"))?;
             let (table_mb, indexes, _) = table_sizes(&mut conn, table)?;
             println!(
-                "| {what}: after, VACUUM | {workers} | {} | | | | | | {table_mb:.1} | {indexes:.1} | |",
+                "| {what}: after, VACUUM | {workers} | {} | | | | | | | {table_mb:.1} | {indexes:.1} | |",
                 if held { "ended" } else { "free" }
             );
         }
@@ -910,26 +926,28 @@ fn held_horizon(settings: &Settings, drains: usize) -> BenchResult<()> {
     Ok(())
 }
 
-/// Drains what `queue_jobs` holds now with a runner serving as `serve` says.
-/// (It waits until every job ran, then until the last completions commit:
-/// querying the table all along would take a core from the runner.)
+/// Drains what `queue_jobs` holds now with a runner serving as `serve` says:
+/// until every job ran, then until the runner has stopped, which commits
+/// the last completions. (Querying the table all along would take a core
+/// from the runner, and once dead rows pile up, a look for any row left
+/// scans them all.)
 fn drain_queued(
     settings: &Settings,
     serve: impl FnOnce(skiplock::RunnerBuilder<()>) -> skiplock::RunnerBuilder<()>,
 ) -> BenchResult<f64> {
     let runner = serve(Runner::builder(()).database_url(settings.url.as_str())).build()?;
-    let mut conn = connect(settings)?;
     NOOP_RUNS.store(0, Ordering::Relaxed);
     let started = Instant::now();
     let running = runner.start();
     while NOOP_RUNS.load(Ordering::Relaxed) < settings.backlog {
         thread::sleep(Duration::from_millis(1));
     }
-    while !queue_is_empty(&mut conn)? {
-        thread::sleep(Duration::from_millis(1));
-    }
-    let elapsed = started.elapsed();
     running.shutdown(Duration::from_secs(10));
+    let elapsed = started.elapsed();
+    assert!(
+        queue_is_empty(&mut connect(settings)?)?,
+        "the runner stopped with completions not committed"
+    );
     Ok(rate(settings.backlog, elapsed))
 }
 

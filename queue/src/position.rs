@@ -40,8 +40,8 @@ const CHEAP_WALK: i64 = 1_000;
 /// Time between sweeps, in sweeps' durations, while the head is not cheap.
 const SWEEP_SHARE: u32 = 19;
 
-/// How long the other workers resume while one sweeps (the sweep sets the
-/// next time when it is done; a sweep that fails to say leaves this).
+/// How long the other workers resume while one sweeps, unless it tells
+/// what it found sooner (a sweep whose claim failed does not).
 const SWEEPING: Duration = Duration::from_secs(10);
 
 /// How a claim scans the ready index.
@@ -66,27 +66,35 @@ pub(crate) struct Position {
     next_sweep: Option<Instant>,
     /// The last claim that resumed took fewer jobs than it asked for.
     short: bool,
+    /// A worker is sweeping (until it tells what the sweep found, or this
+    /// time passes): the others resume meanwhile.
+    sweeping_until: Option<Instant>,
 }
 
 impl Position {
-    /// How the next claim scans. When a sweep is due, one worker sweeps
-    /// and the others resume meanwhile.
+    /// How the next claim scans. When a sweep is wanted, one worker sweeps
+    /// and the others resume meanwhile (with no position yet, they find
+    /// nothing, and wait for the sweeping worker to wake them).
     pub(crate) fn scan(&mut self, now: Instant) -> Scan {
-        if self.levels.is_empty() || (self.short && !self.head_costly) {
+        let wanted = self.levels.is_empty()
+            || (self.short && !self.head_costly)
+            || self.next_sweep.is_none_or(|at| now >= at);
+        if wanted && !self.sweeping(now) {
+            self.sweeping_until = Some(now + SWEEPING);
             return Scan::Sweep;
         }
-        match self.next_sweep {
-            Some(at) if now < at => Scan::Resume(self.levels.clone()),
-            _ => {
-                // Until this sweep has told what it cost.
-                self.next_sweep = Some(now + SWEEPING);
-                Scan::Sweep
-            }
-        }
+        Scan::Resume(self.levels.clone())
+    }
+
+    fn sweeping(&self, now: Instant) -> bool {
+        self.sweeping_until.is_some_and(|until| now < until)
     }
 
     /// How long until a sweep may run, after a claim that resumed.
     pub(crate) fn sweep_due_in(&self, now: Instant) -> Option<Duration> {
+        if let Some(until) = self.sweeping_until.filter(|_| self.sweeping(now)) {
+            return Some(until - now);
+        }
         if self.short && !self.head_costly {
             return Some(Duration::ZERO);
         }
@@ -119,6 +127,7 @@ impl Position {
                 self.head_costly = walked > CHEAP_WALK + 4 * claimed;
                 self.next_sweep = Some(now + took * SWEEP_SHARE);
                 self.short = false;
+                self.sweeping_until = None;
             }
             Scan::Resume(_) => self.short = !full,
         }
@@ -136,6 +145,9 @@ mod tests {
         let now = Instant::now();
         let mut position = Position::default();
         assert_eq!(position.scan(now), Scan::Sweep);
+        // Another worker meanwhile: nothing to resume from yet; it waits.
+        assert_eq!(position.scan(now), Scan::Resume(vec![]));
+        assert_eq!(position.sweep_due_in(now), Some(SWEEPING));
         position.taken(
             &Scan::Sweep,
             [(0, 7), (5, 3), (0, 4), (5, 2)],
