@@ -15,7 +15,7 @@ use crate::position::Position;
 use crate::pq::{Patience, Session};
 use crate::registry::Registry;
 use crate::shutdown::Signals;
-use crate::storage::{ClaimedJob, NextAttempt};
+use crate::storage::{ClaimRow, ClaimedJob, NextAttempt};
 
 /// How a runner is configured, once built.
 #[derive(Debug, Clone)]
@@ -100,6 +100,8 @@ pub(crate) struct LockSession {
     /// The exclusive queue whose lock it holds, if any (every release that
     /// lets go of everything takes that one back at once).
     pub(crate) exclusive: Option<String>,
+    /// Where its claim record lies.
+    pub(crate) claim_row: ClaimRow,
 }
 
 /// The jobs a worker holds the locks of.

@@ -50,7 +50,7 @@ use crate::pq::{Session, SessionError};
 use crate::registry::{JobDescriptor, RunFailure};
 use crate::retry::RetryPolicy;
 use crate::state::{lock, LockSession, RunningJob, Settings, Shared, Slot, UnwrittenFailure};
-use crate::storage::{self, ClaimedJob, LockTable, NextAttempt, Release};
+use crate::storage::{self, ClaimRow, ClaimedJob, LockTable, NextAttempt, Release};
 
 /// What happened to one claimed job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +173,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 session,
                 holder,
                 exclusive,
+                claim_row,
             } = lock_session;
             // Everything the session holds goes, unless it holds jobs whose
             // outcome is still to be recorded.
@@ -191,7 +192,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 queue,
                 limit,
                 &exclude,
-                *holder,
+                (*holder, claim_row),
                 (&completed, release),
                 synchronous,
                 shared.registry.type_names(),
@@ -344,6 +345,7 @@ fn open_session<'s, C>(
             session,
             holder,
             exclusive: None,
+            claim_row: ClaimRow::default(),
         });
     }
     Ok(guard.as_mut().expect("just opened"))

@@ -162,22 +162,41 @@ macro_rules! ready_columns {
 
 /// What a claim's lock scan `c` leads to: the jobs locked (up to `$2`),
 /// recorded as the claim of session `$4`, their unique keys given up.
+///
+/// The record is rewritten where its last version lies (`$row`, its ctid,
+/// which the claim returns), and looked up by holder only when it is not
+/// there (the first claim, or another statement wrote it since): under a
+/// held horizon each rewrite leaves a version that VACUUM cannot remove,
+/// and a lookup by holder visits all of them (3 ms after 10,000 claims).
+/// Each claim returns at least one row: the record's new place, with the
+/// job's columns NULL when it took none.
 macro_rules! claim_tail {
-    () => {
+    ($row:literal) => {
         concat!(
             "WHERE pg_try_advisory_lock(",
             job_lock!("c.id"),
             ") \
                  LIMIT $2), \
+             rewritten AS ( \
+                 UPDATE queue_claims \
+                 SET jobs = (SELECT COALESCE(array_agg(id), '{}') FROM locked), claimed_at = now() \
+                 WHERE ctid = ",
+            $row,
+            "::tid AND holder = $4::int4 \
+                 RETURNING ctid), \
              recorded AS ( \
                  INSERT INTO queue_claims (holder, jobs) \
                  SELECT $4::int4, COALESCE(array_agg(id), '{}') FROM locked \
-                 ON CONFLICT (holder) DO UPDATE SET jobs = EXCLUDED.jobs, claimed_at = now()), \
+                 HAVING NOT EXISTS (SELECT 1 FROM rewritten) \
+                 ON CONFLICT (holder) DO UPDATE SET jobs = EXCLUDED.jobs, claimed_at = now() \
+                 RETURNING ctid), \
              unkeyed AS ( \
                  UPDATE queue_jobs SET unique_key = NULL \
                  WHERE id = ANY (ARRAY(SELECT id FROM locked WHERE keyed))) \
-             SELECT id, job_type, payload::text, attempts, suspect, running_by, priority \
-             FROM locked, \
+             SELECT l.id, l.job_type, l.payload::text, l.attempts, l.suspect, l.running_by, \
+                    l.priority, r.ctid::text \
+             FROM (SELECT ctid FROM rewritten UNION ALL SELECT ctid FROM recorded) r \
+                  LEFT JOIN locked l ON true, \
                   set_config('synchronous_commit', 'off', true) d"
         )
     };
@@ -196,7 +215,7 @@ const SWEEP: &str = concat!(
                AND job_type = ANY ($5::text[]) \
              ORDER BY priority DESC, id \
              OFFSET 0) c ",
-    claim_tail!()
+    claim_tail!("$6")
 );
 
 /// A claim resuming at a position (see [`crate::position`]): for each
@@ -223,7 +242,7 @@ const RESUME: &str = concat!(
                  ORDER BY priority DESC, id) j \
              WHERE NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1) \
              OFFSET 0) c ",
-    claim_tail!()
+    claim_tail!("$8")
 );
 
 /// Claims up to `limit` ready jobs of `queue` (not in `exclude`; of the
@@ -263,12 +282,13 @@ pub(crate) fn claim_jobs(
     queue: &str,
     limit: i64,
     exclude: &[i64],
-    holder: i32,
+    holder: (i32, &mut ClaimRow),
     completed: (&[i64], Release<'_>),
     wait_for_disk: bool,
     job_types: &[&str],
     scan: &Scan,
 ) -> Result<Claim, SessionError> {
+    let (holder, row) = holder;
     let (completed, release) = completed;
     let mark = session.next_mark();
     let delete = [
@@ -285,18 +305,28 @@ pub(crate) fn claim_jobs(
         Scan::Sweep => (Vec::new(), Vec::new()),
         Scan::Resume(levels) => levels.iter().copied().unzip(),
     };
-    let claim = [
-        Param::Text(queue),
-        Param::Int(limit),
-        Param::Ints(exclude),
-        Param::Int(i64::from(holder)),
-        Param::Texts(job_types),
-        Param::Ints(&priorities),
-        Param::Ints(&afters),
-    ];
+    // (No tuple lies at offset 0: "(0,0)" matches nothing.)
+    let last_row = row.0.take();
+    let last_row = || Param::Text(last_row.as_deref().unwrap_or("(0,0)"));
     let claim = match scan {
-        Scan::Sweep => &claim[..5],
-        Scan::Resume(_) => &claim[..],
+        Scan::Sweep => vec![
+            Param::Text(queue),
+            Param::Int(limit),
+            Param::Ints(exclude),
+            Param::Int(i64::from(holder)),
+            Param::Texts(job_types),
+            last_row(),
+        ],
+        Scan::Resume(_) => vec![
+            Param::Text(queue),
+            Param::Int(limit),
+            Param::Ints(exclude),
+            Param::Int(i64::from(holder)),
+            Param::Texts(job_types),
+            Param::Ints(&priorities),
+            Param::Ints(&afters),
+            last_row(),
+        ],
     };
     let recheck = [Param::Int(i64::from(holder))];
     steps.extend([
@@ -311,8 +341,8 @@ pub(crate) fn claim_jobs(
             &[],
         ),
         match scan {
-            Scan::Sweep => Step::Run(SWEEP, claim),
-            Scan::Resume(_) => Step::Run(RESUME, claim),
+            Scan::Sweep => Step::Run(SWEEP, &claim),
+            Scan::Resume(_) => Step::Run(RESUME, &claim),
         },
         // Only when a release was counted since the first statement: the
         // claimed jobs no longer ready, in this statement's snapshot, taken
@@ -377,14 +407,23 @@ pub(crate) fn claim_jobs(
     }
     let (locked, gone) = (&claim[1], &claim[2]);
     let walked = claim[3].int(0, 0)?;
-    let taken = (0..locked.len())
-        .map(|row| Ok((locked.int(row, 6)?, locked.int(row, 0)?)))
+    // The record's new place; rows with no job say only that.
+    row.0 = (locked.len() > 0)
+        .then(|| locked.text(0, 7).map(str::to_owned))
+        .flatten();
+    let locked_rows: Vec<usize> = (0..locked.len())
+        .filter(|&at| locked.text(at, 0).is_some())
+        .collect();
+    let taken = locked_rows
+        .iter()
+        .map(|&at| Ok((locked.int(at, 6)?, locked.int(at, 0)?)))
         .collect::<Result<Vec<_>, SessionError>>()?;
     let gone = (0..gone.len())
         .map(|row| gone.int(row, 0))
         .collect::<Result<Vec<_>, SessionError>>()?;
-    let jobs = (0..locked.len())
-        .map(|row| {
+    let jobs = locked_rows
+        .iter()
+        .map(|&row| {
             Ok(ClaimedJob {
                 id: locked.int(row, 0)?,
                 job_type: locked.string(row, 1)?,
@@ -403,6 +442,11 @@ pub(crate) fn claim_jobs(
         walked,
     })
 }
+
+/// Where a lock session's claim record lies (its ctid, as text), if known:
+/// see `claim_tail!`.
+#[derive(Debug, Default)]
+pub(crate) struct ClaimRow(Option<String>);
 
 /// What [`claim_jobs`] did.
 #[derive(Debug)]
