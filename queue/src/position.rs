@@ -40,8 +40,8 @@ const CHEAP_WALK: i64 = 1_000;
 /// Time between sweeps, in sweeps' durations, while the head is not cheap.
 const SWEEP_SHARE: u32 = 19;
 
-/// How long the other workers resume while one sweeps, unless it tells
-/// what it found sooner (a sweep whose claim failed does not).
+/// How long the other workers resume while one sweeps, at most: it tells
+/// what it found, or that its claim failed, sooner.
 const SWEEPING: Duration = Duration::from_secs(10);
 
 /// How a claim scans the ready index.
@@ -84,6 +84,12 @@ impl Position {
             return Scan::Sweep;
         }
         Scan::Resume(self.levels.clone())
+    }
+
+    /// A sweep chosen by [`Position::scan`] was not made (its claim
+    /// failed): another worker may sweep.
+    pub(crate) fn sweep_failed(&mut self) {
+        self.sweeping_until = None;
     }
 
     fn sweeping(&self, now: Instant) -> bool {
@@ -148,6 +154,9 @@ mod tests {
         // Another worker meanwhile: nothing to resume from yet; it waits.
         assert_eq!(position.scan(now), Scan::Resume(vec![]));
         assert_eq!(position.sweep_due_in(now), Some(SWEEPING));
+        // A sweep whose claim failed lets another worker sweep.
+        position.sweep_failed();
+        assert_eq!(position.scan(now), Scan::Sweep);
         position.taken(
             &Scan::Sweep,
             [(0, 7), (5, 3), (0, 4), (5, 2)],

@@ -140,10 +140,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
     let mut standby = false;
     let mut claim_took = Duration::ZERO;
     let position = shared.positions.get(queue);
-    let scan = match position {
-        Some(position) if !sweep => lock(position).scan(Instant::now()),
-        _ => Scan::Sweep,
-    };
+    let mut resumed = false;
     let mut walked = 0;
     let claimed = {
         let mut guard = lock(&slot.session);
@@ -186,6 +183,13 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 Release::These(&completed)
             };
             let synchronous = shared.settings.synchronous_commit;
+            // Chosen once the claim is sure to be made: a sweep chosen keeps
+            // the runner's other workers from sweeping until it reports.
+            let scan = match position {
+                Some(position) if !sweep => lock(position).scan(Instant::now()),
+                _ => Scan::Sweep,
+            };
+            resumed = scan != Scan::Sweep;
             let began = Instant::now();
             let claim = storage::claim_jobs(
                 session,
@@ -198,7 +202,12 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 shared.registry.type_names(),
                 &scan,
             )
-            .map_err(BatchError::Connect)?;
+            .map_err(|error| {
+                if let (Some(position), Scan::Sweep) = (position, &scan) {
+                    lock(position).sweep_failed();
+                }
+                BatchError::Connect(error)
+            })?;
             claim_took = began.elapsed();
             walked = claim.walked;
             if let Some(position) = position {
@@ -245,7 +254,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
         claimed: claimed.len(),
         full: claimed.len() as i64 >= limit,
         standby,
-        resumed: scan != Scan::Sweep,
+        resumed,
     };
     if batch.claimed > 0 {
         // The round trip of the claim (with the last batch's completions),
