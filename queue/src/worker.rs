@@ -203,8 +203,8 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 &scan,
             )
             .map_err(|error| {
-                if let (Some(position), Scan::Sweep) = (position, &scan) {
-                    lock(position).sweep_failed();
+                if let Some(position) = position {
+                    lock(position).claim_failed(&scan);
                 }
                 BatchError::Connect(error)
             })?;

@@ -68,9 +68,23 @@ fn hold_horizon_behind(db: &TestDb, queue: &str, dead: i64) -> diesel::PgConnect
     holder
 }
 
-/// Enqueues `jobs` ticks, runs them with one worker claiming 20 at a time,
-/// and returns the entries of `index` that the runner's sessions read.
-fn run_ticks_reading(db: &TestDb, jobs: usize, index: &str) -> i64 {
+/// How a runner of the `horizon` queue runs: its workers, and the most
+/// jobs each claims at once.
+#[derive(Clone, Copy)]
+struct Workers {
+    count: usize,
+    claim: u16,
+}
+
+/// One worker claiming 20 jobs at a time.
+const ONE_WORKER: Workers = Workers {
+    count: 1,
+    claim: 20,
+};
+
+/// Enqueues `jobs` ticks, runs them with `workers`, and returns the
+/// entries of `index` that the runner's sessions read.
+fn run_ticks_reading(db: &TestDb, jobs: usize, index: &str, workers: Workers) -> i64 {
     let mut batch = JobBatch::new();
     for _ in 0..jobs {
         batch.push(&tick()).unwrap();
@@ -80,8 +94,8 @@ fn run_ticks_reading(db: &TestDb, jobs: usize, index: &str) -> i64 {
     let done = Arc::new(AtomicUsize::new(0));
     let runner = Runner::builder(done.clone())
         .database_url(db.url())
-        .queue("horizon", 1)
-        .batch_size(20)
+        .queue("horizon", workers.count)
+        .batch_size(workers.claim)
         .build()
         .unwrap();
     let running = runner.start();
@@ -91,15 +105,7 @@ fn run_ticks_reading(db: &TestDb, jobs: usize, index: &str) -> i64 {
     });
     running.shutdown(Duration::from_secs(10));
     // The runner's sessions have ended: their statistics are in.
-    let mut after = before;
-    wait_until(
-        "the statistics of the runner's sessions",
-        Duration::from_secs(20),
-        || {
-            after = index_reads(db, index);
-            after.0 >= before.0 + (jobs / 20) as i64
-        },
-    );
+    let after = settled_reads(db, index);
     assert_eq!(db.count_jobs("true"), 0, "every completion was recorded");
     after.1 - before.1
 }
@@ -113,7 +119,7 @@ fn a_claim_looks_up_its_jobs_by_id_whatever_the_statistics_say() {
     // look for due scheduled jobs look up a few hundred entries. A claim, or
     // that look, that walks the primary key (its 20,200 entries) reads
     // 20,000 at a time: 242,600 in all before the fix.
-    let read = run_ticks_reading(&db, 200, "queue_jobs_pkey");
+    let read = run_ticks_reading(&db, 200, "queue_jobs_pkey", ONE_WORKER);
     eprintln!("{read} primary key entries read");
     assert!(read < DEAD, "{read} primary key entries read");
     holder.batch_execute("ROLLBACK").unwrap();
@@ -128,10 +134,36 @@ fn claims_resume_behind_the_dead_entries_instead_of_walking_them_each_time() {
     // 100,000 dead entries (10,000,000 in all, as every claim did before);
     // those that resume walk a few dozen, and a sweep from the head runs
     // at most a twentieth of the time.
-    let walked = run_ticks_reading(&db, 2_000, "queue_jobs_ready_idx");
+    let walked = run_ticks_reading(&db, 2_000, "queue_jobs_ready_idx", ONE_WORKER);
     eprintln!("{walked} ready index entries walked");
     assert!(walked < 20 * DEAD, "{walked} ready index entries walked");
     holder.batch_execute("ROLLBACK").unwrap();
+}
+
+#[test]
+fn workers_claiming_at_once_do_not_walk_past_each_others_jobs() {
+    const JOBS: usize = 20_000;
+    let db = TestDb::create();
+    // Eight workers claiming 100 jobs each, on a quiet database. Started
+    // at the same position, each claim walks past the jobs the claims under
+    // way at once are locking: 129,486 entries here before the fix. Each
+    // claim starting where the one under way reserved walks about one a
+    // job, and the sweeps walk the entries of the jobs completed since the
+    // last one: 46,686 to 60,002 in four runs.
+    let walked = run_ticks_reading(
+        &db,
+        JOBS,
+        "queue_jobs_ready_idx",
+        Workers {
+            count: 8,
+            claim: 100,
+        },
+    );
+    eprintln!("{walked} ready index entries walked for {JOBS} jobs");
+    assert!(
+        walked < 4 * JOBS as i64,
+        "{walked} ready index entries walked for {JOBS} jobs"
+    );
 }
 
 /// When each job of the `behind` queue started.
@@ -247,26 +279,12 @@ fn the_claim_record_is_rewritten_in_place_not_looked_up_among_its_old_versions()
     // (after 10,000 claims, 3 ms a claim); the primary key answered 5,205
     // entries to those lookups here. Rewritten where its last version lies,
     // the record is looked up a few times (the first claim, the reaper).
-    let before = settled_reads(&db, "queue_claims_pkey");
-    let mut batch = JobBatch::new();
-    for _ in 0..CLAIMS {
-        batch.push(&tick()).unwrap();
-    }
-    batch.enqueue(&mut db.conn()).unwrap();
-    let done = Arc::new(AtomicUsize::new(0));
-    let runner = Runner::builder(done.clone())
-        .database_url(db.url())
-        .queue("horizon", 1)
-        .batch_size(1)
-        .build()
-        .unwrap();
-    let running = runner.start();
-    wait_until("every job ran", Duration::from_secs(120), || {
-        done.load(Ordering::SeqCst) == CLAIMS
-    });
-    running.shutdown(Duration::from_secs(10));
-    let after = settled_reads(&db, "queue_claims_pkey");
-    let read = after.1 - before.1;
+    let read = run_ticks_reading(
+        &db,
+        CLAIMS,
+        "queue_claims_pkey",
+        Workers { count: 1, claim: 1 },
+    );
     eprintln!("{read} entries of the claim records' primary key read");
     assert!(
         read < CLAIMS as i64 / 10,
