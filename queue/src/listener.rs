@@ -33,10 +33,16 @@ impl Listener {
     /// network looks the same: after five silence limits without a word,
     /// it asks the server (one round trip), and without an answer it is
     /// lost.
-    pub(crate) fn wait(&mut self, timeout: Duration) -> Result<Vec<String>, SessionError> {
+    /// A stop of the runner (its `bell`, see [`crate::shutdown::Signals`])
+    /// ends the wait at once.
+    pub(crate) fn wait(
+        &mut self,
+        timeout: Duration,
+        bell: Option<std::os::fd::RawFd>,
+    ) -> Result<Vec<String>, SessionError> {
         if self.session.silent_for() >= self.patience.silence * 5 {
             self.session.ping()?;
         }
-        self.session.wait_for_notifications(timeout)
+        self.session.wait_for_notifications(timeout, bell)
     }
 }

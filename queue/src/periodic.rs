@@ -263,13 +263,14 @@ pub(crate) fn run<C>(shared: Arc<Shared<C>>) {
         };
         let poll = Utc::now() + chrono::Duration::from_std(poll_interval).unwrap_or_default();
         let wake_at = wake_at.map_or(poll, |at| at.min(poll));
-        // In short steps, so a stop is seen at once.
+        // In steps, so that a change of the clock is seen (a stop ends
+        // the sleep at once).
         while !signals.is_stopped() {
             let left = (wake_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             if left.is_zero() {
                 break;
             }
-            std::thread::sleep(left.min(Duration::from_millis(50)));
+            signals.sleep(left.min(Duration::from_millis(50)));
         }
     }
 }

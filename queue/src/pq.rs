@@ -288,24 +288,39 @@ impl Session {
 
     /// Waits up to `timeout` for the socket to become readable.
     fn readable(&mut self, timeout: Duration) -> bool {
+        self.readable_or(timeout, None)
+    }
+
+    /// Waits up to `timeout` for the socket, or `also`, to become readable;
+    /// whether the socket did (or may have: an error counts).
+    fn readable_or(&mut self, timeout: Duration, also: Option<c_int>) -> bool {
         // SAFETY: valid connection.
         let fd = unsafe { PQsocket(self.conn.as_ptr()) };
         if fd < 0 {
             self.lost = true;
             return false;
         }
-        let mut poll_fd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut fds = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: also.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let count: libc::nfds_t = if also.is_some() { 2 } else { 1 };
         let millis = c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX);
-        // SAFETY: one valid pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(&mut poll_fd, 1, millis) };
+        // SAFETY: `count` valid pollfds for the duration of the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), count, millis) };
         // An interrupted poll reads as "nothing yet"; anything else counts.
-        ready != 0
-            && !(ready < 0
-                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted)
+        if ready < 0 {
+            return std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted;
+        }
+        ready > 0 && fds[0].revents != 0
     }
 
     /// Reads what the socket holds and returns the notifications received
@@ -343,16 +358,18 @@ impl Session {
         Ok(payloads)
     }
 
-    /// Waits up to `timeout` for notifications (`LISTEN`); empty on timeout.
+    /// Waits up to `timeout` for notifications (`LISTEN`), or until `bell`
+    /// (a descriptor) becomes readable; empty when none came.
     pub(crate) fn wait_for_notifications(
         &mut self,
         timeout: Duration,
+        bell: Option<c_int>,
     ) -> Result<Vec<String>, SessionError> {
         if self.lost {
             return Err(SessionError::new("the session is gone"));
         }
         let payloads = self.read_notifications()?;
-        if !payloads.is_empty() || !self.readable(timeout) {
+        if !payloads.is_empty() || !self.readable_or(timeout, bell) {
             return Ok(payloads);
         }
         let payloads = self.read_notifications()?;

@@ -9,7 +9,6 @@
 
 use std::any::Any;
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
@@ -19,7 +18,8 @@ use crate::listener::Listener;
 use crate::state::{lock, Shared, Slot};
 use crate::storage;
 
-/// The longest the thread sleeps between looks at the stop flag.
+/// The longest the thread waits between looks at the workers (and at the
+/// stop flag, when it has no bell to ring; see [`crate::shutdown::Signals`]).
 const STOP_CHECK: Duration = Duration::from_millis(50);
 
 /// How many scheduled jobs one promotion statement makes ready.
@@ -90,7 +90,7 @@ pub(crate) fn run<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slots: Vec<Arc<S
             .saturating_duration_since(Instant::now())
             .min(STOP_CHECK);
         match &mut listener {
-            Some(connected) => match connected.wait(wait) {
+            Some(connected) => match connected.wait(wait, shared.signals.bell()) {
                 Ok(queues_with_jobs) => {
                     for queue in queues_with_jobs {
                         if queue == storage::PAUSES_CHANGED {
@@ -107,7 +107,7 @@ pub(crate) fn run<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slots: Vec<Arc<S
                     next_connect = Instant::now();
                 }
             },
-            None => thread::sleep(wait),
+            None => shared.signals.sleep(wait),
         }
     }
     if let Ok(mut conn) = connection::checked_get(&shared.pool) {

@@ -22,7 +22,6 @@
 
 use std::any::Any;
 use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
 use tracing::{debug, info};
@@ -39,7 +38,7 @@ pub(crate) fn watch<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slot: Arc<Slot
         .min(settings.slow_job_threshold / 4)
         .clamp(Duration::from_millis(1), Duration::from_millis(25));
     while !shared.signals.is_stopped() {
-        thread::sleep(tick);
+        shared.signals.sleep(tick);
         tend(&shared, &slot);
     }
 }
