@@ -379,6 +379,10 @@ fn drain_and_pickup(settings: &Settings, workers: &[usize]) -> BenchResult<()> {
             "drain {n} worker(s): {ours:.0} jobs/s; raw reference {raw:.0} jobs/s ({:.0} %)",
             ours / raw * 100.0
         );
+        let phases = std::mem::take(&mut *PHASES.lock().expect("phases"));
+        let start = percentiles(phases.iter().map(|p| p.0).collect())[0];
+        let stop = percentiles(phases.iter().map(|p| p.1).collect())[0];
+        println!("  the runner's start to its first job {start:.1} ms, its last job to stopped {stop:.1} ms (medians)");
     }
     let latency = pickup_latency(settings)?;
     println!(
@@ -936,6 +940,11 @@ fn held_horizon(settings: &Settings, drains: usize, only: Option<&str>) -> Bench
 /// the last completions. (Querying the table all along would take a core
 /// from the runner, and once dead rows pile up, a look for any row left
 /// scans them all.)
+/// Each drain's start (from `Runner::start` to the first job run, about a
+/// millisecond late) and stop (from the last job run to `shutdown`'s
+/// return, the last completions committed), in milliseconds.
+static PHASES: Mutex<Vec<(f64, f64)>> = Mutex::new(Vec::new());
+
 fn drain_queued(
     settings: &Settings,
     serve: impl FnOnce(skiplock::RunnerBuilder<()>) -> skiplock::RunnerBuilder<()>,
@@ -944,11 +953,20 @@ fn drain_queued(
     NOOP_RUNS.store(0, Ordering::Relaxed);
     let started = Instant::now();
     let running = runner.start();
+    let mut first = None;
     while NOOP_RUNS.load(Ordering::Relaxed) < settings.backlog {
+        if first.is_none() && NOOP_RUNS.load(Ordering::Relaxed) > 0 {
+            first = Some(started.elapsed());
+        }
         thread::sleep(Duration::from_millis(1));
     }
+    let ran = started.elapsed();
     running.shutdown(Duration::from_secs(10));
     let elapsed = started.elapsed();
+    PHASES.lock().expect("phases").push((
+        first.unwrap_or(ran).as_secs_f64() * 1000.0,
+        (elapsed - ran).as_secs_f64() * 1000.0,
+    ));
     assert!(
         queue_is_empty(&mut connect(settings)?)?,
         "the runner stopped with completions not committed"
