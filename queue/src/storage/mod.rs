@@ -256,7 +256,8 @@ pub(crate) fn insert_jobs(
     {
         return insert_plain_jobs(conn, jobs, run_at, delay_us);
     }
-    let rows: Vec<Inserted> = Statement::new(concat!(
+    let rows: Vec<Inserted> = batch_binds(
+        Statement::new(concat!(
         "WITH t AS MATERIALIZED ( \
              SELECT u.*, \
                     COALESCE(u.at, now() + COALESCE(u.delay_us, 0) * interval '1 microsecond') AS run_at, ",
@@ -280,13 +281,11 @@ pub(crate) fn insert_jobs(
              UNION ALL \
              SELECT NULL, jobs.id FROM jobs WHERE jobs.unique_key IS NULL) r, \
          (SELECT count(*) FROM woken) w"
-    ))
-    .bind::<Array<Text>, _>(jobs.iter().map(|j| j.job_type).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(jobs.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
-    .bind::<Array<SmallInt>, _>(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
-    .bind::<Array<Jsonb>, _>(jobs.iter().map(|j| &j.payload).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Timestamptz>>, _>(run_at)
-    .bind::<Array<Nullable<BigInt>>, _>(delay_us)
+    )),
+        jobs,
+        run_at,
+        delay_us,
+    )
     .bind::<Array<Nullable<Text>>, _>(
         jobs.iter()
             .map(|j| j.unique_key.as_deref())
@@ -330,8 +329,9 @@ fn insert_plain_jobs(
     run_at: Vec<Option<DateTime<Utc>>>,
     delay_us: Vec<Option<i64>>,
 ) -> QueryResult<Vec<Option<JobId>>> {
-    let inserted: Vec<InsertedId> = Statement::new(
-        "WITH jobs AS ( \
+    let inserted: Vec<InsertedId> = batch_binds(
+        Statement::new(
+            "WITH jobs AS ( \
              INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled) \
              SELECT u.job_type, u.queue, u.priority, u.payload, r.run_at, r.run_at > now() \
              FROM unnest($1::text[], $2::text[], $3::int2[], $4::jsonb[], $5::timestamptz[], \
@@ -345,18 +345,34 @@ fn insert_plain_jobs(
              SELECT pg_notify('queue_jobs', q.queue) \
              FROM (SELECT DISTINCT queue FROM jobs WHERE NOT scheduled) q) \
          SELECT jobs.id FROM jobs, (SELECT count(*) FROM woken) w",
+        ),
+        jobs,
+        run_at,
+        delay_us,
     )
-    .bind::<Array<Text>, _>(jobs.iter().map(|j| j.job_type).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(jobs.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
-    .bind::<Array<SmallInt>, _>(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
-    .bind::<Array<Jsonb>, _>(jobs.iter().map(|j| &j.payload).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Timestamptz>>, _>(run_at)
-    .bind::<Array<Nullable<BigInt>>, _>(delay_us)
     .load(conn)?;
     // Rows are inserted in ORDER BY order, so their serial ids ascend with it.
     let mut ids: Vec<i64> = inserted.into_iter().map(|row| row.id).collect();
     ids.sort_unstable();
     Ok(ids.into_iter().map(|id| Some(JobId(id))).collect())
+}
+
+/// Binds the columns every batch statement takes, as arrays in input
+/// order: `$1` types, `$2` queues, `$3` priorities, `$4` payloads, `$5`
+/// times to run at and `$6` delays.
+fn batch_binds<'a>(
+    statement: Statement<'a>,
+    jobs: &[&'a NewJob],
+    run_at: Vec<Option<DateTime<Utc>>>,
+    delay_us: Vec<Option<i64>>,
+) -> Statement<'a> {
+    statement
+        .bind::<Array<Text>, _>(jobs.iter().map(|j| j.job_type).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(jobs.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
+        .bind::<Array<SmallInt>, _>(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
+        .bind::<Array<Jsonb>, _>(jobs.iter().map(|j| &j.payload).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Timestamptz>>, _>(run_at)
+        .bind::<Array<Nullable<BigInt>>, _>(delay_us)
 }
 
 /// Makes due scheduled jobs ready (at most `limit`), waking their queues.
