@@ -930,6 +930,15 @@ fn held_horizon(settings: &Settings, drains: usize, only: Option<&str>) -> Bench
                 "| {what}: after, VACUUM | {workers} | {} | | | | | | | {table_mb:.1} | {indexes:.1} | |",
                 if held { "ended" } else { "free" }
             );
+            if !raw {
+                // What `skiplock reindex` gives back of the indexes.
+                skiplock::rebuild_indexes(&mut conn, Duration::from_secs(30))?;
+                let (table_mb, indexes, _) = table_sizes(&mut conn, table)?;
+                println!(
+                    "| {what}: after, `skiplock reindex` | {workers} | {} | | | | | | | {table_mb:.1} | {indexes:.1} | |",
+                    if held { "ended" } else { "free" }
+                );
+            }
         }
     }
     Ok(())

@@ -74,6 +74,16 @@ enum Command {
     },
     /// Serve the dashboard: queues, failing and dead jobs, runners; retry, discard, pause.
     Web(web::WebArgs),
+    /// Rebuild the jobs table's indexes while the queue runs, giving back the space
+    /// that a long transaction's dead entries took (refused while one still holds them).
+    Reindex {
+        /// Wait at most this long for a lock or for running transactions; refuse while
+        /// a transaction open longer than this holds back VACUUM.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        wait: Duration,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -245,9 +255,57 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             return change(&mut conn, &selection, "discard", skiplock::discard_job)
         }
         Command::Monitor(thresholds) => return monitor::check(&mut conn, &thresholds),
+        Command::Reindex { wait, output } => {
+            let report = skiplock::rebuild_indexes(&mut conn, wait)?;
+            if output.json {
+                print_json(&report)?;
+            } else {
+                print_rebuild(&report);
+            }
+        }
         Command::Web(_) => unreachable!("served above"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_rebuild(report: &skiplock::RebuildReport) {
+    for name in &report.dropped {
+        println!("dropped {name}, the unfinished copy of an interrupted rebuild");
+    }
+    let mut table = Table::new(["index", "before", "after"]);
+    for index in &report.rebuilt {
+        let before = if index.was_invalid {
+            format!("{} (invalid)", bytes(index.bytes_before))
+        } else {
+            bytes(index.bytes_before)
+        };
+        table.row([index.name.clone(), before, bytes(index.bytes_after)]);
+    }
+    print!("{table}");
+    let before: i64 = report.rebuilt.iter().map(|i| i.bytes_before).sum();
+    let after: i64 = report.rebuilt.iter().map(|i| i.bytes_after).sum();
+    println!(
+        "rebuilt {} index(es): {} before, {} now",
+        report.rebuilt.len(),
+        bytes(before),
+        bytes(after)
+    );
+    for name in &report.foreign_invalid {
+        println!(
+            "{name} is invalid and not one of the queue's indexes: left as it is \
+             (DROP INDEX CONCURRENTLY drops it)"
+        );
+    }
+}
+
+/// A size on disk, in the unit that reads best.
+fn bytes(n: i64) -> String {
+    let n = n as f64;
+    if n >= 1024.0 * 1024.0 {
+        format!("{:.1} MB", n / (1024.0 * 1024.0))
+    } else {
+        format!("{:.0} kB", n / 1024.0)
+    }
 }
 
 fn print_status(status: &[QueueStatus], paused: &[skiplock::PausedQueue]) {

@@ -694,3 +694,42 @@ fn status_and_runners_show_who_has_an_exclusive_queue_and_who_stands_by() {
     assert!(!out.contains("stand by"), "{out}");
     second.shutdown(std::time::Duration::from_secs(10));
 }
+
+#[test]
+fn reindex_gives_back_index_space_and_is_refused_while_a_transaction_holds_the_horizon() {
+    use diesel::connection::SimpleConnection;
+    let db = TestDb::create();
+    let mut holder = db.conn();
+    holder
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .unwrap();
+    db.execute(
+        "INSERT INTO queue_jobs (job_type, queue, payload) \
+         SELECT 'ended', 'mail', 'null' FROM generate_series(1, 50000); \
+         DELETE FROM queue_jobs",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    let (code, out, err) = run(&db, &["reindex", "--wait", "1s"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.starts_with("skiplock: the database's xmin horizon is held back")
+            && err.contains("idle in transaction"),
+        "{err}"
+    );
+    holder.batch_execute("ROLLBACK").unwrap();
+    let (code, out, err) = run(&db, &["reindex"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\nqueue_jobs_ready_idx "), "{out}");
+    assert!(out.contains("rebuilt 5 index(es): "), "{out}");
+    let (code, json, _) = run(&db, &["reindex", "--json"]);
+    assert_eq!(code, 0);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let ready = report["rebuilt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "queue_jobs_ready_idx")
+        .unwrap();
+    // The second rebuild found the first one's small index.
+    assert!(ready["bytes_before"].as_i64().unwrap() < 100_000, "{ready}");
+}

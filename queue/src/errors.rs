@@ -479,7 +479,41 @@ pub enum AdminError {
     /// The job is being run by a worker right now; try again when it finishes.
     #[error("job {0} is running right now; retry or discard it once it has finished")]
     Running(JobId),
+    /// Something has held back the database's xmin horizon for longer than
+    /// [`rebuild_indexes`](crate::rebuild_indexes) waits: a rebuild now
+    /// would keep every dead entry, and wait for it to end.
+    #[error("{}", held_horizon_message(.0))]
+    HorizonHeld(Vec<crate::HorizonHolder>),
+    /// A rebuild waited its limit for a lock or for older transactions to
+    /// end, and gave up.
+    #[error(
+        "the rebuild of {index} waited {wait:?} for transactions that were running to end, and gave up{}; \
+         run it again when they have ended, or with a longer wait",
+        if *cleaned { " (its unfinished copy was dropped)" } else { "; its unfinished copy, invalid, is left: run it again to drop it" }
+    )]
+    RebuildWaited {
+        /// The index being rebuilt.
+        index: &'static str,
+        /// How long it waited.
+        wait: std::time::Duration,
+        /// Whether its unfinished copy was dropped.
+        cleaned: bool,
+    },
     /// The query failed.
     #[error("database error: {0}")]
     Database(#[from] diesel::result::Error),
+}
+
+fn held_horizon_message(holders: &[crate::HorizonHolder]) -> String {
+    let mut message = String::from(
+        "the database's xmin horizon is held back, so VACUUM can remove no dead row \
+         and a rebuilt index would keep them all; end ",
+    );
+    let shown: Vec<String> = holders.iter().take(5).map(ToString::to_string).collect();
+    message.push_str(&shown.join("; "));
+    if holders.len() > shown.len() {
+        message.push_str(&format!(" and {} more", holders.len() - shown.len()));
+    }
+    message.push_str(", then run it again");
+    message
 }

@@ -28,6 +28,7 @@ mod connection;
 mod errors;
 mod job;
 mod listener;
+mod maintenance;
 mod metrics;
 mod migrate;
 mod parts;
@@ -85,6 +86,9 @@ pub use crate::errors::{
 };
 pub use crate::job::{
     EnqueueOptions, Enqueued, Job, JobBatch, JobId, DEFAULT_QUEUE, MAX_UNIQUE_KEY_BYTES,
+};
+pub use crate::maintenance::{
+    horizon_holders, rebuild_indexes, HorizonHolder, IndexRebuild, RebuildReport,
 };
 pub use crate::migrate::{migrate, MigrationReport};
 pub use crate::parts::FromState;

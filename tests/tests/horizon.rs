@@ -91,6 +91,16 @@ fn run_ticks_reading(db: &TestDb, jobs: usize, index: &str, workers: Workers) ->
     }
     batch.enqueue(&mut db.conn()).unwrap();
     let before = settled_reads(db, index);
+    run_ticks(db, jobs, workers);
+    // The runner's sessions have ended: their statistics are in.
+    let after = settled_reads(db, index);
+    assert_eq!(db.count_jobs("true"), 0, "every completion was recorded");
+    after.1 - before.1
+}
+
+/// Runs the `jobs` ticks the table holds with `workers`, until every one
+/// ran and the runner stopped (which commits the last completions).
+fn run_ticks(db: &TestDb, jobs: usize, workers: Workers) {
     let done = Arc::new(AtomicUsize::new(0));
     let runner = Runner::builder(done.clone())
         .database_url(db.url())
@@ -104,10 +114,6 @@ fn run_ticks_reading(db: &TestDb, jobs: usize, index: &str, workers: Workers) ->
         done.load(Ordering::SeqCst) == jobs
     });
     running.shutdown(Duration::from_secs(10));
-    // The runner's sessions have ended: their statistics are in.
-    let after = settled_reads(db, index);
-    assert_eq!(db.count_jobs("true"), 0, "every completion was recorded");
-    after.1 - before.1
 }
 
 #[test]
@@ -291,4 +297,191 @@ fn the_claim_record_is_rewritten_in_place_not_looked_up_among_its_old_versions()
         "{read} entries of the claim records' primary key read"
     );
     holder.batch_execute("ROLLBACK").unwrap();
+}
+
+/// The jobs table's indexes: (name, valid, bytes).
+fn job_indexes(db: &TestDb) -> Vec<(String, bool, i64)> {
+    #[derive(diesel::QueryableByName)]
+    struct Index {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        valid: bool,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        bytes: i64,
+    }
+    use diesel::RunQueryDsl;
+    diesel::sql_query(
+        "SELECT c.relname::text AS name, i.indisvalid AS valid, pg_relation_size(c.oid) AS bytes \
+         FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         WHERE i.indrelid = 'queue_jobs'::regclass ORDER BY 1",
+    )
+    .load::<Index>(&mut db.conn())
+    .unwrap()
+    .into_iter()
+    .map(|i| (i.name, i.valid, i.bytes))
+    .collect()
+}
+
+fn index_bytes(db: &TestDb, name: &str) -> i64 {
+    job_indexes(db)
+        .into_iter()
+        .find(|(n, _, _)| n == name)
+        .unwrap()
+        .2
+}
+
+fn backend_pid(conn: &mut diesel::PgConnection) -> i32 {
+    count(conn, "SELECT pg_backend_pid()::int8 AS n") as i32
+}
+
+#[test]
+fn a_rebuild_gives_back_what_a_held_horizon_left_and_is_refused_while_it_is_held() {
+    const DEAD: i64 = 200_000;
+    let db = TestDb::create();
+    let normal = index_bytes(&db, "queue_jobs_ready_idx");
+    let mut holder = hold_horizon_behind(&db, "horizon", DEAD);
+    let holder_pid = backend_pid(&mut holder);
+    let bloated = index_bytes(&db, "queue_jobs_ready_idx");
+    assert!(bloated > 20 * normal, "{normal} -> {bloated} bytes");
+    // While the transaction holds the horizon (for longer than the rebuild
+    // would wait), a rebuild would keep every dead entry: refused, naming
+    // what to end.
+    std::thread::sleep(Duration::from_millis(1_200));
+    let mut conn = db.conn();
+    match skiplock::rebuild_indexes(&mut conn, Duration::from_secs(1)) {
+        Err(skiplock::AdminError::HorizonHeld(holders)) => {
+            assert!(
+                holders.iter().any(|h| h.pid == Some(holder_pid)
+                    && h.state == "idle in transaction"
+                    && h.open_for >= Some(Duration::from_secs(1))),
+                "{holders:?}"
+            );
+            let message = skiplock::AdminError::HorizonHeld(holders).to_string();
+            assert!(
+                message.contains(&format!("transaction of pid {holder_pid}")),
+                "{message}"
+            );
+        }
+        other => panic!("a rebuild under a held horizon: {other:?}"),
+    }
+    assert_eq!(index_bytes(&db, "queue_jobs_ready_idx"), bloated);
+    // Jobs wait while the rebuild runs, then run on the rebuilt indexes.
+    let mut batch = JobBatch::new();
+    for _ in 0..500 {
+        batch.push(&tick()).unwrap();
+    }
+    batch.enqueue(&mut conn).unwrap();
+    holder.batch_execute("ROLLBACK").unwrap();
+    // Once it ended, VACUUM removes the rows, and the table shrinks, but
+    // not its indexes: their pages are free and stay.
+    db.execute("VACUUM queue_jobs");
+    let bloated = index_bytes(&db, "queue_jobs_ready_idx");
+    assert!(bloated > 20 * normal, "{normal} -> {bloated} bytes");
+    let report = skiplock::rebuild_indexes(&mut conn, Duration::from_secs(30)).unwrap();
+    let names: Vec<&str> = report.rebuilt.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "queue_jobs_pkey",
+            "queue_jobs_ready_idx",
+            "queue_jobs_scheduled_idx",
+            "queue_jobs_failed_idx",
+            "queue_jobs_unique_idx"
+        ]
+    );
+    assert!(report.dropped.is_empty() && report.foreign_invalid.is_empty());
+    let after = index_bytes(&db, "queue_jobs_ready_idx");
+    eprintln!("ready index: {normal} bytes new, {bloated} bloated, {after} rebuilt");
+    assert!(after * 20 < bloated, "{bloated} -> {after} bytes");
+    let ready = report
+        .rebuilt
+        .iter()
+        .find(|i| i.name == "queue_jobs_ready_idx")
+        .unwrap();
+    assert_eq!((ready.bytes_before, ready.bytes_after), (bloated, after));
+    assert!(job_indexes(&db).iter().all(|(_, valid, _)| *valid));
+    // The session's timeouts are as they were.
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT CASE WHEN current_setting('statement_timeout') = '0' \
+                 AND current_setting('lock_timeout') = '0' THEN 1 ELSE 0 END::int8 AS n"
+        ),
+        1
+    );
+    // The jobs enqueued before the rebuild run.
+    run_ticks(&db, 500, ONE_WORKER);
+    assert_eq!(db.count_jobs("true"), 0);
+}
+
+#[test]
+fn an_interrupted_rebuild_leaves_no_unfinished_copy_and_a_rebuild_repairs_an_invalid_index() {
+    let db = TestDb::create();
+    // A migration whose concurrent build was interrupted (here by its lock
+    // timeout, while a transaction that started before it was open) leaves
+    // an invalid index under the real name; `migrate` finds the name taken.
+    db.execute("DROP INDEX queue_jobs_scheduled_idx");
+    let mut holder = db.conn();
+    holder
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .unwrap();
+    let mut conn = db.conn();
+    // (One statement a call: a multi-statement string is one transaction.)
+    conn.batch_execute("SET lock_timeout = '500ms'").unwrap();
+    let interrupted = conn
+        .batch_execute("CREATE INDEX CONCURRENTLY queue_jobs_scheduled_idx ON queue_jobs (run_at)");
+    assert!(interrupted.is_err());
+    conn.batch_execute("RESET lock_timeout").unwrap();
+    // A rebuild that starts while that transaction is young is not refused,
+    // but waits for it to end: past its wait, it gives up and drops the
+    // unfinished copy it made.
+    match skiplock::rebuild_indexes(&mut conn, Duration::from_secs(3)) {
+        Err(skiplock::AdminError::RebuildWaited {
+            index: "queue_jobs_pkey",
+            cleaned: true,
+            ..
+        }) => {}
+        other => panic!("a rebuild waiting for an open transaction: {other:?}"),
+    }
+    let names: Vec<String> = job_indexes(&db).into_iter().map(|i| i.0).collect();
+    assert_eq!(
+        names,
+        [
+            "queue_jobs_failed_idx",
+            "queue_jobs_pkey",
+            "queue_jobs_ready_idx",
+            "queue_jobs_scheduled_idx",
+            "queue_jobs_unique_idx"
+        ]
+    );
+    // A copy left by a rebuild that could not clean up (a killed process)
+    // is dropped by the next one.
+    conn.batch_execute("SET lock_timeout = '500ms'").unwrap();
+    let copy = conn.batch_execute("REINDEX INDEX CONCURRENTLY queue_jobs_ready_idx");
+    assert!(copy.is_err());
+    conn.batch_execute("RESET lock_timeout").unwrap();
+    holder.batch_execute("ROLLBACK").unwrap();
+    assert!(job_indexes(&db)
+        .iter()
+        .any(|(name, valid, _)| name == "queue_jobs_ready_idx_ccnew" && !valid));
+    let report = skiplock::rebuild_indexes(&mut conn, Duration::from_secs(30)).unwrap();
+    assert_eq!(report.dropped, ["queue_jobs_ready_idx_ccnew"]);
+    let scheduled = report
+        .rebuilt
+        .iter()
+        .find(|i| i.name == "queue_jobs_scheduled_idx")
+        .unwrap();
+    assert!(scheduled.was_invalid);
+    assert_eq!(job_indexes(&db).len(), 5);
+    assert!(job_indexes(&db).iter().all(|(_, valid, _)| *valid));
+    // A delayed job is found through the repaired index and promoted.
+    tick()
+        .enqueue_with(
+            &mut conn,
+            &EnqueueOptions::new().delay(Duration::from_millis(300)),
+        )
+        .unwrap();
+    run_ticks(&db, 1, ONE_WORKER);
+    assert_eq!(db.count_jobs("true"), 0);
 }

@@ -109,6 +109,7 @@ macro_rules! running_cte {
 }
 
 mod claims;
+pub(crate) mod maintenance;
 
 pub(crate) use claims::*;
 
