@@ -46,7 +46,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = diesel::r2d2::Pool::builder()
         .max_size(2)
         .build(diesel::r2d2::ConnectionManager::<PgConnection>::new(&url))?;
-    let router = skiplock::web::Dashboard::new(pool).router();
+    // Readable without signing in: the pages' own cost, not a session's lookup.
+    let router = skiplock::web::Dashboard::new(pool).public_read().router();
     let failing_id: i64 = skiplock_examples::count(
         &mut conn,
         "SELECT max(id) AS n FROM queue_jobs WHERE attempts > 0 AND dead_at IS NULL",
@@ -81,7 +82,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut times = Vec::new();
         let mut body = Vec::new();
         for _ in 0..7 {
-            let request = Request::get(&path).body(Body::empty())?;
+            let request = Request::get(&path)
+                .header("host", "localhost")
+                .body(Body::empty())?;
             let t = Instant::now();
             let response = router.clone().oneshot(request).await?;
             let status = response.status();

@@ -276,7 +276,7 @@ fn bad_input_gives_a_clear_message_and_a_nonzero_exit_without_changing_anything(
     }
     let (code, out, _) = run(&empty, &["migrate"]);
     assert_eq!(code, 0);
-    assert!(out.starts_with("applied 16 migration(s)"), "{out}");
+    assert!(out.starts_with("applied 17 migration(s)"), "{out}");
     let (_, out, _) = run(&empty, &["migrate"]);
     assert!(out.starts_with("the queue schema is up to date"), "{out}");
 
@@ -464,23 +464,88 @@ fn the_monitor_warns_when_no_live_runner_registers_a_waiting_type() {
 
 /// One HTTP/1.0 request to the dashboard; the status code and the body.
 fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let (status, _, body) = http_with(address, method, path, &[], body);
+    (status, body)
+}
+
+/// A request with extra headers (`Host` defaults to the address); the
+/// status, the response's headers and its body.
+fn http_with(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let mut head = String::new();
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        head.push_str(&format!("Host: {address}\r\n"));
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: {address}\r\n\
+        "{method} {path} HTTP/1.0\r\n{head}\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
     let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
+    let (headers, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (status, headers.to_owned(), body.to_owned())
+}
+
+/// The value of the first `name="csrf"` field of a page.
+fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no form in {page}"))
+        .to_owned()
+}
+
+/// Signs in to the dashboard at `address`; the session cookie (`name=value`)
+/// and the Set-Cookie line.
+fn sign_in(address: &str, token: &str) -> (String, String) {
+    let (status, _, login) = http_with(address, "GET", "/login", &[], "");
+    assert_eq!(status, 200, "{login}");
+    let (status, headers, body) = http_with(
+        address,
+        "POST",
+        "/login",
+        &[],
+        &format!("csrf={}&token={token}", csrf_of(&login)),
+    );
+    assert_eq!(status, 303, "{headers}{body}");
+    let set_cookie = headers
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie in {headers}"))
         .to_owned();
-    (status, body)
+    let cookie = set_cookie["set-cookie:".len()..]
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    (cookie, set_cookie)
+}
+
+fn location(headers: &str) -> String {
+    headers
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("location:"))
+        .map(|l| l["location:".len()..].trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// Starts `skiplock web` on a free port; the process, its address and what it printed first.
@@ -527,24 +592,35 @@ fn web_serves_the_dashboard_without_the_password_and_acts_only_for_the_token() {
     assert!(url.contains(SECRET), "{url}");
 
     let (mut web, address, printed) = start_web(&url, &[], None);
-    assert!(printed.contains("sign in with this token"), "{printed}");
+    assert!(
+        printed.contains("sign in to read and to act; the token"),
+        "{printed}"
+    );
     let token = printed.trim().rsplit(' ').next().unwrap().to_owned();
     assert_eq!(token.len(), 64, "{printed}");
     assert!(!printed.contains(SECRET));
+    let (cookie, _) = sign_in(&address, &token);
     for path in [
         "/",
         "/jobs?state=failing",
         "/jobs?state=dead",
         "/jobs/3",
         "/runners",
-        "/login",
     ] {
-        let (status, body) = http(&address, "GET", path, "");
+        // Signed out: the sign-in form, nothing else.
+        let (status, headers, body) = http_with(&address, "GET", path, &[], "");
+        assert_eq!(
+            (status, location(&headers)),
+            (303, "/login".into()),
+            "{path}"
+        );
+        assert!(!body.contains("CRM"), "{path}: {body}");
+        let (status, _, body) = http_with(&address, "GET", path, &[("Cookie", &cookie)], "");
         assert_eq!(status, 200, "{path}: {body}");
         assert!(!body.contains(SECRET), "{path} shows the password");
         assert!(!body.contains(&token), "{path} shows the token");
     }
-    let (_, job) = http(&address, "GET", "/jobs/3", "");
+    let (_, _, job) = http_with(&address, "GET", "/jobs/3", &[("Cookie", &cookie)], "");
     assert!(job.contains("CRM answered 503"), "{job}");
     // An action without signing in, or with a guessed form value, is refused.
     let (status, _) = http(&address, "POST", "/jobs/3/retry", "csrf=guess");
@@ -567,17 +643,26 @@ fn web_serves_the_dashboard_without_the_password_and_acts_only_for_the_token() {
     unsafe { libc::kill(web.id() as i32, libc::SIGTERM) };
     assert!(web.wait().unwrap().success(), "stops cleanly on SIGTERM");
 
-    // Read-only: no sign-in, no action, whatever the token.
+    // Read-only: signed in, the operator reads and cannot act.
     let (mut web, address, printed) = start_web(&url, &["--read-only"], Some("chosen-token"));
-    assert!(printed.contains("read-only"), "{printed}");
-    let (_, page) = http(&address, "GET", "/", "");
     assert!(
-        page.contains("read-only") && !page.contains("Sign in"),
+        printed.contains("read-only: sign in to read; no actions"),
+        "{printed}"
+    );
+    assert!(!printed.contains("chosen-token"), "{printed}");
+    let (cookie, _) = sign_in(&address, "chosen-token");
+    let (_, _, page) = http_with(&address, "GET", "/", &[("Cookie", &cookie)], "");
+    assert!(
+        page.contains("read-only") && !page.contains("Sign in to act") && !page.contains("pause"),
         "{page}"
     );
-    let (status, _) = http(&address, "POST", "/login", "csrf=x&token=chosen-token");
-    assert_eq!(status, 403);
-    let (status, _) = http(&address, "POST", "/queues/mail/pause", "csrf=x");
+    let (status, _, _) = http_with(
+        &address,
+        "POST",
+        "/queues/mail/pause",
+        &[("Cookie", &cookie)],
+        &format!("csrf={}", csrf_of(&page)),
+    );
     assert_eq!(status, 403);
     assert_eq!(db.count_jobs("true"), 4);
     web.kill().unwrap();
@@ -618,7 +703,7 @@ fn status_and_the_dashboard_show_each_schedule_with_its_last_and_next_tick() {
         "{old}"
     );
 
-    let (mut web, address, _) = start_web(db.url(), &["--read-only"], None);
+    let (mut web, address, _) = start_web(db.url(), &["--read-only", "--public-read"], None);
     let (status, page) = http(&address, "GET", "/", "");
     assert_eq!(status, 200);
     assert!(page.contains("data-schedule=\"cleanup\""), "{page}");
@@ -732,4 +817,262 @@ fn reindex_gives_back_index_space_and_is_refused_while_a_transaction_holds_the_h
         .unwrap();
     // The second rebuild found the first one's small index.
     assert!(ready["bytes_before"].as_i64().unwrap() < 100_000, "{ready}");
+}
+
+#[test]
+fn a_sign_in_is_a_session_of_its_own_that_expires_and_that_signing_out_ends_for_good() {
+    let db = TestDb::create();
+    prepared_queue(&db, "20 minutes");
+    let (mut web, address, _) =
+        start_web(db.url(), &["--session-lifetime", "4s"], Some("the-token"));
+    let (first, set_cookie) = sign_in(&address, "the-token");
+    assert!(
+        set_cookie.contains("HttpOnly")
+            && set_cookie.contains("SameSite=Strict")
+            && set_cookie.contains("Max-Age=4")
+            && !set_cookie.contains("Secure"),
+        "{set_cookie}"
+    );
+    // Each sign-in is its own session; the database keeps their hashes,
+    // never the cookie's value.
+    let (second, _) = sign_in(&address, "the-token");
+    assert_ne!(first, second);
+    let value = first.split_once('=').unwrap().1;
+    assert_eq!(
+        skiplock_tests::count(
+            &mut db.conn(),
+            &format!(
+                "SELECT count(*) AS n FROM queue_dashboard_sessions \
+                 WHERE encode(id_hash, 'hex') = encode(sha256('{value}'::bytea), 'hex')"
+            )
+        ),
+        1
+    );
+    assert_eq!(
+        skiplock_tests::count(
+            &mut db.conn(),
+            &format!(
+                "SELECT count(*) AS n FROM queue_dashboard_sessions \
+                 WHERE position('{value}'::bytea in id_hash) > 0"
+            )
+        ),
+        0
+    );
+    let (status, _, page) = http_with(&address, "GET", "/jobs/3", &[("Cookie", &first)], "");
+    assert_eq!(status, 200);
+    let csrf = csrf_of(&page);
+    // Signing out ends the session on the server: the copied cookie,
+    // replayed, neither reads nor acts.
+    let (status, headers, _) = http_with(
+        &address,
+        "POST",
+        "/logout",
+        &[("Cookie", &first)],
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(status, 303);
+    assert!(headers.contains("Max-Age=0"), "{headers}");
+    let (status, headers, _) = http_with(&address, "GET", "/", &[("Cookie", &first)], "");
+    assert_eq!((status, location(&headers)), (303, "/login".into()));
+    let (status, _, _) = http_with(
+        &address,
+        "POST",
+        "/jobs/3/retry",
+        &[("Cookie", &first)],
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(status, 403);
+    assert_eq!(db.count_jobs("id = 3 AND attempts = 2"), 1, "not retried");
+    // The other sign-in still works, until it expires.
+    let (status, _, page) = http_with(&address, "GET", "/jobs/3", &[("Cookie", &second)], "");
+    assert_eq!(status, 200);
+    let csrf = csrf_of(&page);
+    std::thread::sleep(std::time::Duration::from_millis(4_500));
+    let (status, headers, _) = http_with(&address, "GET", "/", &[("Cookie", &second)], "");
+    assert_eq!((status, location(&headers)), (303, "/login".into()));
+    let (status, _, _) = http_with(
+        &address,
+        "POST",
+        "/jobs/3/retry",
+        &[("Cookie", &second)],
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(status, 403);
+    assert_eq!(db.count_jobs("id = 3 AND attempts = 2"), 1, "not retried");
+    web.kill().unwrap();
+    let _ = web.wait();
+
+    // A new token ends the old token's sessions; behind https, the cookie
+    // is Secure.
+    let (mut web, address, _) = start_web(db.url(), &["--https"], Some("the-token"));
+    let (old, set_cookie) = sign_in(&address, "the-token");
+    assert!(set_cookie.contains("; Secure"), "{set_cookie}");
+    web.kill().unwrap();
+    let _ = web.wait();
+    let (mut web, address, _) = start_web(db.url(), &[], Some("another-token"));
+    let (status, _, _) = http_with(&address, "GET", "/", &[("Cookie", &old)], "");
+    assert_eq!(status, 303);
+    // ... while one server's sign-in holds on another server of the same
+    // token (a replica, a restart).
+    let (mut other, other_address, _) = start_web(db.url(), &[], Some("another-token"));
+    let (cookie, _) = sign_in(&address, "another-token");
+    let (status, _, _) = http_with(&other_address, "GET", "/", &[("Cookie", &cookie)], "");
+    assert_eq!(status, 200);
+    for web in [&mut web, &mut other] {
+        web.kill().unwrap();
+        let _ = web.wait();
+    }
+}
+
+#[test]
+fn the_dashboard_refuses_other_host_names_bad_parameters_and_guessing_and_hides_database_errors() {
+    let db = TestDb::create();
+    prepared_queue(&db, "20 minutes");
+    // A queue named with a megabyte, failing.
+    db.execute(
+        "INSERT INTO queue_jobs (id, job_type, queue, payload, attempts, first_failed_at, last_failed_at, last_error, run_at, scheduled) \
+         VALUES (9, 'send_mail', repeat('q', 1000000), '{}', 1, now(), now(), 'no', now() + interval '1 hour', true)",
+    );
+    let (mut web, address, _) =
+        start_web(db.url(), &["--host", "jobs.example.com"], Some("the-token"));
+    let (cookie, _) = sign_in(&address, "the-token");
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        let mut all = vec![("Cookie", cookie.as_str())];
+        all.extend_from_slice(headers);
+        http_with(&address, "GET", path, &all, "")
+    };
+    // Host names: refused unless localhost, an address, or given.
+    for host in ["evil.example", "evil.example:80", "localhost.evil.example"] {
+        let (status, _, _) = get("/", &[("Host", host)]);
+        assert_eq!(status, 421, "{host}");
+    }
+    let port = address.rsplit(':').next().unwrap();
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "JOBS.example.com".to_owned(),
+        format!("[::1]:{port}"),
+    ] {
+        let (status, _, _) = get("/", &[("Host", &host)]);
+        assert_eq!(status, 200, "{host}");
+    }
+    // Bad parameters: 400 and a short message of the dashboard's own.
+    for path in [
+        "/jobs?state=failing&after=-8000000000000000000.1",
+        "/jobs?state=failing&after=x.y",
+        "/jobs?queue=%00",
+        "/jobs?type=x%00",
+        "/bulk?action=retry&state=failing&queue=%00",
+    ] {
+        let (status, _, body) = get(path, &[]);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(
+            !body.contains("database") && !body.contains("out of range") && !body.contains("0x00"),
+            "{path}: {body}"
+        );
+    }
+    let (_, _, page) = get("/", &[]);
+    let csrf = csrf_of(&page);
+    let (status, _, body) = http_with(
+        &address,
+        "POST",
+        "/queues/%00/pause",
+        &[("Cookie", &cookie)],
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(!body.contains("0x00"), "{body}");
+    // Notices are the dashboard's own texts, never the address's.
+    let (_, _, body) = get("/?done=Your+account+is+locked%3A+call+555-0100", &[]);
+    assert!(
+        !body.contains("555-0100") && !body.contains("class=\"notice\""),
+        "{body}"
+    );
+    let (_, _, body) = get("/?done=paused", &[]);
+    assert!(body.contains("queue paused: running jobs finish"), "{body}");
+    // A megabyte of name is cut on the overview, whole on the job's page.
+    assert!(page.len() < 100_000, "the overview is {} bytes", page.len());
+    assert!(page.contains(&format!("{}…", "q".repeat(79))), "cut");
+    let (_, _, job) = get("/jobs/9", &[]);
+    assert!(job.contains(&"q".repeat(1_000_000)));
+    // Wrong tokens: ten a minute from one address, then refused, the right
+    // one too.
+    let (_, _, login) = http_with(&address, "GET", "/login", &[], "");
+    let csrf = csrf_of(&login);
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let (status, _, _) = http_with(
+            &address,
+            "POST",
+            "/login",
+            &[],
+            &format!("csrf={csrf}&token=guess"),
+        );
+        statuses.push(status);
+    }
+    // (The sign-in above counted too; one more is allowed every 6 s.)
+    let refused = statuses.iter().filter(|s| **s == 403).count();
+    assert!((9..=10).contains(&refused), "{statuses:?}");
+    assert!(
+        statuses[refused..].iter().all(|s| *s == 429),
+        "{statuses:?}"
+    );
+    let (status, headers, _) = http_with(
+        &address,
+        "POST",
+        "/login",
+        &[],
+        &format!("csrf={csrf}&token=the-token"),
+    );
+    assert_eq!(status, 429, "{headers}");
+    assert!(headers.to_ascii_lowercase().contains("retry-after: 60"));
+    // A database that is gone: said so, without libpq's text.
+    {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+        let mut server = diesel::PgConnection::establish(&skiplock_tests::server_url()).unwrap();
+        server
+            .batch_execute(&format!("DROP DATABASE \"{}\" WITH (FORCE)", db.name()))
+            .unwrap();
+    }
+    for path in ["/jobs/3", "/"] {
+        let (status, _, body) = get(path, &[]);
+        assert_eq!(status, 503, "{path}: {body}");
+        assert!(body.contains("The database is unreachable."), "{body}");
+        assert!(
+            !body.contains("does not exist") && !body.contains("FATAL"),
+            "{body}"
+        );
+    }
+    web.kill().unwrap();
+    let _ = web.wait();
+}
+
+#[test]
+fn sigterm_stops_the_dashboard_within_its_timeout_whatever_a_client_does() {
+    use std::io::Write as _;
+    let db = TestDb::create();
+    let (mut web, address, _) =
+        start_web(db.url(), &["--shutdown-timeout", "2s"], Some("the-token"));
+    // A client that sends half a request and waits.
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: loc").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    unsafe { libc::kill(web.id() as i32, libc::SIGTERM) };
+    let mut exited = None;
+    while started.elapsed() < std::time::Duration::from_secs(8) {
+        if let Some(status) = web.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let Some(status) = exited else {
+        web.kill().unwrap();
+        panic!("still running 8 s after SIGTERM");
+    };
+    eprintln!("stopped {:?} after SIGTERM", started.elapsed());
+    assert!(status.success());
+    drop(stream);
 }

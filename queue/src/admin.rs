@@ -103,6 +103,11 @@ pub fn pause_queue(conn: &mut PgConnection, queue: &str) -> Result<bool, AdminEr
     if queue.is_empty() {
         return Err(AdminError::Invalid("the queue name is empty".into()));
     }
+    if queue.contains('\0') {
+        return Err(AdminError::Invalid(
+            "the queue name holds a NUL character (no queue's can)".into(),
+        ));
+    }
     Ok(storage::pause_queue(conn, queue)?)
 }
 
@@ -110,6 +115,10 @@ pub fn pause_queue(conn: &mut PgConnection, queue: &str) -> Result<bool, AdminEr
 /// Returns `false` if it was not paused.
 pub fn resume_queue(conn: &mut PgConnection, queue: &str) -> Result<bool, AdminError> {
     require_schema(conn)?;
+    if queue.contains('\0') {
+        // No paused queue's name holds one.
+        return Ok(false);
+    }
     Ok(storage::resume_queue(conn, queue)?)
 }
 

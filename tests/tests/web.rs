@@ -250,8 +250,22 @@ async fn an_operator_goes_from_the_overview_to_a_failing_jobs_error_and_retries_
     let browser = Browser::start().await;
     let client = browser.client();
 
-    // The overview: queues, job types, the chart.
+    // Signed out, the dashboard shows its sign-in form and nothing else.
     client.goto(&format!("{site}/admin")).await.unwrap();
+    assert_eq!(browser.text("h1").await, "Sign in");
+    client
+        .goto(&format!("{site}/admin/jobs?state=failing"))
+        .await
+        .unwrap();
+    assert_eq!(browser.text("h1").await, "Sign in");
+    browser.sign_in(&site, "not the token").await;
+    assert!(browser
+        .text("p.error")
+        .await
+        .contains("not the dashboard's token"));
+    browser.sign_in(&site, &token).await;
+
+    // The overview: queues, job types, the chart.
     assert_eq!(browser.text("h1").await, "Overview");
     let queue_row = browser.text("#queues tr[data-queue='web_mail']").await;
     assert!(queue_row.contains("web_mail"), "{queue_row}");
@@ -271,16 +285,6 @@ async fn an_operator_goes_from_the_overview_to_a_failing_jobs_error_and_retries_
     let chart = browser.text("section.chart p").await;
     assert!(chart.starts_with("40 completed, 4 failed"), "{chart}");
     browser.screenshot("overview.png").await;
-
-    // Signed out, the pages offer no action.
-    assert_eq!(browser.count("button[name='queue-action']").await, 0);
-    browser.sign_in(&site, "not the token").await;
-    assert!(browser
-        .text("p.error")
-        .await
-        .contains("not the dashboard's token"));
-    browser.sign_in(&site, &token).await;
-    assert_eq!(browser.text("h1").await, "Overview");
 
     // Three clicks: the failing count, the job, retry.
     browser
@@ -375,6 +379,20 @@ async fn an_operator_goes_from_the_overview_to_a_failing_jobs_error_and_retries_
         .click("#queues tr[data-queue='web_mail'] button[name='queue-action']")
         .await;
     assert_eq!(count(&mut db.conn(), paused), 0);
+
+    // Signing out ends the session: the browser is back at the sign-in
+    // form, and the old cookie, put back, opens nothing.
+    let session = client.get_named_cookie("skiplock_session").await.unwrap();
+    browser.click("form.inline button.link").await;
+    assert_eq!(browser.text("h1").await, "Sign in");
+    assert!(client.get_named_cookie("skiplock_session").await.is_err());
+    client.add_cookie(session.into_owned()).await.unwrap();
+    client
+        .goto(&format!("{site}/admin/jobs?state=dead"))
+        .await
+        .unwrap();
+    assert_eq!(browser.text("h1").await, "Sign in");
+    browser.screenshot("signed-out.png").await;
     browser.close().await;
 }
 

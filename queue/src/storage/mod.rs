@@ -110,6 +110,8 @@ macro_rules! running_cte {
 
 mod claims;
 pub(crate) mod maintenance;
+#[cfg(feature = "web")]
+pub(crate) mod sessions;
 
 pub(crate) use claims::*;
 

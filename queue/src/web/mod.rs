@@ -9,18 +9,35 @@
 //! errors are attacker-controlled text) with no JavaScript and no assets
 //! from elsewhere.
 //!
-//! Reading needs nothing; every action needs the token the dashboard was
-//! given (an operator signs in with it once; the session cookie is
-//! `HttpOnly` and `SameSite=Strict`) and a form field only the dashboard's
-//! own pages carry, and is refused when the request's `Origin` is another
-//! site. A [read-only](Dashboard::read_only) dashboard has no actions.
+//! An operator signs in with the token the dashboard was given, to read
+//! and to act ([`Dashboard::public_read`] opens reading to anyone). Each
+//! sign-in is a session of its own, stored in the database (its SHA-256,
+//! never the cookie's value), so that every server of the dashboard knows
+//! it; it expires ([`Dashboard::session_lifetime`], 12 hours) and signing
+//! out ends it. The cookie is `HttpOnly`, `SameSite=Strict`, and `Secure`
+//! when told the dashboard is reached over https
+//! ([`Dashboard::secure_cookies`]). Wrong tokens are limited to 10 a
+//! minute per client address. Every action needs a signed-in operator and
+//! a form field derived from the session, only the dashboard's own pages
+//! carry it, and is refused when the request's `Origin` is another site. A
+//! [read-only](Dashboard::read_only) dashboard has no actions.
+//!
+//! Requests whose `Host` is not one of the dashboard's names are refused
+//! (a DNS-rebinding page reaches a server on localhost under its own
+//! name): `localhost`, IP addresses, and the names given with
+//! [`Dashboard::allow_host`].
 //!
 //! ```no_run
 //! # async fn demo(pool: skiplock::PgPool) -> std::io::Result<()> {
 //! let dashboard = skiplock::web::Dashboard::new(pool)
-//!     .token(std::env::var("SKIPLOCK_WEB_TOKEN").expect("a token"));
+//!     .token(std::env::var("SKIPLOCK_WEB_TOKEN").expect("a token"))
+//!     .allow_host("jobs.example.com")
+//!     .secure_cookies();
 //! let app = axum::Router::new().nest("/admin/jobs", dashboard.router());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! // The client's address limits its wrong tokens (without it, all
+//! // clients share one limit).
+//! let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
 //! axum::serve(listener, app).await
 //! # }
 //! ```
@@ -28,67 +45,139 @@
 mod chart;
 mod pages;
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{Form, FromRequestParts, OriginalUri, Path, Query};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{
+    ConnectInfo, Form, FromRequestParts, OriginalUri, Path, Query, Request, State,
+};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use diesel::PgConnection;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use maud::Markup;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::admin::{self, JobState, PageAfter};
 use crate::connection::PgPool;
 use crate::errors::AdminError;
 use crate::job::JobId;
+use crate::storage::sessions;
+
+/// How long a sign-in lasts unless told otherwise.
+pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// Wrong tokens a client may send in a burst, and a minute's worth after.
+const SIGN_INS_PER_MINUTE: u32 = 10;
 
 /// The dashboard, ready to become a router.
 pub struct Dashboard {
     pool: PgPool,
     token: Option<String>,
+    read_only: bool,
+    public_read: bool,
+    hosts: Vec<String>,
+    secure_cookies: bool,
+    session_lifetime: Duration,
 }
 
 impl std::fmt::Debug for Dashboard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dashboard")
-            .field("actions", &self.token.is_some())
+            .field("sign_in", &self.token.is_some())
+            .field("read_only", &self.read_only)
+            .field("public_read", &self.public_read)
+            .field("hosts", &self.hosts)
+            .field("secure_cookies", &self.secure_cookies)
             .finish_non_exhaustive()
     }
 }
 
 impl Dashboard {
-    /// A read-only dashboard over the queue behind `pool` (a few
-    /// connections are enough: each page runs its queries on one).
+    /// A dashboard over the queue behind `pool` (a few connections are
+    /// enough: each page runs its queries on one). Give it a
+    /// [token](Self::token) to sign in with, or [open reading](Self::public_read):
+    /// without either it shows nothing.
     pub fn new(pool: PgPool) -> Self {
-        Dashboard { pool, token: None }
+        Dashboard {
+            pool,
+            token: None,
+            read_only: false,
+            public_read: false,
+            hosts: Vec::new(),
+            secure_cookies: false,
+            session_lifetime: DEFAULT_SESSION_LIFETIME,
+        }
     }
 
-    /// Allows actions to whoever signs in with `token` (use a long random
-    /// one: [`random_token`]). An empty token leaves the dashboard read-only.
+    /// Lets whoever signs in with `token` read and act (use a long random
+    /// one: [`random_token`]). An empty token is no token.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         let token = token.into();
         self.token = (!token.is_empty()).then_some(token);
         self
     }
 
-    /// No actions at all, whoever asks (the default without a token).
+    /// No actions at all, whoever asks: no retry, discard, pause or resume.
     pub fn read_only(mut self) -> Self {
-        self.token = None;
+        self.read_only = true;
+        self
+    }
+
+    /// Pages can be read without signing in (actions still need it).
+    pub fn public_read(mut self) -> Self {
+        self.public_read = true;
+        self
+    }
+
+    /// Answers requests for this host name too (the name in the browser's
+    /// address bar, without a port). `localhost` and IP addresses are
+    /// always answered; any other name is refused.
+    pub fn allow_host(mut self, name: impl Into<String>) -> Self {
+        self.hosts.push(name.into().to_ascii_lowercase());
+        self
+    }
+
+    /// Marks the session cookie `Secure`: do this when the dashboard is
+    /// reached over https (served with TLS, or behind a proxy that
+    /// terminates it), so the browser never sends the cookie in clear.
+    pub fn secure_cookies(mut self) -> Self {
+        self.secure_cookies = true;
+        self
+    }
+
+    /// How long a sign-in lasts ([`DEFAULT_SESSION_LIFETIME`]: 12 hours).
+    pub fn session_lifetime(mut self, lifetime: Duration) -> Self {
+        self.session_lifetime = lifetime.max(Duration::from_secs(1));
         self
     }
 
     /// The router serving every page, its stylesheet and its actions.
     pub fn router(self) -> Router {
+        let token_hash = self.token.as_deref().map(|t| sha256(t.as_bytes()));
         let app = Arc::new(App {
             pool: self.pool,
+            actions: self.token.is_some() && !self.read_only,
             token: self.token,
-            session: random_token(),
-            csrf: random_token(),
+            token_hash,
+            public_read: self.public_read,
+            hosts: self.hosts,
+            secure_cookies: self.secure_cookies,
+            session_lifetime: self.session_lifetime,
+            login_csrf: random_token(),
+            sign_ins: RateLimiter::keyed(Quota::per_minute(
+                NonZeroU32::new(SIGN_INS_PER_MINUTE).expect("not 0"),
+            )),
         });
         Router::new()
             .route("/", get(overview))
@@ -103,6 +192,10 @@ impl Dashboard {
             .route("/login", get(login_form).post(login))
             .route("/logout", post(logout))
             .route("/style.css", get(stylesheet))
+            .layer(axum::middleware::from_fn_with_state(
+                app.clone(),
+                known_host,
+            ))
             .layer(axum::middleware::map_response(security_headers))
             .with_state(app)
     }
@@ -112,28 +205,51 @@ impl Dashboard {
 pub fn random_token() -> String {
     let mut bytes = [0_u8; 32];
     getrandom::fill(&mut bytes).expect("the operating system gives random bytes");
+    hex(&bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    Sha256::digest(bytes).to_vec()
 }
 
 /// What every handler shares.
 struct App {
     pool: PgPool,
-    /// The token that signs an operator in; `None`: read-only.
+    /// The token that signs an operator in; `None`: no one signs in.
     token: Option<String>,
-    /// The session cookie's value, for whoever signed in.
-    session: String,
-    /// The anti-forgery value every form of the dashboard carries.
-    csrf: String,
+    /// Its SHA-256, stored with each sign-in.
+    token_hash: Option<Vec<u8>>,
+    /// A signed-in operator may act.
+    actions: bool,
+    /// Reading needs no sign-in.
+    public_read: bool,
+    /// Host names answered besides `localhost` and IP addresses.
+    hosts: Vec<String>,
+    secure_cookies: bool,
+    session_lifetime: Duration,
+    /// The anti-forgery value of the sign-in form.
+    login_csrf: String,
+    /// Sign-in attempts per client address.
+    sign_ins: DefaultKeyedRateLimiter<IpAddr>,
 }
 
 const COOKIE: &str = "skiplock_session";
 
 /// What every handler knows of its request: the shared state, where the
-/// dashboard is mounted (`""` at the root), the headers.
+/// dashboard is mounted (`""` at the root), the headers, the operator's
+/// live session (the cookie's value) and the client's address.
 struct Ctx {
     app: Arc<App>,
     base: String,
     headers: HeaderMap,
+    session: Option<String>,
+    client: Option<IpAddr>,
+    /// The status of the failure of the session's lookup, if it failed.
+    failed: Option<StatusCode>,
 }
 
 impl FromRequestParts<Arc<App>> for Ctx {
@@ -153,10 +269,30 @@ impl FromRequestParts<Arc<App>> for Ctx {
         } else {
             outer.strip_suffix(inner).unwrap_or("")
         };
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip());
+        let (mut session, mut failed) = (None, None);
+        if let (Some(value), Some(token_hash)) = (cookie(&parts.headers), &app.token_hash) {
+            let (id_hash, token_hash) = (sha256(value.as_bytes()), token_hash.clone());
+            match with_conn(app, move |conn| {
+                Ok(sessions::session_is_live(conn, &id_hash, &token_hash)?)
+            })
+            .await
+            {
+                Ok(live) => session = live.then_some(value),
+                // Pages and actions answer that the database failed.
+                Err(response) => failed = Some(response.status()),
+            }
+        }
         Ok(Ctx {
             app: app.clone(),
             base: base.to_owned(),
             headers: parts.headers.clone(),
+            session,
+            client,
+            failed,
         })
     }
 }
@@ -165,18 +301,51 @@ impl Ctx {
     fn viewer(&self) -> Viewer {
         Viewer {
             base: self.base.clone(),
-            actions: self.app.token.is_some(),
-            signed_in: self.app.token.is_some() && has_session(&self.app, &self.headers),
-            csrf: self.app.csrf.clone(),
+            actions: self.app.actions,
+            sign_in: self.app.token.is_some(),
+            signed_in: self.session.is_some(),
+            csrf: self.csrf(),
         }
     }
 
-    /// Renders `page` from what `query` reads.
+    /// The anti-forgery value of this request's forms: derived from the
+    /// session (any server of the dashboard derives the same), or the
+    /// sign-in form's.
+    fn csrf(&self) -> String {
+        match &self.session {
+            Some(session) => session_csrf(session),
+            None => self.app.login_csrf.clone(),
+        }
+    }
+
+    /// The answer to a request that may not read pages, if this one may not.
+    fn unread(&self) -> Option<Response> {
+        if let Some(status) = self.failed {
+            return Some(database_failed(status));
+        }
+        if self.app.public_read || self.session.is_some() {
+            None
+        } else if self.app.token.is_some() {
+            Some(Redirect::to(&format!("{}/login", self.base)).into_response())
+        } else {
+            Some(
+                Refusal(
+                    "This dashboard was given no token to sign in with, and reading is not public.",
+                )
+                .into_response(),
+            )
+        }
+    }
+
+    /// Renders `page` from what `query` reads, for an operator who may read.
     async fn page<T: Send + 'static>(
         &self,
         query: impl FnOnce(&mut PgConnection) -> Result<T, AdminError> + Send + 'static,
         page: impl FnOnce(&Viewer, T) -> Markup,
     ) -> Response {
+        if let Some(response) = self.unread() {
+            return response;
+        }
         match with_conn(&self.app, query).await {
             Ok(data) => page(&self.viewer(), data).into_response(),
             Err(response) => response,
@@ -184,25 +353,28 @@ impl Ctx {
     }
 
     /// An action: refused unless authorized (see [`authorize`]); then
-    /// `change`, whose note is shown on the page at `path` it leads back to.
+    /// `change`, whose notice is shown on the page at `path` it leads back to.
     async fn act(
         &self,
         csrf: &str,
         path: String,
-        change: impl FnOnce(&mut PgConnection) -> Result<String, AdminError> + Send + 'static,
+        change: impl FnOnce(&mut PgConnection) -> Result<Done, AdminError> + Send + 'static,
     ) -> Response {
-        if let Err(refused) = authorize(&self.app, &self.headers, csrf) {
+        if let Some(status) = self.failed {
+            return database_failed(status);
+        }
+        if let Err(refused) = authorize(self, csrf) {
             return refused.into_response();
         }
         match with_conn(&self.app, change).await {
-            Ok(note) => {
+            Ok(done) => {
                 let separator = if path.contains('?') { '&' } else { '?' };
                 let target = if path == "/" {
                     home(&self.base)
                 } else {
                     format!("{}{path}", self.base)
                 };
-                Redirect::to(&format!("{target}{separator}done={}", encode(&note))).into_response()
+                Redirect::to(&format!("{target}{separator}{}", done.query())).into_response()
             }
             Err(response) => response,
         }
@@ -212,9 +384,17 @@ impl Ctx {
     /// and leads to the overview.
     fn session_cookie(&self, value: Option<&str>) -> Response {
         let home = home(&self.base);
+        let secure = if self.app.secure_cookies {
+            "; Secure"
+        } else {
+            ""
+        };
         let cookie = match value {
-            Some(value) => format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path={home}"),
-            None => format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path={home}; Max-Age=0"),
+            Some(value) => format!(
+                "{COOKIE}={value}; HttpOnly; SameSite=Strict; Path={home}; Max-Age={}{secure}",
+                self.app.session_lifetime.as_secs()
+            ),
+            None => format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path={home}; Max-Age=0{secure}"),
         };
         let mut response = Redirect::to(&home).into_response();
         if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -222,6 +402,23 @@ impl Ctx {
         }
         response
     }
+}
+
+/// The session cookie's value, if the request has one.
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|cookies| cookies.split(';'))
+        .filter_map(|cookie| cookie.trim().split_once('='))
+        .find(|(name, value)| *name == COOKIE && !value.is_empty())
+        .map(|(_, value)| value.to_owned())
+}
+
+/// The anti-forgery value of a session's forms.
+fn session_csrf(session: &str) -> String {
+    hex(&sha256(format!("skiplock csrf {session}").as_bytes()))
 }
 
 /// The overview's address under `base`: the mount point itself (axum's
@@ -238,21 +435,13 @@ pub(crate) fn home(base: &str) -> String {
 /// operator may act.
 pub(crate) struct Viewer {
     pub(crate) base: String,
-    /// Actions are possible at all (a token was given).
+    /// A signed-in operator may act.
     pub(crate) actions: bool,
+    /// One can sign in (a token was given).
+    pub(crate) sign_in: bool,
     /// The operator signed in.
     pub(crate) signed_in: bool,
     pub(crate) csrf: String,
-}
-
-fn has_session(app: &App, headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|cookies| cookies.split(';'))
-        .filter_map(|cookie| cookie.trim().split_once('='))
-        .any(|(name, value)| name == COOKIE && same(value, &app.session))
 }
 
 fn same(a: &str, b: &str) -> bool {
@@ -273,10 +462,46 @@ fn same_origin(headers: &HeaderMap) -> bool {
     matches!((origin_host, host), (Some(o), Some(h)) if o == h)
 }
 
-/// The refusal of a form that did not come from the dashboard's page.
-const NOT_OURS: &str = "This request did not come from the dashboard's own page.";
+/// Answers only requests for one of the dashboard's host names.
+async fn known_host(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    if host.is_some_and(|host| host_allowed(&app.hosts, host)) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            pages::refused(
+                "This dashboard does not answer to this host name. Its operator can allow it \
+                 (`skiplock web --host NAME`, `Dashboard::allow_host`).",
+            ),
+        )
+            .into_response()
+    }
+}
 
-/// Why an action was refused.
+/// Whether `host` (a `Host` header: a name or address, maybe a port) is
+/// `localhost`, an IP address, or one of `allowed`.
+fn host_allowed(allowed: &[String], host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        match rest.split_once(']') {
+            Some((address, _)) => return address.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => return false,
+        }
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.parse::<Ipv4Addr>().is_ok()
+        || allowed.iter().any(|a| a.trim_end_matches('.') == name)
+}
+
+/// Why a request was refused.
 struct Refusal(&'static str);
 
 impl IntoResponse for Refusal {
@@ -285,73 +510,188 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// The checks of every action: a dashboard with actions, a signed-in
-/// operator, the form's anti-forgery value, the same site.
-fn authorize(app: &App, headers: &HeaderMap, csrf: &str) -> Result<(), Refusal> {
-    if app.token.is_none() {
-        return Err(Refusal(
-            "This dashboard is read-only: it was started without a token.",
-        ));
-    }
-    from_our_page(app, headers, csrf)?;
-    if !has_session(app, headers) {
-        return Err(Refusal("Sign in with the dashboard's token to act."));
-    }
-    Ok(())
+/// A request the dashboard cannot make sense of: 400, and why.
+fn bad_request(why: &str) -> Response {
+    (StatusCode::BAD_REQUEST, pages::refused(why)).into_response()
 }
 
-/// A form posted from the dashboard's own page: the same site, and the
-/// anti-forgery value only its pages carry.
-fn from_our_page(app: &App, headers: &HeaderMap, csrf: &str) -> Result<(), Refusal> {
-    if same_origin(headers) && same(csrf, &app.csrf) {
+/// The refusal of a form that did not come from the dashboard's page.
+const NOT_OURS: &str = "This request did not come from the dashboard's own page.";
+
+/// The checks of every action: a dashboard with actions, a signed-in
+/// operator, the session's anti-forgery value, the same site.
+fn authorize(ctx: &Ctx, csrf: &str) -> Result<(), Refusal> {
+    if !ctx.app.actions {
+        return Err(Refusal(
+            "This dashboard is read-only: it was started without actions.",
+        ));
+    }
+    if !same_origin(&ctx.headers) {
+        return Err(Refusal(NOT_OURS));
+    }
+    let Some(session) = &ctx.session else {
+        return Err(Refusal("Sign in with the dashboard's token to act."));
+    };
+    if same(csrf, &session_csrf(session)) {
         Ok(())
     } else {
         Err(Refusal(NOT_OURS))
     }
 }
 
-/// Runs `query` on a pooled connection off the async threads.
+/// Runs `query` on a pooled connection off the async threads. A failure
+/// of the database is told without its text (it may quote what the
+/// request carried); the text goes to the log.
 async fn with_conn<T: Send + 'static>(
     app: &Arc<App>,
     query: impl FnOnce(&mut PgConnection) -> Result<T, AdminError> + Send + 'static,
 ) -> Result<T, Response> {
     let pool = app.pool.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let mut conn = pool
-            .get()
-            .map_err(|e| AdminError::Invalid(format!("no database connection: {e}")))?;
-        query(&mut conn)
+        let mut conn = pool.get().map_err(|_| Unreachable)?;
+        query(&mut conn).map_err(Failed)
     })
     .await;
+    let unreachable = || database_failed(StatusCode::SERVICE_UNAVAILABLE);
     match result {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(AdminError::NotFound(id))) => Err((
+        Ok(Err(Unreachable)) => Err(unreachable()),
+        Ok(Err(Failed(AdminError::NotFound(id)))) => Err((
             StatusCode::NOT_FOUND,
             pages::refused(&format!("There is no job {id} (any more).")),
         )
             .into_response()),
-        Ok(Err(AdminError::Running(id))) => Err((
+        Ok(Err(Failed(AdminError::Running(id)))) => Err((
             StatusCode::CONFLICT,
             pages::refused(&format!(
                 "Job {id} is running right now; try again once it has ended."
             )),
         )
             .into_response()),
-        Ok(Err(error)) => Err((
-            StatusCode::INTERNAL_SERVER_ERROR,
-            pages::refused(&error.to_string()),
-        )
-            .into_response()),
+        Ok(Err(Failed(AdminError::Invalid(why)))) => Err(bad_request(&why)),
+        Ok(Err(Failed(AdminError::Database(error)))) if connection_lost(&error) => {
+            tracing::warn!(%error, "the dashboard lost its database connection");
+            Err(unreachable())
+        }
+        Ok(Err(Failed(error))) => {
+            tracing::warn!(%error, "a dashboard page's query failed");
+            Err(database_failed(StatusCode::INTERNAL_SERVER_ERROR))
+        }
         Err(_) => Err(StatusCode::INTERNAL_SERVER_ERROR.into_response()),
     }
 }
 
-// --- pages -----------------------------------------------------------
-
-#[derive(Debug, Default, Deserialize)]
-struct Notice {
-    done: Option<String>,
+/// The page of a database failure: unreachable (503), or a query that
+/// failed (500), without the database's text.
+fn database_failed(status: StatusCode) -> Response {
+    let why = if status == StatusCode::SERVICE_UNAVAILABLE {
+        "The database is unreachable."
+    } else {
+        "The database could not answer this request."
+    };
+    (status, pages::refused(why)).into_response()
 }
+
+/// How a page's query failed.
+enum QueryFailure {
+    /// No connection could be had.
+    Unreachable,
+    /// The query failed.
+    Failed(AdminError),
+}
+use QueryFailure::{Failed, Unreachable};
+
+/// Whether the connection itself went (not the statement).
+fn connection_lost(error: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    matches!(
+        error,
+        Error::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _
+        ) | Error::BrokenTransactionManager
+    )
+}
+
+/// The notice an action leaves: one of the dashboard's own texts, chosen
+/// by a code in the address, with numbers at most (never text from the
+/// address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Done {
+    Retried,
+    Discarded(i64),
+    Bulk {
+        retried: bool,
+        changed: u64,
+        left: u64,
+    },
+    Paused,
+    Resumed,
+}
+
+impl Done {
+    fn query(self) -> String {
+        match self {
+            Done::Retried => "done=retried".into(),
+            Done::Discarded(id) => format!("done=discarded&n={id}"),
+            Done::Bulk {
+                retried,
+                changed,
+                left,
+            } => format!(
+                "done={}&n={changed}&m={left}",
+                if retried {
+                    "bulk-retried"
+                } else {
+                    "bulk-discarded"
+                }
+            ),
+            Done::Paused => "done=paused".into(),
+            Done::Resumed => "done=resumed".into(),
+        }
+    }
+}
+
+/// A notice as the address carries it (`done`, `n`, `m`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct Notice {
+    #[serde(default)]
+    done: Option<String>,
+    #[serde(default)]
+    n: Option<String>,
+    #[serde(default)]
+    m: Option<String>,
+}
+
+impl Notice {
+    /// The dashboard's own text for the code, if it is one of its codes.
+    pub(crate) fn text(&self) -> Option<String> {
+        let number = |value: &Option<String>| value.as_deref().and_then(|v| v.parse::<u64>().ok());
+        let (n, m) = (number(&self.n), number(&self.m));
+        Some(match (self.done.as_deref()?, n, m) {
+            ("retried", _, _) => "retried: it runs as soon as a worker is free".into(),
+            ("discarded", Some(id), _) => format!("job {id} discarded"),
+            ("bulk-retried" | "bulk-discarded", Some(changed), left) => {
+                let verb = if self.done.as_deref() == Some("bulk-retried") {
+                    "retried"
+                } else {
+                    "discarded"
+                };
+                match left {
+                    Some(left) if left > 0 => {
+                        format!("{changed} jobs {verb}; {left} were running or gone and were left")
+                    }
+                    _ => format!("{changed} jobs {verb}"),
+                }
+            }
+            ("paused", _, _) => "queue paused: running jobs finish, nothing new starts".into(),
+            ("resumed", _, _) => "queue resumed".into(),
+            _ => return None,
+        })
+    }
+}
+
+// --- pages -----------------------------------------------------------
 
 async fn overview(ctx: Ctx, Query(notice): Query<Notice>) -> Response {
     ctx.page(
@@ -365,7 +705,7 @@ async fn overview(ctx: Ctx, Query(notice): Query<Notice>) -> Response {
         |viewer, (status, paused, minutes, schedules)| {
             pages::overview(
                 viewer,
-                notice.done.as_deref(),
+                notice.text().as_deref(),
                 &pages::Overview {
                     status: &status,
                     paused: &paused,
@@ -390,8 +730,6 @@ pub(crate) struct Filter {
     /// The previous page's last job: `<last failure, µs since the epoch>.<id>`.
     #[serde(default)]
     pub(crate) after: Option<String>,
-    #[serde(default)]
-    pub(crate) done: Option<String>,
 }
 
 impl Filter {
@@ -421,10 +759,33 @@ impl Filter {
 
     fn after(&self) -> Option<PageAfter> {
         let (micros, id) = self.after.as_deref()?.split_once('.')?;
+        let last_failed_at = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+        // PostgreSQL's timestamps end in the years 4713 BC and 294276.
+        let year = chrono::Datelike::year(&last_failed_at);
+        if !(-4712..=294_275).contains(&year) {
+            return None;
+        }
         Some(PageAfter {
-            last_failed_at: chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            last_failed_at,
             id: JobId(id.parse().ok()?),
         })
+    }
+
+    /// Why these filters cannot be used, if they cannot: a NUL character
+    /// (no text in PostgreSQL holds one), a page position this dashboard
+    /// did not make.
+    fn invalid(&self) -> Option<&'static str> {
+        let fields = [&self.state, &self.queue, &self.job_type, &self.after];
+        if fields
+            .iter()
+            .any(|f| f.as_deref().is_some_and(|v| v.contains('\0')))
+        {
+            return Some("A filter holds a NUL character.");
+        }
+        if self.after.is_some() && self.after().is_none() {
+            return Some("The page position (`after`) is not one this dashboard made.");
+        }
+        None
     }
 
     /// The ids of the jobs these filters select.
@@ -457,7 +818,26 @@ pub(crate) fn encode(value: &str) -> String {
 /// Jobs shown on a page of a list.
 pub(crate) const PAGE: i64 = 50;
 
-async fn jobs(ctx: Ctx, Query(filter): Query<Filter>) -> Response {
+/// The filters of a request, or why it cannot use them.
+fn filters(filter: Result<Query<Filter>, QueryRejection>) -> Result<Filter, &'static str> {
+    let Ok(Query(filter)) = filter else {
+        return Err("The address's parameters are malformed.");
+    };
+    match filter.invalid() {
+        Some(why) => Err(why),
+        None => Ok(filter),
+    }
+}
+
+async fn jobs(
+    ctx: Ctx,
+    filter: Result<Query<Filter>, QueryRejection>,
+    Query(notice): Query<Notice>,
+) -> Response {
+    let filter = match filters(filter) {
+        Ok(filter) => filter,
+        Err(why) => return bad_request(why),
+    };
     let query = filter.clone();
     ctx.page(
         move |conn| {
@@ -473,7 +853,7 @@ async fn jobs(ctx: Ctx, Query(filter): Query<Filter>) -> Response {
         |viewer, mut rows| {
             let more = rows.len() > PAGE as usize;
             rows.truncate(PAGE as usize);
-            pages::jobs(viewer, &filter, &rows, more)
+            pages::jobs(viewer, &filter, notice.text().as_deref(), &rows, more)
         },
     )
     .await
@@ -482,7 +862,7 @@ async fn jobs(ctx: Ctx, Query(filter): Query<Filter>) -> Response {
 async fn job(ctx: Ctx, Path(id): Path<i64>, Query(notice): Query<Notice>) -> Response {
     ctx.page(
         move |conn| admin::find_job(conn, JobId(id)),
-        |viewer, record| pages::job(viewer, notice.done.as_deref(), &record),
+        |viewer, record| pages::job(viewer, notice.text().as_deref(), &record),
     )
     .await
 }
@@ -495,6 +875,9 @@ async fn runners(ctx: Ctx) -> Response {
 }
 
 async fn login_form(ctx: Ctx) -> Response {
+    if ctx.session.is_some() {
+        return Redirect::to(&home(&ctx.base)).into_response();
+    }
     pages::login(&ctx.viewer(), None).into_response()
 }
 
@@ -508,17 +891,24 @@ async fn confirm_discard(ctx: Ctx, Path(id): Path<i64>) -> Response {
 
 /// A bulk action on every job a list's filters select.
 #[derive(Debug, Deserialize)]
-struct BulkQuery {
+struct BulkAction {
+    #[serde(default)]
     action: String,
-    #[serde(flatten)]
-    filter: Filter,
 }
 
-async fn confirm_bulk(ctx: Ctx, Query(bulk): Query<BulkQuery>) -> Response {
-    let filter = bulk.filter.clone();
+async fn confirm_bulk(
+    ctx: Ctx,
+    Query(bulk): Query<BulkAction>,
+    filter: Result<Query<Filter>, QueryRejection>,
+) -> Response {
+    let filter = match filters(filter) {
+        Ok(filter) => filter,
+        Err(why) => return bad_request(why),
+    };
+    let selection = filter.clone();
     ctx.page(
-        move |conn| filter.select(conn),
-        |viewer, ids| pages::confirm_bulk(viewer, &bulk.action, &bulk.filter, ids.len()),
+        move |conn| selection.select(conn),
+        |viewer, ids| pages::confirm_bulk(viewer, &bulk.action, &filter, ids.len()),
     )
     .await
 }
@@ -562,7 +952,7 @@ struct ActionForm {
 async fn retry(ctx: Ctx, Path(id): Path<i64>, Form(form): Form<ActionForm>) -> Response {
     ctx.act(&form.csrf, format!("/jobs/{id}"), move |conn| {
         admin::retry_job(conn, JobId(id))?;
-        Ok("retried: it runs as soon as a worker is free".into())
+        Ok(Done::Retried)
     })
     .await
 }
@@ -570,7 +960,7 @@ async fn retry(ctx: Ctx, Path(id): Path<i64>, Form(form): Form<ActionForm>) -> R
 async fn discard(ctx: Ctx, Path(id): Path<i64>, Form(form): Form<ActionForm>) -> Response {
     ctx.act(&form.csrf, "/".into(), move |conn| {
         admin::discard_job(conn, JobId(id))?;
-        Ok(format!("job {id} discarded"))
+        Ok(Done::Discarded(id))
     })
     .await
 }
@@ -588,28 +978,31 @@ struct BulkForm {
 type JobChange = fn(&mut PgConnection, JobId) -> Result<(), AdminError>;
 
 async fn bulk(ctx: Ctx, Form(form): Form<BulkForm>) -> Response {
-    let (change, verb): (JobChange, _) = match form.action.as_str() {
-        "retry" => (admin::retry_job, "retried"),
-        "discard" => (admin::discard_job, "discarded"),
-        _ => return (StatusCode::BAD_REQUEST, pages::refused("No such action.")).into_response(),
+    let (change, retried): (JobChange, _) = match form.action.as_str() {
+        "retry" => (admin::retry_job, true),
+        "discard" => (admin::discard_job, false),
+        _ => return bad_request("No such action."),
     };
+    if let Some(why) = form.filter.invalid() {
+        return bad_request(why);
+    }
     let filter = form.filter.clone();
     ctx.act(
         &form.csrf,
         format!("/jobs?{}", form.filter.query()),
         move |conn| {
-            let (mut changed, mut skipped) = (0, 0);
+            let (mut changed, mut left) = (0, 0);
             for id in filter.select(conn)? {
                 match change(conn, id) {
                     Ok(()) => changed += 1,
-                    Err(AdminError::Running(_) | AdminError::NotFound(_)) => skipped += 1,
+                    Err(AdminError::Running(_) | AdminError::NotFound(_)) => left += 1,
                     Err(error) => return Err(error),
                 }
             }
-            Ok(if skipped > 0 {
-                format!("{changed} jobs {verb}; {skipped} were running or gone and were left")
-            } else {
-                format!("{changed} jobs {verb}")
+            Ok(Done::Bulk {
+                retried,
+                changed,
+                left,
             })
         },
     )
@@ -619,7 +1012,7 @@ async fn bulk(ctx: Ctx, Form(form): Form<BulkForm>) -> Response {
 async fn pause(ctx: Ctx, Path(queue): Path<String>, Form(form): Form<ActionForm>) -> Response {
     ctx.act(&form.csrf, "/".into(), move |conn| {
         admin::pause_queue(conn, &queue)?;
-        Ok(format!("queue {queue} paused"))
+        Ok(Done::Paused)
     })
     .await
 }
@@ -627,7 +1020,7 @@ async fn pause(ctx: Ctx, Path(queue): Path<String>, Form(form): Form<ActionForm>
 async fn resume(ctx: Ctx, Path(queue): Path<String>, Form(form): Form<ActionForm>) -> Response {
     ctx.act(&form.csrf, "/".into(), move |conn| {
         admin::resume_queue(conn, &queue)?;
-        Ok(format!("queue {queue} resumed"))
+        Ok(Done::Resumed)
     })
     .await
 }
@@ -641,12 +1034,26 @@ struct LoginForm {
 }
 
 async fn login(ctx: Ctx, Form(form): Form<LoginForm>) -> Response {
-    let Some(token) = &ctx.app.token else {
-        return Refusal("This dashboard is read-only: there is nothing to sign in to.")
+    let (Some(token), Some(token_hash)) = (&ctx.app.token, &ctx.app.token_hash) else {
+        return Refusal("This dashboard was given no token: there is nothing to sign in to.")
             .into_response();
     };
-    if let Err(refused) = from_our_page(&ctx.app, &ctx.headers, &form.csrf) {
-        return refused.into_response();
+    if !same_origin(&ctx.headers) || !same(&form.csrf, &ctx.app.login_csrf) {
+        return Refusal(NOT_OURS).into_response();
+    }
+    // Every attempt counts (a right token too, once the client is over its
+    // limit): guessing is as slow as the limit.
+    let client = ctx.client.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    if ctx.app.sign_ins.check_key(&client).is_err() {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, HeaderValue::from_static("60"))],
+            pages::login(
+                &ctx.viewer(),
+                Some("Too many sign-in attempts from this address: wait a minute."),
+            ),
+        )
+            .into_response();
     }
     if !same(&form.token, token) {
         return (
@@ -655,12 +1062,146 @@ async fn login(ctx: Ctx, Form(form): Form<LoginForm>) -> Response {
         )
             .into_response();
     }
-    ctx.session_cookie(Some(&ctx.app.session))
+    let session = random_token();
+    let (id_hash, token_hash) = (sha256(session.as_bytes()), token_hash.clone());
+    let lifetime = ctx.app.session_lifetime.as_secs_f64();
+    if let Err(response) = with_conn(&ctx.app, move |conn| {
+        Ok(sessions::start_session(
+            conn,
+            &id_hash,
+            &token_hash,
+            lifetime,
+        )?)
+    })
+    .await
+    {
+        return response;
+    }
+    ctx.session_cookie(Some(&session))
 }
 
 async fn logout(ctx: Ctx, Form(form): Form<ActionForm>) -> Response {
-    if let Err(refused) = from_our_page(&ctx.app, &ctx.headers, &form.csrf) {
-        return refused.into_response();
+    let Some(session) = &ctx.session else {
+        // Nothing to end: the cookie (if any) is stale.
+        return ctx.session_cookie(None);
+    };
+    if !same_origin(&ctx.headers) || !same(&form.csrf, &session_csrf(session)) {
+        return Refusal(NOT_OURS).into_response();
+    }
+    let id_hash = sha256(session.as_bytes());
+    if let Err(response) = with_conn(&ctx.app, move |conn| {
+        Ok(sessions::end_session(conn, &id_hash)?)
+    })
+    .await
+    {
+        return response;
     }
     ctx.session_cookie(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_localhost_addresses_and_the_given_names_are_answered() {
+        let allowed = vec!["jobs.example.com".to_owned()];
+        for host in [
+            "localhost",
+            "localhost:8080",
+            "LOCALHOST.",
+            "127.0.0.1:8080",
+            "10.0.0.7",
+            "[::1]:8080",
+            "[2001:db8::1]",
+            "jobs.example.com",
+            "Jobs.Example.Com:443",
+        ] {
+            assert!(host_allowed(&allowed, host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "localhost.evil.example",
+            "jobs.example.com.evil.example",
+            "127.0.0.1.nip.io",
+            "[::1",
+            "[not-an-address]:80",
+            "",
+        ] {
+            assert!(!host_allowed(&allowed, host), "{host}");
+        }
+    }
+
+    #[test]
+    fn notices_are_the_dashboards_own_texts_chosen_by_code() {
+        let notice = |done: &str, n: Option<&str>, m: Option<&str>| {
+            Notice {
+                done: Some(done.into()),
+                n: n.map(Into::into),
+                m: m.map(Into::into),
+            }
+            .text()
+        };
+        assert_eq!(
+            notice("discarded", Some("42"), None).as_deref(),
+            Some("job 42 discarded")
+        );
+        assert_eq!(
+            notice("bulk-retried", Some("3"), Some("1")).as_deref(),
+            Some("3 jobs retried; 1 were running or gone and were left")
+        );
+        assert_eq!(
+            notice("bulk-discarded", Some("3"), Some("0")).as_deref(),
+            Some("3 jobs discarded")
+        );
+        assert_eq!(notice("Your account is locked", None, None), None);
+        assert_eq!(notice("discarded", Some("<b>"), None), None);
+        for done in [
+            Done::Retried,
+            Done::Discarded(7),
+            Done::Bulk {
+                retried: false,
+                changed: 2,
+                left: 0,
+            },
+            Done::Paused,
+            Done::Resumed,
+        ] {
+            let query: Notice = serde_urlencoded_like(&done.query());
+            assert!(query.text().is_some(), "{done:?}");
+        }
+    }
+
+    /// Parses `done=..&n=..&m=..` as the address's query would be.
+    fn serde_urlencoded_like(query: &str) -> Notice {
+        let mut notice = Notice::default();
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap();
+            let value = Some(value.to_owned());
+            match key {
+                "done" => notice.done = value,
+                "n" => notice.n = value,
+                "m" => notice.m = value,
+                other => panic!("{other}"),
+            }
+        }
+        notice
+    }
+
+    #[test]
+    fn a_page_position_outside_postgresqls_timestamps_is_refused() {
+        let filter = |after: &str| Filter {
+            after: Some(after.into()),
+            ..Filter::default()
+        };
+        assert!(filter("1764000000000000.5").invalid().is_none());
+        assert!(filter("-8000000000000000000.1").invalid().is_some());
+        assert!(filter("9000000000000000000.1").invalid().is_some());
+        assert!(filter("x.1").invalid().is_some());
+        let nul = Filter {
+            queue: Some("a\0b".into()),
+            ..Filter::default()
+        };
+        assert_eq!(nul.invalid(), Some("A filter holds a NUL character."));
+    }
 }

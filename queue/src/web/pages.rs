@@ -37,7 +37,8 @@ fn layout(viewer: &Viewer, title: &str, notice: Option<&str>, body: Markup) -> M
                             }
                         } @else if viewer.actions {
                             a href={ (base) "/login" } { "Sign in to act" }
-                        } @else {
+                        }
+                        @if !viewer.actions {
                             span.muted { "read-only" }
                         }
                     }
@@ -94,6 +95,24 @@ fn when(at: Option<DateTime<Utc>>) -> Markup {
     }
 }
 
+/// The most characters of a name (queue, job type, runner, host) a list
+/// shows; the job's own page shows it whole.
+const NAME_CHARS: usize = 80;
+
+/// Names longer than this get no link and no form (their address would be
+/// as long): the command line reaches them.
+const LINKED_NAME_BYTES: usize = 1_000;
+
+/// A name cut to [`NAME_CHARS`] characters for a page.
+pub(crate) fn cut(name: &str) -> String {
+    if name.chars().count() <= NAME_CHARS {
+        return name.to_owned();
+    }
+    let mut shown: String = name.chars().take(NAME_CHARS - 1).collect();
+    shown.push('…');
+    shown
+}
+
 /// The first line of an error, shortened for a table cell.
 fn first_line(error: &str) -> String {
     let line = error.lines().next().unwrap_or("");
@@ -113,8 +132,10 @@ fn count_link(
     job_type: Option<&str>,
 ) -> Markup {
     html! {
-        @if count > 0 {
+        @if count > 0 && queue.len() + job_type.map_or(0, str::len) <= LINKED_NAME_BYTES {
             a class=(state) href=(jobs_link(viewer, state, queue, job_type)) { (count) }
+        } @else if count > 0 {
+            (count)
         } @else {
             "0"
         }
@@ -204,8 +225,8 @@ pub(crate) fn overview(viewer: &Viewer, notice: Option<&str>, data: &Overview<'_
                     tbody {
                         @for (queue, sums) in &queues {
                             @let is_paused = paused.iter().find(|p| p.queue == *queue);
-                            tr data-queue=(queue) {
-                                td { (queue) }
+                            tr data-queue=(cut(queue)) {
+                                td title=[(queue.chars().count() > NAME_CHARS && queue.len() <= LINKED_NAME_BYTES).then_some(queue)] { (cut(queue)) }
                                 td.num { (sums.ready) } td.num { (sums.scheduled) } td.num { (sums.running) }
                                 td.num { (count_link(viewer, "failing", sums.failing, queue, None)) }
                                 td.num { (count_link(viewer, "dead", sums.dead, queue, None)) }
@@ -213,7 +234,7 @@ pub(crate) fn overview(viewer: &Viewer, notice: Option<&str>, data: &Overview<'_
                                 td { @if let Some(p) = is_paused { span.paused { "paused" } " " (when(Some(p.paused_at))) } @else { "running" } }
                                 @if viewer.actions {
                                     td {
-                                        @if viewer.signed_in {
+                                        @if viewer.signed_in && queue.len() <= LINKED_NAME_BYTES {
                                             @let verb = if is_paused.is_some() { "resume" } else { "pause" };
                                             form.inline method="post" action={ (viewer.base) "/queues/" (encode(queue)) "/" (verb) } {
                                                 (csrf(viewer))
@@ -235,8 +256,8 @@ pub(crate) fn overview(viewer: &Viewer, notice: Option<&str>, data: &Overview<'_
                     thead { tr { th { "schedule" } th { "cron" } th { "time zone" } th { "last tick" } th { "next tick" } } }
                     tbody {
                         @for schedule in schedules {
-                            tr data-schedule=(schedule.name) {
-                                td { code { (schedule.name) } }
+                            tr data-schedule=(cut(&schedule.name)) {
+                                td { code { (cut(&schedule.name)) } }
                                 td { code { (schedule.cron) } }
                                 td { (schedule.time_zone) }
                                 td { @if schedule.last_tick.is_some() { (when(schedule.last_tick)) } @else { span.muted { "never" } } }
@@ -260,7 +281,7 @@ pub(crate) fn overview(viewer: &Viewer, notice: Option<&str>, data: &Overview<'_
                     tbody {
                         @for row in status {
                             tr {
-                                td { (row.queue) } td { code { (row.job_type) } }
+                                td { (cut(&row.queue)) } td { code { (cut(&row.job_type)) } }
                                 td.num { (row.ready) } td.num { (row.scheduled) } td.num { (row.running) }
                                 td.num { (count_link(viewer, "failing", row.failing, &row.queue, Some(&row.job_type))) }
                                 td.num { (count_link(viewer, "dead", row.dead, &row.queue, Some(&row.job_type))) }
@@ -277,7 +298,13 @@ pub(crate) fn overview(viewer: &Viewer, notice: Option<&str>, data: &Overview<'_
     layout(viewer, "Overview", notice, body)
 }
 
-pub(crate) fn jobs(viewer: &Viewer, filter: &Filter, rows: &[JobRecord], more: bool) -> Markup {
+pub(crate) fn jobs(
+    viewer: &Viewer,
+    filter: &Filter,
+    notice: Option<&str>,
+    rows: &[JobRecord],
+    more: bool,
+) -> Markup {
     let state = filter.state_name();
     let title = match state {
         "dead" => "Dead jobs",
@@ -317,8 +344,8 @@ pub(crate) fn jobs(viewer: &Viewer, filter: &Filter, rows: &[JobRecord], more: b
                     @for job in rows {
                         tr data-id=(job.id) {
                             td { a.job href={ (viewer.base) "/jobs/" (job.id) } { (job.id) } }
-                            td { code { (job.job_type) } }
-                            td { (job.queue) }
+                            td { code { (cut(&job.job_type)) } }
+                            td { (cut(&job.queue)) }
                             td.num { (job.attempts) }
                             td { (when(job.first_failed_at)) }
                             td { (when(job.last_failed_at)) }
@@ -342,7 +369,7 @@ pub(crate) fn jobs(viewer: &Viewer, filter: &Filter, rows: &[JobRecord], more: b
             }
         }
     };
-    layout(viewer, title, filter.done.as_deref(), body)
+    layout(viewer, title, notice, body)
 }
 
 pub(crate) fn job(viewer: &Viewer, notice: Option<&str>, job: &JobRecord) -> Markup {
@@ -401,13 +428,13 @@ pub(crate) fn runners(viewer: &Viewer, runners: &[RunnerRecord]) -> Markup {
                 tbody {
                     @for runner in runners {
                         tr {
-                            td { code { (runner.id) } }
-                            td { (runner.hostname) }
+                            td { code { (cut(&runner.id)) } }
+                            td { (cut(&runner.hostname)) }
                             td.num { (runner.pid) }
                             td {
                                 @for (i, queue) in runner.queues.iter().enumerate() {
                                     @if i > 0 { ", " }
-                                    (queue)
+                                    (cut(queue))
                                     @if runner.standby.contains(queue) {
                                         " " span.muted { "(standby: another runner has this exclusive queue)" }
                                     } @else if runner.exclusive.contains(queue) {
@@ -434,8 +461,8 @@ pub(crate) fn runners(viewer: &Viewer, runners: &[RunnerRecord]) -> Markup {
 pub(crate) fn login(viewer: &Viewer, error: Option<&str>) -> Markup {
     let body = html! {
         h1 { "Sign in" }
-        @if !viewer.actions {
-            p { "This dashboard is read-only." }
+        @if !viewer.sign_in {
+            p { "This dashboard was given no token: there is nothing to sign in to." }
         } @else {
             @if let Some(error) = error { p.error { (error) } }
             form method="post" action={ (viewer.base) "/login" } {
@@ -453,7 +480,7 @@ pub(crate) fn login(viewer: &Viewer, error: Option<&str>) -> Markup {
 pub(crate) fn confirm_discard(viewer: &Viewer, job: &JobRecord) -> Markup {
     let body = html! {
         h1 { "Discard job " (job.id) "?" }
-        p { "The job " code { (job.job_type) } " on " (job.queue) " is deleted for good: it will never run." }
+        p { "The job " code { (cut(&job.job_type)) } " on " (cut(&job.queue)) " is deleted for good: it will never run." }
         @if viewer.signed_in {
             form method="post" action={ (viewer.base) "/jobs/" (job.id) "/discard" } {
                 (csrf(viewer))
@@ -478,8 +505,8 @@ pub(crate) fn confirm_bulk(viewer: &Viewer, action: &str, filter: &Filter, count
         h1 { (verb) " " (count) " " (filter.state_name()) " jobs?" }
         p {
             "Every " (filter.state_name()) " job"
-            @if let Some(queue) = filter.queue() { " on queue " strong { (queue) } }
-            @if let Some(job_type) = filter.job_type() { " of type " code { (job_type) } }
+            @if let Some(queue) = filter.queue() { " on queue " strong { (cut(queue)) } }
+            @if let Some(job_type) = filter.job_type() { " of type " code { (cut(job_type)) } }
             ": " (count) " now (running ones are left alone)."
             @if action == "discard" { " Discarded jobs are deleted for good." }
         }

@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS queue_dashboard_sessions;
