@@ -155,6 +155,113 @@ pub enum JobState {
     Any,
 }
 
+/// What [`retry_failed_jobs`] or [`discard_failed_jobs`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct BulkOutcome {
+    /// Jobs changed.
+    pub changed: u64,
+    /// Jobs selected and left alone: a worker was running them.
+    pub left: u64,
+}
+
+/// Jobs changed per statement (and per transaction) of a bulk change.
+const BULK_PAGE: i64 = 1_000;
+
+/// Makes every failed job in `state` ([`JobState::Dead`], `Failing` or
+/// `Failed`), of `job_type` and on `queue` when given, run again as soon
+/// as a worker is free, with a fresh attempt count. One statement per
+/// thousand jobs, each in a transaction of its own; jobs a worker is
+/// running are left (counted in [`BulkOutcome::left`]).
+pub fn retry_failed_jobs(
+    conn: &mut PgConnection,
+    state: JobState,
+    job_type: Option<&str>,
+    queue: Option<&str>,
+) -> Result<BulkOutcome, AdminError> {
+    bulk_change(
+        conn,
+        storage::bulk::BulkChange::Retry,
+        state,
+        job_type,
+        queue,
+    )
+}
+
+/// Deletes for good every failed job in `state`, of `job_type` and on
+/// `queue` when given, as [`retry_failed_jobs`] selects them.
+pub fn discard_failed_jobs(
+    conn: &mut PgConnection,
+    state: JobState,
+    job_type: Option<&str>,
+    queue: Option<&str>,
+) -> Result<BulkOutcome, AdminError> {
+    bulk_change(
+        conn,
+        storage::bulk::BulkChange::Discard,
+        state,
+        job_type,
+        queue,
+    )
+}
+
+/// How many failed jobs in `state`, of `job_type` and on `queue` when
+/// given, there are (what a bulk change would select now).
+pub fn count_failed_jobs(
+    conn: &mut PgConnection,
+    state: JobState,
+    job_type: Option<&str>,
+    queue: Option<&str>,
+) -> Result<i64, AdminError> {
+    require_schema(conn)?;
+    Ok(storage::bulk::count_failed(
+        conn,
+        failed_state(state)?,
+        job_type,
+        queue,
+    )?)
+}
+
+fn failed_state(state: JobState) -> Result<&'static str, AdminError> {
+    match state {
+        JobState::Dead => Ok("dead"),
+        JobState::Failing => Ok("failing"),
+        JobState::Failed => Ok("failed"),
+        JobState::Any => Err(AdminError::Invalid(
+            "bulk changes select failed jobs: dead, failing, or both".into(),
+        )),
+    }
+}
+
+fn bulk_change(
+    conn: &mut PgConnection,
+    change: storage::bulk::BulkChange,
+    state: JobState,
+    job_type: Option<&str>,
+    queue: Option<&str>,
+) -> Result<BulkOutcome, AdminError> {
+    require_schema(conn)?;
+    let state = failed_state(state)?;
+    let mut outcome = BulkOutcome::default();
+    let mut after = None;
+    loop {
+        let page = conn.transaction(|conn| {
+            storage::bulk::bulk_change_page(conn, change, state, job_type, queue, after, BULK_PAGE)
+        })?;
+        // Counted again after the commit (see `with_idle_job`).
+        storage::count_release(conn)?;
+        let changed = u64::try_from(page.changed).unwrap_or(0);
+        outcome.changed += changed;
+        outcome.left += u64::try_from(page.seen).unwrap_or(0) - changed;
+        match (page.last_at, page.last_id) {
+            (Some(at), Some(id)) if page.seen == BULK_PAGE => after = Some((at, id)),
+            // The last page (or one ending in a job without a failure time,
+            // which only the oldest schemas left: they come last).
+            _ => return Ok(outcome),
+        }
+    }
+}
+
 /// The ids of the jobs in `state`, of `job_type` and on `queue` when given.
 pub fn select_jobs(
     conn: &mut PgConnection,

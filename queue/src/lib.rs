@@ -76,9 +76,10 @@ pub use skiplock_derive::background_job;
 pub use skiplock_derive::FromState;
 
 pub use crate::admin::{
-    dead_jobs, discard_job, failed_jobs_page, failing_jobs, find_job, pause_queue, paused_queues,
-    queue_status, require_schema, resume_queue, retry_job, runners, schedules, select_jobs,
-    throughput, JobState, MinuteCounts, PageAfter, PausedQueue, RUNNER_FRESH_SECS,
+    count_failed_jobs, dead_jobs, discard_failed_jobs, discard_job, failed_jobs_page, failing_jobs,
+    find_job, pause_queue, paused_queues, queue_status, require_schema, resume_queue,
+    retry_failed_jobs, retry_job, runners, schedules, select_jobs, throughput, BulkOutcome,
+    JobState, MinuteCounts, PageAfter, PausedQueue, RUNNER_FRESH_SECS,
 };
 pub use crate::connection::{ConnectionMode, JobConnection, PgPool};
 pub use crate::errors::{

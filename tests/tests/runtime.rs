@@ -483,6 +483,78 @@ test_job!(
 );
 
 #[test]
+fn a_bulk_change_takes_one_statement_per_thousand_jobs_and_leaves_running_ones() {
+    use skiplock::JobState;
+    let db = TestDb::create();
+    let mut conn = db.conn();
+    let id = Blocker.enqueue(&mut conn).unwrap().id().unwrap();
+    db.execute(&format!(
+        "UPDATE queue_jobs SET attempts = 1, first_failed_at = now(), last_failed_at = now() \
+         WHERE id = {}",
+        id.0
+    ));
+    // 2,500 dead jobs on two queues; 1,000 of them failed at the same
+    // instant, so pages end among ties.
+    db.execute(
+        "INSERT INTO queue_jobs (job_type, queue, payload, attempts, first_failed_at, last_failed_at, dead_at) \
+         SELECT 'gone', CASE WHEN i % 2 = 0 THEN 'a' ELSE 'b' END, '{}', 1, now(), \
+                CASE WHEN i <= 1000 THEN timestamptz '2026-01-01' ELSE now() - i * interval '1 second' END, now() \
+         FROM generate_series(1, 2500) i",
+    );
+    let (handshake, started, release) = Handshake::new();
+    let running = runner(&db, handshake, &[("admin_running", 1)]).start();
+    started.recv_timeout(PATIENCE).unwrap();
+    let count = |conn: &mut PgConnection, state, queue| {
+        skiplock::count_failed_jobs(conn, state, None, queue).unwrap()
+    };
+    assert_eq!(count(&mut conn, JobState::Dead, Some("a")), 1_250);
+    assert_eq!(count(&mut conn, JobState::Failing, None), 1);
+    assert_eq!(count(&mut conn, JobState::Failed, None), 2_501);
+    // This session's commits, as the statistics count them once it has
+    // flushed its own.
+    let commits = |conn: &mut PgConnection| {
+        conn.batch_execute("SELECT pg_stat_force_next_flush()")
+            .unwrap();
+        skiplock_tests::count(
+            conn,
+            "SELECT xact_commit AS n FROM pg_stat_database WHERE datname = current_database()",
+        )
+    };
+    let before = commits(&mut conn);
+    let outcome =
+        skiplock::discard_failed_jobs(&mut conn, JobState::Dead, None, Some("a")).unwrap();
+    let transactions = commits(&mut conn) - before;
+    assert_eq!((outcome.changed, outcome.left), (1_250, 0));
+    // Two pages: a couple of transactions each (the page, the release
+    // counted after it) and the schema's check, and the idle runner's own
+    // (the count is the database's); one per job would be 1,250 and more.
+    assert!(transactions < 100, "{transactions} transactions");
+    assert_eq!(db.count_jobs("queue = 'a'"), 0);
+    let outcome =
+        skiplock::retry_failed_jobs(&mut conn, JobState::Failed, Some("gone"), None).unwrap();
+    assert_eq!((outcome.changed, outcome.left), (1_250, 0));
+    assert_eq!(
+        db.count_jobs("queue = 'b' AND attempts = 0 AND dead_at IS NULL"),
+        1_250
+    );
+    // The running job is selected and left.
+    let outcome = skiplock::retry_failed_jobs(&mut conn, JobState::Failing, None, None).unwrap();
+    assert_eq!((outcome.changed, outcome.left), (0, 1));
+    let outcome = skiplock::discard_failed_jobs(&mut conn, JobState::Failed, None, None).unwrap();
+    assert_eq!((outcome.changed, outcome.left), (0, 1));
+    assert!(matches!(
+        skiplock::retry_failed_jobs(&mut conn, JobState::Any, None, None),
+        Err(AdminError::Invalid(_))
+    ));
+    release.send(()).unwrap();
+    let blocker = format!("id = {}", id.0);
+    wait_until("the job completed", PATIENCE, || {
+        db.count_jobs(&blocker) == 0
+    });
+    running.shutdown(PATIENCE);
+}
+
+#[test]
 fn operators_cannot_retry_or_discard_a_running_job() {
     let db = TestDb::create();
     let mut conn = db.conn();
@@ -880,7 +952,7 @@ fn migrate_is_idempotent_and_records_the_schema_version() {
         &mut conn,
         "SELECT count(*) AS n FROM queue_schema_migrations",
     );
-    assert_eq!(versions, 16);
+    assert_eq!(versions, 17);
 }
 
 /// A database with the first release's schema, as `migrate` left it.

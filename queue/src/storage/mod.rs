@@ -108,6 +108,7 @@ macro_rules! running_cte {
     };
 }
 
+pub(crate) mod bulk;
 mod claims;
 pub(crate) mod maintenance;
 #[cfg(feature = "web")]

@@ -788,9 +788,9 @@ impl Filter {
         None
     }
 
-    /// The ids of the jobs these filters select.
-    fn select(&self, conn: &mut PgConnection) -> Result<Vec<JobId>, AdminError> {
-        admin::select_jobs(conn, self.state(), self.job_type(), self.queue())
+    /// How many jobs these filters select.
+    fn count(&self, conn: &mut PgConnection) -> Result<i64, AdminError> {
+        admin::count_failed_jobs(conn, self.state(), self.job_type(), self.queue())
     }
 
     /// The query string of these filters (no page, no notice).
@@ -907,8 +907,8 @@ async fn confirm_bulk(
     };
     let selection = filter.clone();
     ctx.page(
-        move |conn| selection.select(conn),
-        |viewer, ids| pages::confirm_bulk(viewer, &bulk.action, &filter, ids.len()),
+        move |conn| selection.count(conn),
+        |viewer, count| pages::confirm_bulk(viewer, &bulk.action, &filter, count),
     )
     .await
 }
@@ -974,13 +974,18 @@ struct BulkForm {
     filter: Filter,
 }
 
-/// What a bulk action does to each job.
-type JobChange = fn(&mut PgConnection, JobId) -> Result<(), AdminError>;
+/// What a bulk action does to the jobs a filter selects.
+type BulkChange = fn(
+    &mut PgConnection,
+    JobState,
+    Option<&str>,
+    Option<&str>,
+) -> Result<admin::BulkOutcome, AdminError>;
 
 async fn bulk(ctx: Ctx, Form(form): Form<BulkForm>) -> Response {
-    let (change, retried): (JobChange, _) = match form.action.as_str() {
-        "retry" => (admin::retry_job, true),
-        "discard" => (admin::discard_job, false),
+    let (change, retried): (BulkChange, _) = match form.action.as_str() {
+        "retry" => (admin::retry_failed_jobs, true),
+        "discard" => (admin::discard_failed_jobs, false),
         _ => return bad_request("No such action."),
     };
     if let Some(why) = form.filter.invalid() {
@@ -991,18 +996,11 @@ async fn bulk(ctx: Ctx, Form(form): Form<BulkForm>) -> Response {
         &form.csrf,
         format!("/jobs?{}", form.filter.query()),
         move |conn| {
-            let (mut changed, mut left) = (0, 0);
-            for id in filter.select(conn)? {
-                match change(conn, id) {
-                    Ok(()) => changed += 1,
-                    Err(AdminError::Running(_) | AdminError::NotFound(_)) => left += 1,
-                    Err(error) => return Err(error),
-                }
-            }
+            let outcome = change(conn, filter.state(), filter.job_type(), filter.queue())?;
             Ok(Done::Bulk {
                 retried,
-                changed,
-                left,
+                changed: outcome.changed,
+                left: outcome.left,
             })
         },
     )

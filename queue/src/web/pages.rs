@@ -495,7 +495,7 @@ pub(crate) fn confirm_discard(viewer: &Viewer, job: &JobRecord) -> Markup {
     layout(viewer, "Discard", None, body)
 }
 
-pub(crate) fn confirm_bulk(viewer: &Viewer, action: &str, filter: &Filter, count: usize) -> Markup {
+pub(crate) fn confirm_bulk(viewer: &Viewer, action: &str, filter: &Filter, count: i64) -> Markup {
     let verb = if action == "discard" {
         "Discard"
     } else {
