@@ -70,6 +70,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "bulk confirmation (counts)",
             "/bulk?action=retry&state=failing&queue=queue_2".to_owned(),
         ),
+        // `{"n": 7}`: the newest 20,000 jobs examined, none matching.
+        (
+            "search: payload contains, one window",
+            "/search?payload=%7B%22n%22%3A%207%7D".to_owned(),
+        ),
+        (
+            "search: failing of one type, one window",
+            "/search?state=failing&type=type_2".to_owned(),
+        ),
     ];
     let mut next_page = String::new();
     println!("page                          median of 7");

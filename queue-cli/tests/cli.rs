@@ -1070,3 +1070,99 @@ fn sigterm_stops_the_dashboard_within_its_timeout_whatever_a_client_does() {
     assert!(status.success());
     drop(stream);
 }
+
+/// Percent-encodes every byte but letters and digits.
+fn encode_query(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn the_dashboard_searches_jobs_by_state_queue_type_and_payload_a_window_at_a_time() {
+    let db = TestDb::create();
+    // The oldest job matches, 25,000 newer ones do not, except three.
+    db.execute(
+        "INSERT INTO queue_jobs (job_type, queue, payload) VALUES \
+             ('send_mail', 'mail', '{\"user_id\": 42, \"note\": \"<script>alert(1)</script>\"}'); \
+         INSERT INTO queue_jobs (job_type, queue, payload) \
+             SELECT 'send_mail', 'mail', jsonb_build_object('user_id', 1000 + i) \
+             FROM generate_series(1, 25000) i; \
+         INSERT INTO queue_jobs (job_type, queue, payload) VALUES \
+             ('send_mail', 'mail', '{\"user_id\": 42, \"template\": \"welcome\"}'), \
+             ('send_sms', 'mail', '{\"user_id\": 42}'); \
+         INSERT INTO queue_jobs (job_type, queue, payload, attempts, first_failed_at, last_failed_at, dead_at) \
+             VALUES ('charge_card', 'billing', '{\"user_id\": 42, \"cents\": 100}', 1, now(), now(), now())",
+    );
+    let (mut web, address, _) = start_web(db.url(), &[], Some("the-token"));
+    let (cookie, _) = sign_in(&address, "the-token");
+    let get = |path: &str| http_with(&address, "GET", path, &[("Cookie", &cookie)], "");
+    let ids = |page: &str| -> Vec<i64> {
+        page.split("<tr data-id=\"")
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let user_42 = encode_query(r#"{"user_id": 42}"#);
+    let (status, _, page) = get(&format!("/search?payload={user_42}"));
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(ids(&page), [25_004, 25_003, 25_002]);
+    assert!(page.contains("Examined the 20000 newest jobs"), "{page}");
+    // The oldest is beyond the first window: the page says where to go on.
+    let next = page
+        .split("id=\"next\" href=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no next page in {page}"))
+        .replace("&amp;", "&");
+    let (_, _, older) = get(&next);
+    assert_eq!(ids(&older), [1]);
+    assert!(older.contains("&lt;script&gt;"), "escaped");
+    assert!(!older.contains("<script>"), "{older}");
+    assert!(!older.contains("id=\"next\""), "the search has ended");
+    // State, queue and type narrow it.
+    let (_, _, dead) = get(&format!("/search?state=dead&payload={user_42}"));
+    assert_eq!(ids(&dead), [25_004]);
+    let (_, _, mails) = get(&format!(
+        "/search?queue=mail&type=send_mail&payload={user_42}"
+    ));
+    assert_eq!(ids(&mails), [25_002]);
+    let welcome = encode_query(r#"{"template": "welcome"}"#);
+    let (_, _, welcomed) = get(&format!("/search?state=ready&payload={welcome}"));
+    assert_eq!(ids(&welcomed), [25_002]);
+    // Bad filters: 400 with the dashboard's own words.
+    for query in [
+        encode_query("not json"),
+        encode_query("42"),
+        encode_query(r#"{"a": "\u0000"}"#),
+        encode_query(&format!(r#"{{"a": "{}"}}"#, "x".repeat(5_000))),
+    ] {
+        let (status, _, body) = get(&format!("/search?payload={query}"));
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            !body.contains("jsonb") && !body.contains("database"),
+            "{body}"
+        );
+    }
+    let (status, _, _) = get("/search?before=abc");
+    assert_eq!(status, 400);
+    let (status, _, _) = get("/search?queue=%00");
+    assert_eq!(status, 400);
+    // Signed out: nothing.
+    let (status, _, _) = http_with(
+        &address,
+        "GET",
+        &format!("/search?payload={user_42}"),
+        &[],
+        "",
+    );
+    assert_eq!(status, 303);
+    web.kill().unwrap();
+    let _ = web.wait();
+}

@@ -78,8 +78,9 @@ pub use skiplock_derive::FromState;
 pub use crate::admin::{
     count_failed_jobs, dead_jobs, discard_failed_jobs, discard_job, failed_jobs_page, failing_jobs,
     find_job, pause_queue, paused_queues, queue_status, require_schema, resume_queue,
-    retry_failed_jobs, retry_job, runners, schedules, select_jobs, throughput, BulkOutcome,
-    JobState, MinuteCounts, PageAfter, PausedQueue, RUNNER_FRESH_SECS,
+    retry_failed_jobs, retry_job, runners, schedules, search_jobs, select_jobs, throughput,
+    BulkOutcome, JobSearch, JobState, MinuteCounts, PageAfter, PausedQueue, SearchPage,
+    RUNNER_FRESH_SECS,
 };
 pub use crate::connection::{ConnectionMode, JobConnection, PgPool};
 pub use crate::errors::{
@@ -99,6 +100,7 @@ pub use crate::retry::RetryPolicy;
 pub use crate::runner::{
     FailedRun, RunSummary, Runner, RunnerBuilder, RunningRunner, ShutdownReport,
 };
+pub use crate::storage::search::SearchState;
 pub use crate::storage::{JobRecord, QueueStatus, RunnerRecord, ScheduleRecord};
 
 /// Registers a hand-written [`Job`] implementation so runners find it by

@@ -189,6 +189,7 @@ impl Dashboard {
             .route("/queues/{queue}/pause", post(pause))
             .route("/queues/{queue}/resume", post(resume))
             .route("/runners", get(runners))
+            .route("/search", get(search))
             .route("/login", get(login_form).post(login))
             .route("/logout", post(logout))
             .route("/style.css", get(stylesheet))
@@ -863,6 +864,138 @@ async fn job(ctx: Ctx, Path(id): Path<i64>, Query(notice): Query<Notice>) -> Res
     ctx.page(
         move |conn| admin::find_job(conn, JobId(id)),
         |viewer, record| pages::job(viewer, notice.text().as_deref(), &record),
+    )
+    .await
+}
+
+/// Matches a search page shows at most.
+pub(crate) const SEARCH_PAGE: i64 = 50;
+
+/// Jobs a search request examines at most (the newest below its start).
+pub(crate) const SEARCH_BUDGET: i64 = 20_000;
+
+/// A search's fields, as the query string carries them.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct SearchQuery {
+    #[serde(default)]
+    pub(crate) state: Option<String>,
+    #[serde(default)]
+    pub(crate) queue: Option<String>,
+    #[serde(default, rename = "type")]
+    pub(crate) job_type: Option<String>,
+    #[serde(default)]
+    pub(crate) payload: Option<String>,
+    #[serde(default)]
+    pub(crate) before: Option<String>,
+}
+
+/// The longest payload filter accepted.
+const PAYLOAD_FILTER_BYTES: usize = 4_096;
+
+impl SearchQuery {
+    fn field(value: &Option<String>) -> Option<&str> {
+        value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+    }
+
+    pub(crate) fn queue(&self) -> Option<&str> {
+        Self::field(&self.queue)
+    }
+
+    pub(crate) fn job_type(&self) -> Option<&str> {
+        Self::field(&self.job_type)
+    }
+
+    pub(crate) fn payload(&self) -> Option<&str> {
+        Self::field(&self.payload)
+    }
+
+    pub(crate) fn state_name(&self) -> &'static str {
+        match Self::field(&self.state) {
+            Some("ready") => "ready",
+            Some("scheduled") => "scheduled",
+            Some("failing") => "failing",
+            Some("dead") => "dead",
+            _ => "any",
+        }
+    }
+
+    /// The search these fields ask for, or why they cannot be used.
+    fn search(&self) -> Result<admin::JobSearch, &'static str> {
+        let fields = [&self.state, &self.queue, &self.job_type, &self.before];
+        if fields
+            .iter()
+            .any(|f| f.as_deref().is_some_and(|v| v.contains('\0')))
+        {
+            return Err("A filter holds a NUL character.");
+        }
+        let payload = match self.payload() {
+            None => None,
+            Some(text) if text.len() > PAYLOAD_FILTER_BYTES => {
+                return Err("The payload filter is longer than 4,096 bytes.")
+            }
+            Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(value @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))) => {
+                    Some(value)
+                }
+                _ => return Err(
+                    "The payload filter is not a JSON object or array (such as {\"user_id\": 42}).",
+                ),
+            },
+        };
+        let before = match Self::field(&self.before) {
+            None => None,
+            Some(text) => {
+                Some(JobId(text.parse().map_err(|_| {
+                    "The search position (`before`) is not a job id."
+                })?))
+            }
+        };
+        Ok(admin::JobSearch {
+            state: match self.state_name() {
+                "ready" => crate::SearchState::Ready,
+                "scheduled" => crate::SearchState::Scheduled,
+                "failing" => crate::SearchState::Failing,
+                "dead" => crate::SearchState::Dead,
+                _ => crate::SearchState::Any,
+            },
+            queue: self.queue().map(str::to_owned),
+            job_type: self.job_type().map(str::to_owned),
+            payload,
+            before,
+        })
+    }
+
+    /// The query string of these fields, without the position.
+    pub(crate) fn query(&self) -> String {
+        let mut pairs = vec![("state", self.state_name().to_owned())];
+        for (key, value) in [
+            ("queue", self.queue()),
+            ("type", self.job_type()),
+            ("payload", self.payload()),
+        ] {
+            if let Some(value) = value {
+                pairs.push((key, value.to_owned()));
+            }
+        }
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+}
+
+async fn search(ctx: Ctx, query: Result<Query<SearchQuery>, QueryRejection>) -> Response {
+    let Ok(Query(query)) = query else {
+        return bad_request("The address's parameters are malformed.");
+    };
+    let search = match query.search() {
+        Ok(search) => search,
+        Err(why) => return bad_request(why),
+    };
+    ctx.page(
+        move |conn| admin::search_jobs(conn, &search, SEARCH_PAGE, SEARCH_BUDGET),
+        |viewer, page| pages::search(viewer, &query, &page),
     )
     .await
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use maud::{html, Markup, DOCTYPE};
 
-use super::{chart, encode, home, Filter, Viewer, PAGE};
+use super::{chart, encode, home, Filter, SearchQuery, Viewer, PAGE, SEARCH_BUDGET};
 use crate::admin::{MinuteCounts, PausedQueue};
 use crate::storage::{JobRecord, QueueStatus, RunnerRecord, ScheduleRecord};
 
@@ -29,6 +29,7 @@ fn layout(viewer: &Viewer, title: &str, notice: Option<&str>, body: Markup) -> M
                         a href={ (base) "/jobs?state=failing" } { "Failing" }
                         a href={ (base) "/jobs?state=dead" } { "Dead" }
                         a href={ (base) "/runners" } { "Runners" }
+                        a href={ (base) "/search" } { "Search" }
                         span.spacer {}
                         @if viewer.signed_in {
                             form.inline method="post" action={ (base) "/logout" } {
@@ -526,4 +527,70 @@ pub(crate) fn confirm_bulk(viewer: &Viewer, action: &str, filter: &Filter, count
         }
     };
     layout(viewer, verb, None, body)
+}
+
+/// A job's state, as a word.
+fn state_of(job: &JobRecord) -> &'static str {
+    if job.dead_at.is_some() {
+        "dead"
+    } else if job.attempts > 0 {
+        "failing"
+    } else if job.run_at > Utc::now() {
+        "scheduled"
+    } else {
+        "ready"
+    }
+}
+
+pub(crate) fn search(viewer: &Viewer, query: &SearchQuery, page: &crate::SearchPage) -> Markup {
+    let state = query.state_name();
+    let next = page
+        .next
+        .map(|id| format!("{}/search?{}&before={}", viewer.base, query.query(), id.0));
+    let body = html! {
+        h1 { "Search" }
+        form.filters #search method="get" action={ (viewer.base) "/search" } {
+            label { "state " select name="state" {
+                @for option in ["any", "ready", "scheduled", "failing", "dead"] {
+                    option value=(option) selected[option == state] { (option) }
+                }
+            } }
+            label { "queue " input type="text" name="queue" value=(query.queue().unwrap_or("")); }
+            label { "job type " input type="text" name="type" value=(query.job_type().unwrap_or("")); }
+            label { "payload contains " input type="text" name="payload" placeholder="{\"user_id\": 42}" value=(query.payload().unwrap_or("")); }
+            button type="submit" { "Search" }
+        }
+        p.muted #examined {
+            "Examined the " (page.examined) " newest jobs"
+            @if query.before.is_some() { " below the previous page" }
+            " (at most " (SEARCH_BUDGET) " a page, newest first)."
+        }
+        @if page.jobs.is_empty() {
+            p.muted { "No job among them matches." }
+        } @else {
+            table #results {
+                thead { tr {
+                    th { "id" } th { "job type" } th { "queue" } th { "state" } th.num { "attempts" }
+                    th { "enqueued" } th { "payload" }
+                } }
+                tbody {
+                    @for job in &page.jobs {
+                        tr data-id=(job.id) {
+                            td { a.job href={ (viewer.base) "/jobs/" (job.id) } { (job.id) } }
+                            td { code { (cut(&job.job_type)) } }
+                            td { (cut(&job.queue)) }
+                            td { (state_of(job)) }
+                            td.num { (job.attempts) }
+                            td { (when(Some(job.created_at))) }
+                            td { code { (first_line(&job.payload.to_string())) } }
+                        }
+                    }
+                }
+            }
+        }
+        @if let Some(next) = next {
+            p.pager { a #next href=(next) { "Go on with older jobs →" } }
+        }
+    };
+    layout(viewer, "Search", None, body)
 }
