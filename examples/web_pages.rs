@@ -43,8 +43,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         started.elapsed().as_secs_f64()
     );
 
+    // As `skiplock web` sets its connections: no JIT compilation.
     let pool = diesel::r2d2::Pool::builder()
         .max_size(2)
+        .connection_customizer(Box::new(NoJit))
         .build(diesel::r2d2::ConnectionManager::<PgConnection>::new(&url))?;
     // Readable without signing in: the pages' own cost, not a session's lookup.
     let router = skiplock::web::Dashboard::new(pool).public_read().router();
@@ -119,4 +121,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{name:<30}{:>6.1} ms", median.as_secs_f64() * 1000.0);
     }
     Ok(())
+}
+
+/// Turns JIT compilation off on each connection, as `skiplock web` does.
+#[derive(Debug)]
+struct NoJit;
+
+impl diesel::r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for NoJit {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        use diesel::connection::SimpleConnection;
+        conn.batch_execute("SET jit = off")
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
 }

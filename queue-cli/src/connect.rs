@@ -33,10 +33,7 @@ pub(crate) fn connect(
                 skiplock::redact_connection_string(url)
             ))
         })?;
-    conn.batch_execute(&format!(
-        "SET statement_timeout = {}",
-        statement_timeout.as_millis().max(1)
-    ))?;
+    conn.batch_execute(&session_settings(statement_timeout))?;
     Ok(conn)
 }
 
@@ -66,17 +63,24 @@ pub(crate) fn pool(
         })
 }
 
+/// The statement timeout, and no JIT compilation: the commands' and the
+/// pages' queries read indexes and are planned as costly on a big table,
+/// where compiling them took 21 ms of a 70 ms page (10,000,000 jobs).
+fn session_settings(statement_timeout: Duration) -> String {
+    format!(
+        "SET statement_timeout = {}; SET jit = off",
+        statement_timeout.as_millis().max(1)
+    )
+}
+
 /// Sets the statement timeout on each new connection of the pool.
 #[derive(Debug)]
 struct StatementTimeout(Duration);
 
 impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for StatementTimeout {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute(&format!(
-            "SET statement_timeout = {}",
-            self.0.as_millis().max(1)
-        ))
-        .map_err(diesel::r2d2::Error::QueryError)
+        conn.batch_execute(&session_settings(self.0))
+            .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 

@@ -386,7 +386,7 @@ fn a_rebuild_gives_back_what_a_held_horizon_left_and_is_refused_while_it_is_held
             "queue_jobs_pkey",
             "queue_jobs_ready_idx",
             "queue_jobs_scheduled_idx",
-            "queue_jobs_failed_idx",
+            "queue_jobs_failed_order_idx",
             "queue_jobs_unique_idx"
         ]
     );
@@ -448,7 +448,7 @@ fn an_interrupted_rebuild_leaves_no_unfinished_copy_and_a_rebuild_repairs_an_inv
     assert_eq!(
         names,
         [
-            "queue_jobs_failed_idx",
+            "queue_jobs_failed_order_idx",
             "queue_jobs_pkey",
             "queue_jobs_ready_idx",
             "queue_jobs_scheduled_idx",

@@ -114,7 +114,7 @@ pub(crate) const INDEXES: [KnownIndex; 5] = [
     known_index!("queue_jobs_pkey"),
     known_index!("queue_jobs_ready_idx"),
     known_index!("queue_jobs_scheduled_idx"),
-    known_index!("queue_jobs_failed_idx"),
+    known_index!("queue_jobs_failed_order_idx"),
     known_index!("queue_jobs_unique_idx"),
 ];
 
