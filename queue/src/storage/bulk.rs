@@ -24,8 +24,7 @@ macro_rules! bulk_page {
                    AND ($1 = 'failed' OR ($1 = 'dead' AND dead_at IS NOT NULL) \
                         OR ($1 = 'failing' AND dead_at IS NULL)) \
                    AND ($2::text IS NULL OR job_type = $2) AND ($3::text IS NULL OR queue = $3) \
-                   AND ($4::timestamptz IS NULL OR last_failed_at < $4 \
-                        OR (last_failed_at = $4 AND id < $5)) \
+                   AND ($4::timestamptz IS NULL OR (last_failed_at, id) < ($4, $5)) \
                  ORDER BY last_failed_at DESC NULLS LAST, id DESC LIMIT $6), \
              idle AS MATERIALIZED ( \
                  SELECT id FROM page WHERE pg_try_advisory_xact_lock(",

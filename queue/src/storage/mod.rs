@@ -1079,10 +1079,13 @@ pub(crate) fn failed_jobs_page(
         query = query.filter(j::job_type.eq(job_type.to_owned()));
     }
     if let Some((at, id)) = before {
+        // A row comparison, which the index takes as where to start.
         query = query.filter(
-            j::last_failed_at
-                .lt(at)
-                .or(j::last_failed_at.eq(at).and(j::id.lt(id))),
+            diesel::dsl::sql::<diesel::sql_types::Bool>("(last_failed_at, id) < (")
+                .bind::<Timestamptz, _>(at)
+                .sql(", ")
+                .bind::<BigInt, _>(id)
+                .sql(")"),
         );
     }
     query
