@@ -483,6 +483,45 @@ test_job!(
 );
 
 #[test]
+fn failed_jobs_are_listed_a_page_at_a_time_each_once_whatever_the_ties() {
+    use skiplock::{JobState, PageAfter};
+    let db = TestDb::create();
+    // 130 failing jobs, 60 of them failed at the same instant, and a dead one.
+    db.execute(
+        "INSERT INTO queue_jobs (job_type, queue, payload, attempts, first_failed_at, last_failed_at) \
+         SELECT 'flaky', 'pages', '{}', 1, now(), \
+                CASE WHEN i <= 60 THEN timestamptz '2026-06-01' ELSE now() - i * interval '1 minute' END \
+         FROM generate_series(1, 130) i; \
+         INSERT INTO queue_jobs (job_type, queue, payload, attempts, first_failed_at, last_failed_at, dead_at) \
+         VALUES ('flaky', 'pages', '{}', 1, now(), now(), now())",
+    );
+    let mut conn = db.conn();
+    let (mut seen, mut after) = (Vec::new(), None);
+    loop {
+        let page = skiplock::failed_jobs_page(&mut conn, JobState::Failing, None, None, after, 50)
+            .unwrap();
+        seen.extend(page.iter().map(|job| (job.last_failed_at.unwrap(), job.id)));
+        match page.last() {
+            Some(last) if page.len() == 50 => {
+                after = Some(PageAfter {
+                    last_failed_at: last.last_failed_at.unwrap(),
+                    id: JobId(last.id),
+                })
+            }
+            _ => break,
+        }
+    }
+    let mut expected = seen.clone();
+    expected.sort_by(|a, b| b.cmp(a));
+    expected.dedup();
+    assert_eq!(seen.len(), 130);
+    assert_eq!(
+        seen, expected,
+        "most recent failure first, then the highest id, each once"
+    );
+}
+
+#[test]
 fn a_bulk_change_takes_one_statement_per_thousand_jobs_and_leaves_running_ones() {
     use skiplock::JobState;
     let db = TestDb::create();
