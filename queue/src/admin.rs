@@ -5,6 +5,7 @@ use diesel::prelude::*;
 
 use crate::errors::AdminError;
 use crate::job::JobId;
+use crate::storage::bulk::BulkChange;
 use crate::storage::search::SearchState;
 use crate::storage::{self, FailedState, JobRecord, QueueStatus, RunnerRecord, ScheduleRecord};
 
@@ -156,7 +157,7 @@ pub enum JobState {
     Any,
 }
 
-/// What [`retry_failed_jobs`] or [`discard_failed_jobs`] did.
+/// What [`change_failed_jobs`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct BulkOutcome {
@@ -169,41 +170,20 @@ pub struct BulkOutcome {
 /// Jobs changed per statement (and per transaction) of a bulk change.
 const BULK_PAGE: i64 = 1_000;
 
-/// Makes every failed job in `state` ([`JobState::Dead`], `Failing` or
-/// `Failed`), of `job_type` and on `queue` when given, run again as soon
-/// as a worker is free, with a fresh attempt count. One statement per
-/// thousand jobs, each in a transaction of its own; jobs a worker is
-/// running are left (counted in [`BulkOutcome::left`]).
-pub fn retry_failed_jobs(
+/// Retries or discards (`change`) every failed job in `state`
+/// ([`JobState::Dead`], `Failing` or `Failed`), of `job_type` and on
+/// `queue` when given: a retried job runs again as soon as a worker is
+/// free, with a fresh attempt count; a discarded one is deleted for good.
+/// One statement per thousand jobs, each in a transaction of its own; jobs
+/// a worker is running are left (counted in [`BulkOutcome::left`]).
+pub fn change_failed_jobs(
     conn: &mut PgConnection,
+    change: BulkChange,
     state: JobState,
     job_type: Option<&str>,
     queue: Option<&str>,
 ) -> Result<BulkOutcome, AdminError> {
-    bulk_change(
-        conn,
-        storage::bulk::BulkChange::Retry,
-        state,
-        job_type,
-        queue,
-    )
-}
-
-/// Deletes for good every failed job in `state`, of `job_type` and on
-/// `queue` when given, as [`retry_failed_jobs`] selects them.
-pub fn discard_failed_jobs(
-    conn: &mut PgConnection,
-    state: JobState,
-    job_type: Option<&str>,
-    queue: Option<&str>,
-) -> Result<BulkOutcome, AdminError> {
-    bulk_change(
-        conn,
-        storage::bulk::BulkChange::Discard,
-        state,
-        job_type,
-        queue,
-    )
+    bulk_change(conn, change, state, job_type, queue)
 }
 
 /// How many failed jobs in `state`, of `job_type` and on `queue` when
@@ -236,7 +216,7 @@ fn failed_state(state: JobState) -> Result<&'static str, AdminError> {
 
 fn bulk_change(
     conn: &mut PgConnection,
-    change: storage::bulk::BulkChange,
+    change: BulkChange,
     state: JobState,
     job_type: Option<&str>,
     queue: Option<&str>,

@@ -76,11 +76,10 @@ pub use skiplock_derive::background_job;
 pub use skiplock_derive::FromState;
 
 pub use crate::admin::{
-    count_failed_jobs, dead_jobs, discard_failed_jobs, discard_job, failed_jobs_page, failing_jobs,
-    find_job, pause_queue, paused_queues, queue_status, require_schema, resume_queue,
-    retry_failed_jobs, retry_job, runners, schedules, search_jobs, select_jobs, throughput,
-    BulkOutcome, JobSearch, JobState, MinuteCounts, PageAfter, PausedQueue, SearchPage,
-    RUNNER_FRESH_SECS,
+    change_failed_jobs, count_failed_jobs, dead_jobs, discard_job, failed_jobs_page, failing_jobs,
+    find_job, pause_queue, paused_queues, queue_status, require_schema, resume_queue, retry_job,
+    runners, schedules, search_jobs, select_jobs, throughput, BulkOutcome, JobSearch, JobState,
+    MinuteCounts, PageAfter, PausedQueue, SearchPage, RUNNER_FRESH_SECS,
 };
 pub use crate::connection::{ConnectionMode, JobConnection, PgPool};
 pub use crate::errors::{
@@ -100,6 +99,7 @@ pub use crate::retry::RetryPolicy;
 pub use crate::runner::{
     FailedRun, RunSummary, Runner, RunnerBuilder, RunningRunner, ShutdownReport,
 };
+pub use crate::storage::bulk::BulkChange;
 pub use crate::storage::search::SearchState;
 pub use crate::storage::{JobRecord, QueueStatus, RunnerRecord, ScheduleRecord};
 

@@ -523,7 +523,7 @@ fn failed_jobs_are_listed_a_page_at_a_time_each_once_whatever_the_ties() {
 
 #[test]
 fn a_bulk_change_takes_one_statement_per_thousand_jobs_and_leaves_running_ones() {
-    use skiplock::JobState;
+    use skiplock::{BulkChange, JobState};
     let db = TestDb::create();
     let mut conn = db.conn();
     let id = Blocker.enqueue(&mut conn).unwrap().id().unwrap();
@@ -560,8 +560,14 @@ fn a_bulk_change_takes_one_statement_per_thousand_jobs_and_leaves_running_ones()
         )
     };
     let before = commits(&mut conn);
-    let outcome =
-        skiplock::discard_failed_jobs(&mut conn, JobState::Dead, None, Some("a")).unwrap();
+    let outcome = skiplock::change_failed_jobs(
+        &mut conn,
+        BulkChange::Discard,
+        JobState::Dead,
+        None,
+        Some("a"),
+    )
+    .unwrap();
     let transactions = commits(&mut conn) - before;
     assert_eq!((outcome.changed, outcome.left), (1_250, 0));
     // Two pages: a couple of transactions each (the page, the release
@@ -569,20 +575,30 @@ fn a_bulk_change_takes_one_statement_per_thousand_jobs_and_leaves_running_ones()
     // (the count is the database's); one per job would be 1,250 and more.
     assert!(transactions < 100, "{transactions} transactions");
     assert_eq!(db.count_jobs("queue = 'a'"), 0);
-    let outcome =
-        skiplock::retry_failed_jobs(&mut conn, JobState::Failed, Some("gone"), None).unwrap();
+    let outcome = skiplock::change_failed_jobs(
+        &mut conn,
+        BulkChange::Retry,
+        JobState::Failed,
+        Some("gone"),
+        None,
+    )
+    .unwrap();
     assert_eq!((outcome.changed, outcome.left), (1_250, 0));
     assert_eq!(
         db.count_jobs("queue = 'b' AND attempts = 0 AND dead_at IS NULL"),
         1_250
     );
     // The running job is selected and left.
-    let outcome = skiplock::retry_failed_jobs(&mut conn, JobState::Failing, None, None).unwrap();
+    let outcome =
+        skiplock::change_failed_jobs(&mut conn, BulkChange::Retry, JobState::Failing, None, None)
+            .unwrap();
     assert_eq!((outcome.changed, outcome.left), (0, 1));
-    let outcome = skiplock::discard_failed_jobs(&mut conn, JobState::Failed, None, None).unwrap();
+    let outcome =
+        skiplock::change_failed_jobs(&mut conn, BulkChange::Discard, JobState::Failed, None, None)
+            .unwrap();
     assert_eq!((outcome.changed, outcome.left), (0, 1));
     assert!(matches!(
-        skiplock::retry_failed_jobs(&mut conn, JobState::Any, None, None),
+        skiplock::change_failed_jobs(&mut conn, BulkChange::Retry, JobState::Any, None, None),
         Err(AdminError::Invalid(_))
     ));
     release.send(()).unwrap();

@@ -63,10 +63,12 @@ const DISCARD_PAGE: &str = concat!(
     bulk_report!()
 );
 
-/// A bulk change.
+/// What [`change_failed_jobs`](crate::change_failed_jobs) does to each job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BulkChange {
+pub enum BulkChange {
+    /// Run it again as soon as a worker is free, with a fresh attempt count.
     Retry,
+    /// Delete it for good.
     Discard,
 }
 

@@ -1107,18 +1107,10 @@ struct BulkForm {
     filter: Filter,
 }
 
-/// What a bulk action does to the jobs a filter selects.
-type BulkChange = fn(
-    &mut PgConnection,
-    JobState,
-    Option<&str>,
-    Option<&str>,
-) -> Result<admin::BulkOutcome, AdminError>;
-
 async fn bulk(ctx: Ctx, Form(form): Form<BulkForm>) -> Response {
-    let (change, retried): (BulkChange, _) = match form.action.as_str() {
-        "retry" => (admin::retry_failed_jobs, true),
-        "discard" => (admin::discard_failed_jobs, false),
+    let change = match form.action.as_str() {
+        "retry" => crate::BulkChange::Retry,
+        "discard" => crate::BulkChange::Discard,
         _ => return bad_request("No such action."),
     };
     if let Some(why) = form.filter.invalid() {
@@ -1129,9 +1121,15 @@ async fn bulk(ctx: Ctx, Form(form): Form<BulkForm>) -> Response {
         &form.csrf,
         format!("/jobs?{}", form.filter.query()),
         move |conn| {
-            let outcome = change(conn, filter.state(), filter.job_type(), filter.queue())?;
+            let outcome = admin::change_failed_jobs(
+                conn,
+                change,
+                filter.state(),
+                filter.job_type(),
+                filter.queue(),
+            )?;
             Ok(Done::Bulk {
-                retried,
+                retried: change == crate::BulkChange::Retry,
                 changed: outcome.changed,
                 left: outcome.left,
             })
