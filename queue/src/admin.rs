@@ -183,7 +183,26 @@ pub fn change_failed_jobs(
     job_type: Option<&str>,
     queue: Option<&str>,
 ) -> Result<BulkOutcome, AdminError> {
-    bulk_change(conn, change, state, job_type, queue)
+    require_schema(conn)?;
+    let state = failed_state(state)?;
+    let mut outcome = BulkOutcome::default();
+    let mut after = None;
+    loop {
+        let page = conn.transaction(|conn| {
+            storage::bulk::bulk_change_page(conn, change, state, job_type, queue, after, BULK_PAGE)
+        })?;
+        // Counted again after the commit (see `with_idle_job`).
+        storage::count_release(conn)?;
+        let changed = u64::try_from(page.changed).unwrap_or(0);
+        outcome.changed += changed;
+        outcome.left += u64::try_from(page.seen).unwrap_or(0) - changed;
+        match (page.last_at, page.last_id) {
+            (Some(at), Some(id)) if page.seen == BULK_PAGE => after = Some((at, id)),
+            // The last page (or one ending in a job without a failure time,
+            // which only the oldest schemas left: they come last).
+            _ => return Ok(outcome),
+        }
+    }
 }
 
 /// How many failed jobs in `state`, of `job_type` and on `queue` when
@@ -211,35 +230,6 @@ fn failed_state(state: JobState) -> Result<&'static str, AdminError> {
         JobState::Any => Err(AdminError::Invalid(
             "bulk changes select failed jobs: dead, failing, or both".into(),
         )),
-    }
-}
-
-fn bulk_change(
-    conn: &mut PgConnection,
-    change: BulkChange,
-    state: JobState,
-    job_type: Option<&str>,
-    queue: Option<&str>,
-) -> Result<BulkOutcome, AdminError> {
-    require_schema(conn)?;
-    let state = failed_state(state)?;
-    let mut outcome = BulkOutcome::default();
-    let mut after = None;
-    loop {
-        let page = conn.transaction(|conn| {
-            storage::bulk::bulk_change_page(conn, change, state, job_type, queue, after, BULK_PAGE)
-        })?;
-        // Counted again after the commit (see `with_idle_job`).
-        storage::count_release(conn)?;
-        let changed = u64::try_from(page.changed).unwrap_or(0);
-        outcome.changed += changed;
-        outcome.left += u64::try_from(page.seen).unwrap_or(0) - changed;
-        match (page.last_at, page.last_id) {
-            (Some(at), Some(id)) if page.seen == BULK_PAGE => after = Some((at, id)),
-            // The last page (or one ending in a job without a failure time,
-            // which only the oldest schemas left: they come last).
-            _ => return Ok(outcome),
-        }
     }
 }
 

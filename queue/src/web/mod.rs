@@ -719,15 +719,66 @@ async fn overview(ctx: Ctx, Query(notice): Query<Notice>) -> Response {
     .await
 }
 
+/// The queue and job type a list or a search narrows to, as the query
+/// string carries them (an empty field selects every name).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct Names {
+    #[serde(default)]
+    pub(crate) queue: Option<String>,
+    #[serde(default, rename = "type")]
+    pub(crate) job_type: Option<String>,
+}
+
+impl Names {
+    pub(crate) fn queue(&self) -> Option<&str> {
+        given(&self.queue)
+    }
+
+    pub(crate) fn job_type(&self) -> Option<&str> {
+        given(&self.job_type)
+    }
+
+    /// The query string pairs of these names.
+    fn pairs(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [("queue", self.queue()), ("type", self.job_type())]
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, value?)))
+    }
+}
+
+/// A field's value, unless it is absent or blank.
+fn given(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|v| !v.trim().is_empty())
+}
+
+/// Why a request's fields cannot be used if one holds a NUL character (no
+/// text in PostgreSQL holds one).
+fn nul_in(fields: &[&Option<String>]) -> Result<(), &'static str> {
+    if fields
+        .iter()
+        .any(|f| f.as_deref().is_some_and(|v| v.contains('\0')))
+    {
+        return Err("A filter holds a NUL character.");
+    }
+    Ok(())
+}
+
+/// A query string of these pairs, each value percent-encoded.
+fn query_string<'a>(pairs: impl IntoIterator<Item = (&'static str, &'a str)>) -> String {
+    pairs
+        .into_iter()
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// A list's filters, as the query string carries them.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct Filter {
     #[serde(default)]
     pub(crate) state: Option<String>,
-    #[serde(default)]
-    pub(crate) queue: Option<String>,
-    #[serde(default, rename = "type")]
-    pub(crate) job_type: Option<String>,
+    #[serde(flatten)]
+    pub(crate) names: Names,
     /// The previous page's last job: `<last failure, µs since the epoch>.<id>`.
     #[serde(default)]
     pub(crate) after: Option<String>,
@@ -751,11 +802,11 @@ impl Filter {
     }
 
     pub(crate) fn queue(&self) -> Option<&str> {
-        self.queue.as_deref().filter(|q| !q.is_empty())
+        self.names.queue()
     }
 
     pub(crate) fn job_type(&self) -> Option<&str> {
-        self.job_type.as_deref().filter(|t| !t.is_empty())
+        self.names.job_type()
     }
 
     fn after(&self) -> Option<PageAfter> {
@@ -772,16 +823,17 @@ impl Filter {
         })
     }
 
-    /// Why these filters cannot be used, if they cannot: a NUL character
-    /// (no text in PostgreSQL holds one), a page position this dashboard
-    /// did not make.
+    /// Why these filters cannot be used, if they cannot: a NUL character,
+    /// a page position this dashboard did not make.
     fn invalid(&self) -> Option<&'static str> {
-        let fields = [&self.state, &self.queue, &self.job_type, &self.after];
-        if fields
-            .iter()
-            .any(|f| f.as_deref().is_some_and(|v| v.contains('\0')))
-        {
-            return Some("A filter holds a NUL character.");
+        let fields = [
+            &self.state,
+            &self.names.queue,
+            &self.names.job_type,
+            &self.after,
+        ];
+        if let Err(why) = nul_in(&fields) {
+            return Some(why);
         }
         if self.after.is_some() && self.after().is_none() {
             return Some("The page position (`after`) is not one this dashboard made.");
@@ -796,18 +848,11 @@ impl Filter {
 
     /// The query string of these filters (no page, no notice).
     pub(crate) fn query(&self) -> String {
-        let mut pairs = vec![("state", self.state_name().to_owned())];
-        if let Some(queue) = self.queue() {
-            pairs.push(("queue", queue.to_owned()));
-        }
-        if let Some(job_type) = self.job_type() {
-            pairs.push(("type", job_type.to_owned()));
-        }
-        pairs
-            .iter()
-            .map(|(k, v)| format!("{k}={}", encode(v)))
-            .collect::<Vec<_>>()
-            .join("&")
+        query_string(
+            [("state", self.state_name())]
+                .into_iter()
+                .chain(self.names.pairs()),
+        )
     }
 }
 
@@ -879,10 +924,8 @@ pub(crate) const SEARCH_BUDGET: i64 = 20_000;
 pub(crate) struct SearchQuery {
     #[serde(default)]
     pub(crate) state: Option<String>,
-    #[serde(default)]
-    pub(crate) queue: Option<String>,
-    #[serde(default, rename = "type")]
-    pub(crate) job_type: Option<String>,
+    #[serde(flatten)]
+    pub(crate) names: Names,
     #[serde(default)]
     pub(crate) payload: Option<String>,
     #[serde(default)]
@@ -893,24 +936,20 @@ pub(crate) struct SearchQuery {
 const PAYLOAD_FILTER_BYTES: usize = 4_096;
 
 impl SearchQuery {
-    fn field(value: &Option<String>) -> Option<&str> {
-        value.as_deref().map(str::trim).filter(|v| !v.is_empty())
-    }
-
     pub(crate) fn queue(&self) -> Option<&str> {
-        Self::field(&self.queue)
+        self.names.queue()
     }
 
     pub(crate) fn job_type(&self) -> Option<&str> {
-        Self::field(&self.job_type)
+        self.names.job_type()
     }
 
     pub(crate) fn payload(&self) -> Option<&str> {
-        Self::field(&self.payload)
+        given(&self.payload)
     }
 
     pub(crate) fn state_name(&self) -> &'static str {
-        match Self::field(&self.state) {
+        match given(&self.state) {
             Some("ready") => "ready",
             Some("scheduled") => "scheduled",
             Some("failing") => "failing",
@@ -921,13 +960,12 @@ impl SearchQuery {
 
     /// The search these fields ask for, or why they cannot be used.
     fn search(&self) -> Result<admin::JobSearch, &'static str> {
-        let fields = [&self.state, &self.queue, &self.job_type, &self.before];
-        if fields
-            .iter()
-            .any(|f| f.as_deref().is_some_and(|v| v.contains('\0')))
-        {
-            return Err("A filter holds a NUL character.");
-        }
+        nul_in(&[
+            &self.state,
+            &self.names.queue,
+            &self.names.job_type,
+            &self.before,
+        ])?;
         let payload = match self.payload() {
             None => None,
             Some(text) if text.len() > PAYLOAD_FILTER_BYTES => {
@@ -942,10 +980,10 @@ impl SearchQuery {
                 ),
             },
         };
-        let before = match Self::field(&self.before) {
+        let before = match given(&self.before) {
             None => None,
             Some(text) => {
-                Some(JobId(text.parse().map_err(|_| {
+                Some(JobId(text.trim().parse().map_err(|_| {
                     "The search position (`before`) is not a job id."
                 })?))
             }
@@ -967,21 +1005,12 @@ impl SearchQuery {
 
     /// The query string of these fields, without the position.
     pub(crate) fn query(&self) -> String {
-        let mut pairs = vec![("state", self.state_name().to_owned())];
-        for (key, value) in [
-            ("queue", self.queue()),
-            ("type", self.job_type()),
-            ("payload", self.payload()),
-        ] {
-            if let Some(value) = value {
-                pairs.push((key, value.to_owned()));
-            }
-        }
-        pairs
-            .iter()
-            .map(|(k, v)| format!("{k}={}", encode(v)))
-            .collect::<Vec<_>>()
-            .join("&")
+        query_string(
+            [("state", self.state_name())]
+                .into_iter()
+                .chain(self.names.pairs())
+                .chain(self.payload().map(|p| ("payload", p))),
+        )
     }
 }
 
@@ -1328,7 +1357,10 @@ mod tests {
         assert!(filter("9000000000000000000.1").invalid().is_some());
         assert!(filter("x.1").invalid().is_some());
         let nul = Filter {
-            queue: Some("a\0b".into()),
+            names: Names {
+                queue: Some("a\0b".into()),
+                job_type: None,
+            },
             ..Filter::default()
         };
         assert_eq!(nul.invalid(), Some("A filter holds a NUL character."));
