@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use diesel::PgConnection;
-use skiplock::{AdminError, JobId, JobRecord, JobState, QueueStatus, RunnerRecord};
+use skiplock::{AdminError, BulkChange, JobId, JobRecord, JobState, QueueStatus, RunnerRecord};
 
 mod connect;
 mod monitor;
@@ -547,34 +547,17 @@ fn change(
     apply: fn(&mut PgConnection, JobId) -> Result<(), AdminError>,
 ) -> Result<ExitCode, Failure> {
     skiplock::require_schema(conn)?;
-    let bulk = selection.ids.is_empty();
-    if bulk && !selection.all && selection.job_type.is_none() && selection.queue.is_none() {
-        return Err(Failure(format!(
-            "name the jobs to {verb}: ids, or --all, --type TYPE or --queue QUEUE (failed jobs only)"
-        )));
-    }
-    let ids: Vec<JobId> = if bulk {
-        skiplock::select_jobs(
-            conn,
-            JobState::Failed,
-            selection.job_type.as_deref(),
-            selection.queue.as_deref(),
-        )?
+    let past = if verb == "retry" {
+        "retried"
     } else {
-        selection.ids.iter().copied().map(JobId).collect()
+        "discarded"
     };
-    if ids.is_empty() {
-        println!("no matching job: nothing to {verb}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    if bulk && !selection.yes && !confirm(&format!("{verb} {} job(s)?", ids.len()))? {
-        return Err(Failure(format!(
-            "nothing changed (confirm, or pass --yes to {verb} without asking)"
-        )));
+    if selection.ids.is_empty() {
+        return change_failed(conn, selection, verb, past);
     }
     let (mut changed, mut refused) = (0, 0);
-    for id in ids {
-        match apply(conn, id) {
+    for &id in &selection.ids {
+        match apply(conn, JobId(id)) {
             Ok(()) => changed += 1,
             Err(e @ (AdminError::NotFound(_) | AdminError::Running(_))) => {
                 eprintln!("skiplock: {e}");
@@ -583,17 +566,54 @@ fn change(
             Err(e) => return Err(e.into()),
         }
     }
-    let past = if verb == "retry" {
-        "retried"
-    } else {
-        "discarded"
-    };
     println!("{past} {changed} job(s)");
     Ok(if refused == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Retries or discards every failed job the selection's filters match, a
+/// thousand jobs to a statement ([`skiplock::change_failed_jobs`]); asks
+/// first.
+fn change_failed(
+    conn: &mut PgConnection,
+    selection: &Selection,
+    verb: &str,
+    past: &str,
+) -> Result<ExitCode, Failure> {
+    if !selection.all && selection.job_type.is_none() && selection.queue.is_none() {
+        return Err(Failure(format!(
+            "name the jobs to {verb}: ids, or --all, --type TYPE or --queue QUEUE (failed jobs only)"
+        )));
+    }
+    let (job_type, queue) = (selection.job_type.as_deref(), selection.queue.as_deref());
+    let count = skiplock::count_failed_jobs(conn, JobState::Failed, job_type, queue)?;
+    if count == 0 {
+        println!("no matching job: nothing to {verb}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !selection.yes && !confirm(&format!("{verb} {count} job(s)?"))? {
+        return Err(Failure(format!(
+            "nothing changed (confirm, or pass --yes to {verb} without asking)"
+        )));
+    }
+    let change = if verb == "retry" {
+        BulkChange::Retry
+    } else {
+        BulkChange::Discard
+    };
+    let outcome = skiplock::change_failed_jobs(conn, change, JobState::Failed, job_type, queue)?;
+    println!("{past} {} job(s)", outcome.changed);
+    if outcome.left > 0 {
+        eprintln!(
+            "skiplock: {} job(s) left alone: a worker is running them",
+            outcome.left
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn confirm(question: &str) -> Result<bool, Failure> {

@@ -175,6 +175,46 @@ fn retry_and_discard_change_exactly_what_they_say() {
 }
 
 #[test]
+fn bulk_retry_and_discard_change_a_thousand_jobs_a_statement() {
+    let db = TestDb::create();
+    db.execute(
+        "INSERT INTO queue_jobs (job_type, queue, payload, attempts, first_failed_at, last_failed_at, last_error, dead_at) \
+         SELECT 'sync_crm', CASE WHEN n % 2 = 0 THEN 'a' ELSE 'b' END, '{}', 3, now(), now() - n * interval '1 ms', 'down', \
+                CASE WHEN n % 3 = 0 THEN now() END \
+         FROM generate_series(1, 2500) n; \
+         INSERT INTO queue_jobs (job_type, queue, payload) SELECT 'sync_crm', 'a', '{}' FROM generate_series(1, 10)",
+    );
+    // The database's commits, once every session has flushed its own (the
+    // command's process has ended, which flushes them).
+    let mut conn = db.conn();
+    let mut commits = || {
+        diesel::connection::SimpleConnection::batch_execute(
+            &mut conn,
+            "SELECT pg_stat_force_next_flush()",
+        )
+        .unwrap();
+        skiplock_tests::count(
+            &mut conn,
+            "SELECT xact_commit AS n FROM pg_stat_database WHERE datname = current_database()",
+        )
+    };
+    let before = commits();
+    let (code, out, _) = run(&db, &["retry", "--queue", "a", "--yes"]);
+    assert_eq!((code, out.trim()), (0, "retried 1250 job(s)"));
+    let after = commits();
+    // One job per transaction would be 1,250 of them.
+    assert!(after - before < 60, "{} transactions", after - before);
+    assert_eq!(
+        db.count_jobs("queue = 'a' AND attempts = 0 AND dead_at IS NULL AND NOT scheduled"),
+        1_260
+    );
+    let out = queue_cmd(db.url(), &["discard", "--all"], "y\n");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("discard 1250 job(s)? [y/N]"));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(db.count_jobs("true"), 1_260);
+}
+
+#[test]
 fn monitor_exits_0_1_or_2_with_a_summary_line_fit_for_a_page() {
     // Healthy: a fresh ready job, a live runner.
     let db = TestDb::create();
