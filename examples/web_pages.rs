@@ -1,7 +1,8 @@
 //! How long the dashboard's pages take with 1,000,000 jobs in the table:
 //! 985,000 ready on 4 queues and 12 job types, 10,000 scheduled, 4,000
 //! failing, 1,000 dead. Each page is requested through the router itself
-//! (no network), 7 times; the median is printed.
+//! (no network), 7 times; the median is printed. Then the overview's
+//! estimates are compared with counting every row (`skiplock status`).
 //!
 //! `cargo run --release -p skiplock-examples --example web-pages [-- JOBS]`
 
@@ -119,6 +120,79 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         times.sort();
         let median: Duration = times[times.len() / 2];
         println!("{name:<30}{:>6.1} ms", median.as_secs_f64() * 1000.0);
+    }
+    estimates_against_counts(&mut conn)?;
+    Ok(())
+}
+
+/// How far the overview's estimates are from counting every row.
+fn estimates_against_counts(conn: &mut PgConnection) -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let exact = skiplock::queue_status(conn, skiplock::RUNNER_FRESH_SECS)?;
+    let counting = started.elapsed();
+    let overview = skiplock::overview(conn, skiplock::RUNNER_FRESH_SECS)?;
+    println!(
+        "the overview's estimates against counting every row ({:.0} ms):",
+        counting.as_secs_f64() * 1000.0
+    );
+    for (state, pick) in [
+        ("ready", 0usize),
+        ("scheduled", 1),
+        ("failing", 2),
+        ("dead", 3),
+    ] {
+        let (mut exact_rows, mut at_least, mut estimated, mut worst) = (0, 0, 0, 0.0f64);
+        for row in &overview.rows {
+            let truth = exact
+                .iter()
+                .find(|e| e.queue == row.queue && e.job_type == row.job_type)
+                .map_or(0, |e| [e.ready, e.scheduled, e.failing, e.dead][pick]);
+            let count = [row.ready, row.scheduled, row.failing, row.dead][pick];
+            match count {
+                skiplock::Count::Exact(n) if n != truth => {
+                    return Err(format!(
+                        "{state} of {}/{}: {n} counted, {truth} there",
+                        row.queue, row.job_type
+                    )
+                    .into())
+                }
+                skiplock::Count::AtLeast(n) if n > truth => {
+                    return Err(format!(
+                        "{state} of {}/{}: at least {n}, {truth} there",
+                        row.queue, row.job_type
+                    )
+                    .into())
+                }
+                skiplock::Count::Exact(_) => exact_rows += 1,
+                skiplock::Count::AtLeast(_) => at_least += 1,
+                skiplock::Count::About(n) => {
+                    estimated += 1;
+                    worst = worst.max((n - truth).abs() as f64 / truth.max(1) as f64);
+                }
+            }
+        }
+        println!(
+            "  {state:<10} per queue and type: {exact_rows} exact, {at_least} at least (each at most the truth), \
+             {estimated} estimated (worst {:.1} % off)",
+            worst * 100.0
+        );
+    }
+    for (state, count, truth) in [
+        (
+            "scheduled",
+            overview.scheduled,
+            exact.iter().map(|e| e.scheduled).sum::<i64>(),
+        ),
+        (
+            "failed",
+            overview.failed,
+            exact.iter().map(|e| e.failing + e.dead).sum(),
+        ),
+    ] {
+        println!(
+            "  {state:<10} in all: {count} against {truth} ({:+.1} %)",
+            (count.value() - truth) as f64 * 100.0 / truth.max(1) as f64
+        );
     }
     Ok(())
 }

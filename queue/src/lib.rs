@@ -9,7 +9,7 @@
 //! - Schema: [`migrate`].
 //! - Tests: [`testing`] ([`run_all`](testing::run_all), [`enqueued`](testing::enqueued),
 //!   [`perform`](testing::perform)), [`Runner::run_pending`].
-//! - Operations: [`queue_status`], [`runners`], [`failing_jobs`], [`dead_jobs`], [`find_job`],
+//! - Operations: [`queue_status`], [`overview`], [`runners`], [`failing_jobs`], [`dead_jobs`], [`find_job`],
 //!   [`retry_job`], [`discard_job`], [`select_jobs`]; the `skiplock` command (crate `skiplock-cli`)
 //!   is built on these.
 //!
@@ -31,6 +31,7 @@ mod listener;
 mod maintenance;
 mod metrics;
 mod migrate;
+mod overview;
 mod parts;
 mod periodic;
 mod position;
@@ -92,6 +93,9 @@ pub use crate::maintenance::{
     horizon_holders, rebuild_indexes, HorizonHolder, IndexRebuild, RebuildReport,
 };
 pub use crate::migrate::{migrate, MigrationReport};
+pub use crate::overview::{
+    overview, Count, Overview, OverviewRow, StatisticsAge, READY_HEAD, STATE_HEAD,
+};
 pub use crate::parts::FromState;
 pub use crate::periodic::Periodic;
 pub use crate::redact::{connection_secrets, redact_connection_string, scrub_secrets};

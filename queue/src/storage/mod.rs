@@ -111,6 +111,7 @@ macro_rules! running_cte {
 pub(crate) mod bulk;
 mod claims;
 pub(crate) mod maintenance;
+pub(crate) mod overview;
 pub(crate) mod search;
 #[cfg(feature = "web")]
 pub(crate) mod sessions;

@@ -697,7 +697,7 @@ impl Notice {
 async fn overview(ctx: Ctx, Query(notice): Query<Notice>) -> Response {
     ctx.page(
         |conn| {
-            let status = admin::queue_status(conn, admin::RUNNER_FRESH_SECS)?;
+            let status = crate::overview(conn, admin::RUNNER_FRESH_SECS)?;
             let paused = admin::paused_queues(conn)?;
             let minutes = admin::throughput(conn, None)?;
             let schedules = admin::schedules(conn, admin::RUNNER_FRESH_SECS)?;

@@ -7,7 +7,8 @@ use maud::{html, Markup, DOCTYPE};
 
 use super::{chart, encode, home, Filter, SearchQuery, Viewer, PAGE, SEARCH_BUDGET};
 use crate::admin::{MinuteCounts, PausedQueue};
-use crate::storage::{JobRecord, QueueStatus, RunnerRecord, ScheduleRecord};
+use crate::storage::{JobRecord, RunnerRecord, ScheduleRecord};
+use crate::Count;
 
 /// The frame of every page.
 fn layout(viewer: &Viewer, title: &str, notice: Option<&str>, body: Markup) -> Markup {
@@ -128,27 +129,65 @@ fn first_line(error: &str) -> String {
 fn count_link(
     viewer: &Viewer,
     state: &str,
-    count: i64,
+    count: Count,
     queue: &str,
     job_type: Option<&str>,
 ) -> Markup {
     html! {
-        @if count > 0 && queue.len() + job_type.map_or(0, str::len) <= LINKED_NAME_BYTES {
+        @if count.value() > 0 && queue.len() + job_type.map_or(0, str::len) <= LINKED_NAME_BYTES {
             a class=(state) href=(jobs_link(viewer, state, queue, job_type)) { (count) }
-        } @else if count > 0 {
-            (count)
         } @else {
-            "0"
+            (count)
         }
     }
 }
 
-/// An age, or a dash when there is none.
-fn age_or_dash(secs: Option<f64>) -> Markup {
+/// The longest wait of the jobs a count counted: at least that when the
+/// count is not exact.
+fn wait(secs: Option<f64>, count: Count) -> Markup {
     html! {
         @match secs {
-            Some(secs) => (age(secs)),
+            Some(secs) if count.is_exact() => { (age(secs)) }
+            Some(secs) => { "≥ " (age(secs)) }
             None => span.muted { "—" },
+        }
+    }
+}
+
+/// How the overview's counts that are not exact were arrived at.
+fn estimates_note(status: &crate::Overview) -> Markup {
+    let counts = status
+        .rows
+        .iter()
+        .flat_map(|r| [r.ready, r.scheduled, r.failing, r.dead]);
+    let (mut about, mut at_least) = (false, false);
+    for count in counts {
+        about |= matches!(count, Count::About(_));
+        at_least |= matches!(count, Count::AtLeast(_));
+    }
+    html! {
+        @if about || at_least {
+            p.muted #estimates {
+                @if about {
+                    "≈: estimated. Ready jobs past the first " (crate::READY_HEAD) " of a queue: from PostgreSQL's statistics of the jobs table"
+                    @if let Some(stats) = status.statistics {
+                        @match stats.analyzed_secs {
+                            Some(secs) => { " (sampled by ANALYZE " (age(secs)) " ago; " (stats.changed_since) " rows written since)" }
+                            None => { " (never sampled by ANALYZE: none yet)" }
+                        }
+                    }
+                    ". "
+                }
+                @if !status.scheduled.is_exact() {
+                    "Scheduled jobs: " (status.scheduled) " in all (their index's size at the last VACUUM or ANALYZE); per type, at least those among the " (crate::STATE_HEAD) " due soonest. "
+                }
+                @if !status.failed.is_exact() {
+                    "Failed jobs: " (status.failed) " in all (likewise); per type, at least those among the " (crate::STATE_HEAD) " that failed last. "
+                }
+                @if at_least {
+                    "≥: at least (the jobs counted, and no estimate of the rest)."
+                }
+            }
         }
     }
 }
@@ -164,17 +203,17 @@ fn jobs_link(viewer: &Viewer, state: &str, queue: &str, job_type: Option<&str>) 
 /// Per queue: the sums of its job types' counts.
 #[derive(Default)]
 struct QueueSums {
-    ready: i64,
-    scheduled: i64,
+    ready: Count,
+    scheduled: Count,
     running: i64,
-    failing: i64,
-    dead: i64,
+    failing: Count,
+    dead: Count,
     oldest_ready_secs: Option<f64>,
 }
 
 /// What the overview shows.
 pub(crate) struct Overview<'a> {
-    pub(crate) status: &'a [QueueStatus],
+    pub(crate) status: &'a crate::Overview,
     pub(crate) paused: &'a [PausedQueue],
     pub(crate) minutes: &'a [MinuteCounts],
     pub(crate) schedules: &'a [ScheduleRecord],
@@ -188,13 +227,13 @@ pub(crate) fn overview(viewer: &Viewer, notice: Option<&str>, data: &Overview<'_
         schedules,
     } = *data;
     let mut queues: BTreeMap<&str, QueueSums> = BTreeMap::new();
-    for row in status {
+    for row in &status.rows {
         let sums = queues.entry(&row.queue).or_default();
-        sums.ready += row.ready;
-        sums.scheduled += row.scheduled;
+        sums.ready = sums.ready + row.ready;
+        sums.scheduled = sums.scheduled + row.scheduled;
         sums.running += row.running;
-        sums.failing += row.failing;
-        sums.dead += row.dead;
+        sums.failing = sums.failing + row.failing;
+        sums.dead = sums.dead + row.dead;
         sums.oldest_ready_secs = match (sums.oldest_ready_secs, row.oldest_ready_secs) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -231,7 +270,7 @@ pub(crate) fn overview(viewer: &Viewer, notice: Option<&str>, data: &Overview<'_
                                 td.num { (sums.ready) } td.num { (sums.scheduled) } td.num { (sums.running) }
                                 td.num { (count_link(viewer, "failing", sums.failing, queue, None)) }
                                 td.num { (count_link(viewer, "dead", sums.dead, queue, None)) }
-                                td { (age_or_dash(sums.oldest_ready_secs)) }
+                                td { (wait(sums.oldest_ready_secs, sums.ready)) }
                                 td { @if let Some(p) = is_paused { span.paused { "paused" } " " (when(Some(p.paused_at))) } @else { "running" } }
                                 @if viewer.actions {
                                     td {
@@ -271,7 +310,7 @@ pub(crate) fn overview(viewer: &Viewer, notice: Option<&str>, data: &Overview<'_
         }
         section {
             h2 { "Job types" }
-            @if status.is_empty() {
+            @if status.rows.is_empty() {
                 p.muted { "No jobs." }
             } @else {
                 table #types {
@@ -280,19 +319,20 @@ pub(crate) fn overview(viewer: &Viewer, notice: Option<&str>, data: &Overview<'_
                         th.num { "failing" } th.num { "dead" } th { "oldest ready" } th { "failing for" } th { "served" }
                     } }
                     tbody {
-                        @for row in status {
+                        @for row in &status.rows {
                             tr {
                                 td { (cut(&row.queue)) } td { code { (cut(&row.job_type)) } }
                                 td.num { (row.ready) } td.num { (row.scheduled) } td.num { (row.running) }
                                 td.num { (count_link(viewer, "failing", row.failing, &row.queue, Some(&row.job_type))) }
                                 td.num { (count_link(viewer, "dead", row.dead, &row.queue, Some(&row.job_type))) }
-                                td { (age_or_dash(row.oldest_ready_secs)) }
-                                td { (age_or_dash(row.failing_for_secs)) }
+                                td { (wait(row.oldest_ready_secs, row.ready)) }
+                                td { (wait(row.failing_for_secs, row.failing)) }
                                 td { @if row.served { "yes" } @else { span.warning title="no live runner of this queue registers this job type" { "no runner knows it" } } }
                             }
                         }
                     }
                 }
+                (estimates_note(status))
             }
         }
     };

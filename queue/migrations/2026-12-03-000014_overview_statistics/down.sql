@@ -1,0 +1,1 @@
+DROP STATISTICS IF EXISTS queue_jobs_overview_stats;
