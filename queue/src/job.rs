@@ -333,6 +333,7 @@ impl NewJob {
                 .as_ref()
                 .map(|key| format!("{}:{key}", J::JOB_TYPE)),
             unique_by_payload: J::UNIQUE && options.unique_key.is_none(),
+            traceparent: crate::telemetry::current_traceparent(),
         })
     }
 

@@ -46,6 +46,7 @@ mod schema;
 mod shutdown;
 mod state;
 mod storage;
+mod telemetry;
 pub mod testing;
 mod watchdog;
 #[cfg(feature = "web")]

@@ -1,5 +1,7 @@
 //! The diesel description of the jobs table. The table itself is created by
-//! the embedded migrations in `queue/migrations/`.
+//! the embedded migrations in `queue/migrations/`. `traceparent` is left
+//! out (diesel's tables hold 16 columns without a feature that slows every
+//! build): only the `'static` statements in `storage/` read and write it.
 
 diesel::table! {
     /// One row per job that has not completed yet.

@@ -276,6 +276,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 let span = job_span(&job, queue);
                 let _entered = span.enter();
                 let failure = RunFailure::WorkerDied(worker);
+                crate::telemetry::mark_failed(&span, &failure.describe(&job.job_type, queue));
                 let outcome = fail(shared, slot, &job, queue, &failure, Duration::ZERO)?;
                 report(JobId(job.id), &job.job_type, &outcome);
             }
@@ -309,7 +310,10 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 )?;
                 Outcome::Succeeded
             }
-            Err(failure) => fail(shared, slot, &job, queue, &failure, begun.elapsed())?,
+            Err(failure) => {
+                crate::telemetry::mark_failed(&span, &failure.describe(&job.job_type, queue));
+                fail(shared, slot, &job, queue, &failure, begun.elapsed())?
+            }
         };
         report(JobId(job.id), &job.job_type, &outcome);
     }
@@ -320,14 +324,22 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
     Ok(batch)
 }
 
+/// The span of a job's run: with the feature `opentelemetry`, a span of
+/// the trace that enqueued the job (its fields are the OpenTelemetry
+/// span's attributes; a failure sets its status).
 fn job_span(job: &ClaimedJob, queue: &str) -> tracing::Span {
-    info_span!(
+    let span = info_span!(
         "job",
         id = job.id,
         job_type = %job.job_type,
         queue,
-        attempt = job.attempts + 1
-    )
+        attempt = job.attempts + 1,
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, job.traceparent.as_deref());
+    span
 }
 
 /// The slot's session, connecting one if there is none.

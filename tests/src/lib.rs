@@ -13,6 +13,7 @@ pub mod crash_jobs;
 pub mod git_http;
 pub mod process;
 pub mod relay;
+pub mod traced;
 
 /// The server the tests use: `DATABASE_URL` (`cargo xtask test` sets it),
 /// or the local PostgreSQL.

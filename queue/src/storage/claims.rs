@@ -141,6 +141,8 @@ pub(crate) struct ClaimedJob {
     pub(crate) suspect: bool,
     /// Who was running it carefully when their worker died.
     pub(crate) crashed_in: Option<String>,
+    /// The W3C trace context of the span that enqueued it.
+    pub(crate) traceparent: Option<String>,
 }
 
 /// The entries of the ready index this session's scans have walked and
@@ -156,7 +158,7 @@ macro_rules! walked_so_far {
 macro_rules! ready_columns {
     () => {
         "id, job_type, payload, attempts, suspect, running_by, \
-         unique_key IS NOT NULL AS keyed, priority"
+         unique_key IS NOT NULL AS keyed, priority, traceparent"
     };
 }
 
@@ -194,7 +196,7 @@ macro_rules! claim_tail {
                  UPDATE queue_jobs SET unique_key = NULL \
                  WHERE id = ANY (ARRAY(SELECT id FROM locked WHERE keyed))) \
              SELECT l.id, l.job_type, l.payload::text, l.attempts, l.suspect, l.running_by, \
-                    l.priority, r.ctid::text \
+                    l.priority, r.ctid::text, l.traceparent \
              FROM (SELECT ctid FROM rewritten UNION ALL SELECT ctid FROM recorded) r \
                   LEFT JOIN locked l ON true, \
                   set_config('synchronous_commit', 'off', true) d"
@@ -431,6 +433,7 @@ pub(crate) fn claim_jobs(
                 attempts: i32::try_from(locked.int(row, 3)?).unwrap_or(i32::MAX),
                 suspect: locked.text(row, 4) == Some("t"),
                 crashed_in: locked.text(row, 5).map(str::to_owned),
+                traceparent: locked.text(row, 8).map(str::to_owned),
             })
         })
         .filter(|job| job.as_ref().map_or(true, |job| !gone.contains(&job.id)))

@@ -151,6 +151,8 @@ pub(crate) struct NewJob {
     pub(crate) unique_key: Option<String>,
     /// Unique by job type and payload (the key is made from them in SQL).
     pub(crate) unique_by_payload: bool,
+    /// The W3C trace context of the span that enqueued it.
+    pub(crate) traceparent: Option<String>,
 }
 
 /// The unique key of a row to insert: the caller's (`$7`), or the job
@@ -217,8 +219,8 @@ fn insert_statement(job: &NewJob) -> Statement<'_> {
     Statement::new(
         concat!(
             "WITH job AS ( \
-                 INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled, unique_key) \
-                 SELECT $1, $2, $3, $4, s.run_at, s.run_at > now(), ",
+                 INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled, traceparent, unique_key) \
+                 SELECT $1, $2, $3, $4, s.run_at, s.run_at > now(), $9, ",
             unique_key!("$7", "$8", "$1", "$4"),
             " FROM (SELECT COALESCE($5, now() + COALESCE($6, 0) * interval '1 microsecond') AS run_at) s \
                  ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING \
@@ -235,6 +237,7 @@ fn insert_statement(job: &NewJob) -> Statement<'_> {
     .bind::<Nullable<BigInt>, _>(delay_us)
     .bind::<Nullable<Text>, _>(job.unique_key.as_deref())
     .bind::<diesel::sql_types::Bool, _>(job.unique_by_payload)
+    .bind::<Nullable<Text>, _>(job.traceparent.as_deref())
 }
 
 /// Inserts many jobs with one statement (a fixed number of array binds,
@@ -270,11 +273,13 @@ pub(crate) fn insert_jobs(
         unique_key!("u.key", "u.by_payload", "u.job_type", "u.payload"),
         " AS unique_key \
              FROM unnest($1::text[], $2::text[], $3::int2[], $4::jsonb[], $5::timestamptz[], \
-                         $6::int8[], $7::text[], $8::bool[]) \
-                 WITH ORDINALITY AS u(job_type, queue, priority, payload, at, delay_us, key, by_payload, ord)), \
+                         $6::int8[], $7::text[], $8::bool[], $9::text[]) \
+                 WITH ORDINALITY AS u(job_type, queue, priority, payload, at, delay_us, key, by_payload, \
+                                      traceparent, ord)), \
          jobs AS ( \
-             INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled, unique_key) \
-             SELECT t.job_type, t.queue, t.priority, t.payload, t.run_at, t.run_at > now(), t.unique_key \
+             INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled, traceparent, unique_key) \
+             SELECT t.job_type, t.queue, t.priority, t.payload, t.run_at, t.run_at > now(), t.traceparent, \
+                    t.unique_key \
              FROM t ORDER BY t.ord \
              ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING \
              RETURNING id, queue, scheduled, unique_key), \
@@ -300,6 +305,7 @@ pub(crate) fn insert_jobs(
     .bind::<Array<diesel::sql_types::Bool>, _>(
         jobs.iter().map(|j| j.unique_by_payload).collect::<Vec<_>>(),
     )
+    .bind::<Array<Nullable<Text>>, _>(traceparents(jobs))
     .load(conn)?;
     let mut ids = vec![None; jobs.len()];
     // Rows are inserted in ORDER BY order, so their serial ids ascend with it.
@@ -338,11 +344,11 @@ fn insert_plain_jobs(
     let inserted: Vec<InsertedId> = batch_binds(
         Statement::new(
             "WITH jobs AS ( \
-             INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled) \
-             SELECT u.job_type, u.queue, u.priority, u.payload, r.run_at, r.run_at > now() \
+             INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled, traceparent) \
+             SELECT u.job_type, u.queue, u.priority, u.payload, r.run_at, r.run_at > now(), u.traceparent \
              FROM unnest($1::text[], $2::text[], $3::int2[], $4::jsonb[], $5::timestamptz[], \
-                         $6::int8[]) \
-                 WITH ORDINALITY AS u(job_type, queue, priority, payload, at, delay_us, ord) \
+                         $6::int8[], $7::text[]) \
+                 WITH ORDINALITY AS u(job_type, queue, priority, payload, at, delay_us, traceparent, ord) \
              CROSS JOIN LATERAL (SELECT COALESCE(u.at, \
                  now() + COALESCE(u.delay_us, 0) * interval '1 microsecond') AS run_at) r \
              ORDER BY u.ord \
@@ -356,11 +362,17 @@ fn insert_plain_jobs(
         run_at,
         delay_us,
     )
+    .bind::<Array<Nullable<Text>>, _>(traceparents(jobs))
     .load(conn)?;
     // Rows are inserted in ORDER BY order, so their serial ids ascend with it.
     let mut ids: Vec<i64> = inserted.into_iter().map(|row| row.id).collect();
     ids.sort_unstable();
     Ok(ids.into_iter().map(|id| Some(JobId(id))).collect())
+}
+
+/// The jobs' trace contexts, as an array bind.
+fn traceparents<'a>(jobs: &[&'a NewJob]) -> Vec<Option<&'a str>> {
+    jobs.iter().map(|j| j.traceparent.as_deref()).collect()
 }
 
 /// Binds the columns every batch statement takes, as arrays in input

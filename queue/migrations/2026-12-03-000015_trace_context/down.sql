@@ -1,0 +1,1 @@
+ALTER TABLE queue_jobs DROP COLUMN IF EXISTS traceparent;
