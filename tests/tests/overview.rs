@@ -217,3 +217,41 @@ fn the_overview_reads_a_bounded_number_of_rows_whatever_the_table_holds() {
         "counting every row reads them all: {before:?} -> {after:?}"
     );
 }
+
+#[test]
+fn a_failed_list_or_count_of_one_type_or_queue_reads_only_its_failed_jobs() {
+    let db = TestDb::create();
+    // 20,000 failed jobs of another type and queue; 60 of the one asked for.
+    fill(&db, "busy", "noisy", [0, 0, 10_000, 10_000]);
+    fill(&db, "quiet", "rare", [0, 0, 30, 30]);
+    let mut conn = db.conn();
+    conn.batch_execute("VACUUM ANALYZE queue_jobs").unwrap();
+    let read = |conn: &mut PgConnection, f: &dyn Fn(&mut PgConnection)| {
+        let before = rows_read(conn);
+        f(conn);
+        let after = rows_read(conn);
+        (after.0 - before.0) + (after.1 - before.1)
+    };
+    let listed = read(&mut conn, &|conn| {
+        let page = skiplock::failed_jobs_page(
+            conn,
+            skiplock::JobState::Dead,
+            None,
+            Some("rare"),
+            None,
+            51,
+        )
+        .unwrap();
+        assert_eq!(page.len(), 30);
+    });
+    assert!(listed <= 200, "{listed} rows read to list 30 dead jobs");
+    let counted = read(&mut conn, &|conn| {
+        let n = skiplock::count_failed_jobs(conn, skiplock::JobState::Failing, None, Some("quiet"))
+            .unwrap();
+        assert_eq!(n, 30);
+    });
+    assert!(
+        counted <= 200,
+        "{counted} rows read to count 30 failing jobs"
+    );
+}

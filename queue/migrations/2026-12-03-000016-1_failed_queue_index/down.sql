@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY IF EXISTS queue_jobs_failed_queue_idx
