@@ -63,20 +63,9 @@ pub(crate) fn ready_heads(
     .load(conn)
 }
 
-/// Scheduled jobs of one queue and type among the `cap + 1` due soonest.
-#[derive(Debug, Clone, QueryableByName)]
-pub(crate) struct ScheduledHead {
-    #[diesel(sql_type = Text)]
-    pub(crate) queue: String,
-    #[diesel(sql_type = Text)]
-    pub(crate) job_type: String,
-    #[diesel(sql_type = BigInt)]
-    pub(crate) n: i64,
-}
-
 /// The `$1 + 1` scheduled jobs due soonest (the scheduled index's order),
 /// counted by queue and type.
-pub(crate) fn scheduled_head(conn: &mut PgConnection, cap: i64) -> QueryResult<Vec<ScheduledHead>> {
+pub(crate) fn scheduled_head(conn: &mut PgConnection, cap: i64) -> QueryResult<Vec<Counted>> {
     Statement::new(
         "SELECT queue, job_type, count(*) AS n \
          FROM (SELECT queue, job_type FROM queue_jobs WHERE dead_at IS NULL AND scheduled \
@@ -121,7 +110,8 @@ pub(crate) fn failed_head(conn: &mut PgConnection, cap: i64) -> QueryResult<Vec<
     .load(conn)
 }
 
-/// Jobs of one queue and type, a count of them.
+/// Jobs of one queue and type, a count of them (of the running jobs, or
+/// of the scheduled jobs due soonest).
 #[derive(Debug, Clone, QueryableByName)]
 pub(crate) struct Counted {
     #[diesel(sql_type = Text)]
