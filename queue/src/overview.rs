@@ -158,8 +158,29 @@ pub fn overview(conn: &mut PgConnection, runner_fresh_secs: f64) -> Result<Overv
         .build_transaction()
         .read_only()
         .repeatable_read()
-        .run(|conn| read(conn, runner_fresh_secs))?;
+        .run(|conn| read(conn, runner_fresh_secs, &[]))?;
     Ok(overview)
+}
+
+/// Per queue: its ready jobs and how long the oldest of them has been due,
+/// as [`overview`] counts them (exact up to [`READY_HEAD`], estimated past
+/// it; the wait then the longest among the next [`READY_HEAD`] in line),
+/// leaving out `own_running` too (the asking runner's running jobs, which
+/// its next announcement will list). For a runner's gauges: a scrape
+/// reads a bounded number of rows however long the queues are.
+pub(crate) fn ready_by_queue(
+    conn: &mut PgConnection,
+    fresh_secs: f64,
+    own_running: &[i64],
+) -> QueryResult<BTreeMap<String, (i64, f64)>> {
+    let overview = read(conn, fresh_secs, own_running)?;
+    let mut queues: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+    for row in overview.rows {
+        let entry = queues.entry(row.queue).or_default();
+        entry.0 += row.ready.value();
+        entry.1 = entry.1.max(row.oldest_ready_secs.unwrap_or(0.0));
+    }
+    Ok(queues)
 }
 
 type Key = (String, String);
@@ -185,14 +206,14 @@ fn row<'a>(
         })
 }
 
-fn read(conn: &mut PgConnection, fresh_secs: f64) -> QueryResult<Overview> {
+fn read(conn: &mut PgConnection, fresh_secs: f64, own_running: &[i64]) -> QueryResult<Overview> {
     let mut rows: BTreeMap<Key, OverviewRow> = BTreeMap::new();
     let running = statements::running(conn, fresh_secs)?;
     for r in &running {
         row(&mut rows, &r.queue, &r.job_type).running = r.n;
     }
 
-    let heads = statements::ready_heads(conn, fresh_secs, READY_HEAD)?;
+    let heads = statements::ready_heads(conn, fresh_secs, READY_HEAD, own_running)?;
     let mut lengths: BTreeMap<&str, i64> = BTreeMap::new();
     for head in &heads {
         *lengths.entry(&head.queue).or_default() += head.n;

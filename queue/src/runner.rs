@@ -697,20 +697,20 @@ impl<C: Send + Sync> Control for Shared<C> {
             .get()
             .ok()
             .and_then(|mut conn| {
-                storage::queue_depths(
+                crate::overview::ready_by_queue(
                     &mut conn,
-                    &queues,
                     crate::admin::RUNNER_FRESH_SECS,
                     &own_running,
                 )
                 .ok()
             })
             .unwrap_or_default();
-        let ready = depths
+        let depth = |q: &String| depths.get(q).copied().unwrap_or_default();
+        let ready = queues
             .iter()
-            .map(|(q, n, _)| (q.clone(), *n as f64))
+            .map(|q| (q.clone(), depth(q).0 as f64))
             .collect();
-        let oldest = depths.iter().map(|(q, _, age)| (q.clone(), *age)).collect();
+        let oldest = queues.iter().map(|q| (q.clone(), depth(q).1)).collect();
         let paused = queues
             .iter()
             .map(|q| {

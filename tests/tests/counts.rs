@@ -127,3 +127,40 @@ fn status_counts_jobs_a_runner_starts_as_running_without_waiting_a_poll_interval
     assert_eq!(counts().1, (3, 0), "the fillers wait");
     finish(TEST, &db, running);
 }
+
+#[test]
+fn a_scrape_of_a_long_paused_queue_reads_a_bounded_number_of_rows() {
+    let db = TestDb::create();
+    // 50,000 ready jobs on a paused queue: the runner claims none of them.
+    db.execute(
+        "INSERT INTO queue_pauses (queue) VALUES ('counts'); \
+         INSERT INTO queue_jobs (job_type, queue, payload) \
+         SELECT 'filler', 'counts', '{}' FROM generate_series(1, 50000)",
+    );
+    db.execute("VACUUM ANALYZE queue_jobs");
+    let running = start_runner(&db);
+    // Rows read from the jobs table by every session, once each has
+    // flushed its statistics (an idle session does within 10 s).
+    let rows_read = |conn: &mut diesel::PgConnection| {
+        std::thread::sleep(Duration::from_secs(11));
+        skiplock_tests::count(
+            conn,
+            "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) AS n \
+             FROM pg_stat_user_tables WHERE relname = 'queue_jobs'",
+        )
+    };
+    let mut conn = db.conn();
+    let before = rows_read(&mut conn);
+    let metrics = running.metrics();
+    let read = rows_read(&mut conn) - before;
+    let ready: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("queue_ready_jobs{queue=\"counts\"} "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    // An estimate: counting every ready job would read all 50,000.
+    assert!((40_000.0..60_000.0).contains(&ready), "{metrics}");
+    assert!(read < 5_000, "{read} rows read for one scrape");
+    running.shutdown(PATIENCE);
+}

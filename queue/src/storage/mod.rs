@@ -1012,45 +1012,6 @@ pub(crate) fn select_jobs(
     .collect())
 }
 
-/// Per queue: ready jobs and the age of the oldest, counted as [`status`]
-/// counts them (a job a live runner announces as running is not ready),
-/// and leaving out `own_running` too: the jobs the asking runner's own
-/// workers run now, which its next announcement would list.
-pub(crate) fn queue_depths(
-    conn: &mut PgConnection,
-    queues: &[String],
-    fresh_secs: f64,
-    own_running: &[i64],
-) -> QueryResult<Vec<(String, i64, f64)>> {
-    #[derive(QueryableByName)]
-    struct Depth {
-        #[diesel(sql_type = Text)]
-        queue: String,
-        #[diesel(sql_type = BigInt)]
-        ready: i64,
-        #[diesel(sql_type = diesel::sql_types::Double)]
-        oldest_secs: f64,
-    }
-    Ok(Statement::new(concat!(
-        "WITH ",
-        running_cte!("$2"),
-        " \
-         SELECT q AS queue, count(j.id) AS ready, \
-             COALESCE(EXTRACT(EPOCH FROM now() - min(j.run_at)), 0)::float8 AS oldest_secs \
-         FROM unnest($1::text[]) AS q \
-         LEFT JOIN queue_jobs j ON j.queue = q AND j.dead_at IS NULL AND NOT j.scheduled \
-             AND j.id NOT IN (SELECT id FROM running) AND j.id <> ALL($3) \
-         GROUP BY q ORDER BY q"
-    ))
-    .bind::<Array<Text>, _>(queues)
-    .bind::<diesel::sql_types::Double, _>(fresh_secs)
-    .bind::<Array<BigInt>, _>(own_running)
-    .load::<Depth>(conn)?
-    .into_iter()
-    .map(|d| (d.queue, d.ready, d.oldest_secs))
-    .collect())
-}
-
 /// Which failed jobs a dashboard list shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FailedState {

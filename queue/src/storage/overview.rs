@@ -27,13 +27,15 @@ pub(crate) struct ReadyHead {
 
 /// The queues holding ready jobs (a skip scan of the ready index, one
 /// probe per queue), and the first `$2 + 1` ready jobs of each that no
-/// runner seen within `$1` seconds is running, counted by type. The
+/// runner seen within `$1` seconds is running (nor `exclude`: the asking
+/// runner's own running jobs, not announced yet), counted by type. The
 /// running jobs are an array each row is checked against: as a join, the
 /// planner may scan every ready job to hash it.
 pub(crate) fn ready_heads(
     conn: &mut PgConnection,
     fresh_secs: f64,
     cap: i64,
+    exclude: &[i64],
 ) -> QueryResult<Vec<ReadyHead>> {
     Statement::new(concat!(
         "WITH RECURSIVE ",
@@ -51,7 +53,7 @@ pub(crate) fn ready_heads(
              SELECT q.queue, h.job_type, h.run_at FROM queues q CROSS JOIN LATERAL ( \
                  SELECT j.job_type, j.run_at FROM queue_jobs j \
                  WHERE j.queue = q.queue AND j.dead_at IS NULL AND NOT j.scheduled \
-                   AND j.id <> ALL (ARRAY(SELECT id FROM running)) \
+                   AND j.id <> ALL (ARRAY(SELECT id FROM running)) AND j.id <> ALL ($3) \
                  ORDER BY j.priority DESC, j.id LIMIT $2 + 1) h \
              WHERE q.queue IS NOT NULL) \
          SELECT queue, job_type, count(*) AS n, \
@@ -60,6 +62,7 @@ pub(crate) fn ready_heads(
     ))
     .bind::<Double, _>(fresh_secs)
     .bind::<BigInt, _>(cap)
+    .bind::<diesel::sql_types::Array<BigInt>, _>(exclude)
     .load(conn)
 }
 
