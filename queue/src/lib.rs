@@ -95,7 +95,8 @@ pub use crate::maintenance::{
 };
 pub use crate::migrate::{migrate, MigrationReport};
 pub use crate::overview::{
-    overview, Count, Overview, OverviewRow, StatisticsAge, READY_HEAD, STATE_HEAD,
+    overview, Count, Overview, OverviewRow, StatisticsAge, MAX_QUEUES, READY_BUDGET, READY_HEAD,
+    STATE_HEAD,
 };
 pub use crate::parts::FromState;
 pub use crate::periodic::Periodic;

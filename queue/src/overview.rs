@@ -9,8 +9,24 @@ use crate::admin::require_schema;
 use crate::errors::AdminError;
 use crate::storage::overview as statements;
 
-/// Ready jobs counted exactly per queue: the queue's head in claim order.
+/// Ready jobs counted exactly per queue (the queue's head in claim order)
+/// when there are few queues: [`READY_BUDGET`] is shared among the queues,
+/// each counting between 20 and this many.
 pub const READY_HEAD: i64 = 1_000;
+
+/// Ready jobs the overview reads in all, shared among the queues.
+pub const READY_BUDGET: i64 = 20_000;
+
+/// Queues the overview looks at (by name): past them, queues are left out
+/// and [`Overview::queues_cut`] says so.
+pub const MAX_QUEUES: i64 = 1_000;
+
+const HEAD_BUDGET: statements::HeadBudget = statements::HeadBudget {
+    budget: READY_BUDGET,
+    least: 20,
+    most: READY_HEAD,
+    max_queues: MAX_QUEUES,
+};
 
 /// Scheduled jobs, and failed ones, counted exactly.
 pub const STATE_HEAD: i64 = 1_000;
@@ -121,6 +137,12 @@ pub struct Overview {
     pub failed: Count,
     /// When a count is an estimate: how old its statistics are.
     pub statistics: Option<StatisticsAge>,
+    /// Ready jobs counted exactly per queue ([`READY_HEAD`] unless there
+    /// are more than 20 queues with ready jobs: [`READY_BUDGET`] shared).
+    pub ready_head: i64,
+    /// More than [`MAX_QUEUES`] queues hold ready jobs: the ready jobs of
+    /// those past the first, by name, are not shown.
+    pub queues_cut: bool,
 }
 
 /// Per queue and job type: ready, scheduled, running, failing and dead
@@ -135,7 +157,9 @@ pub struct Overview {
 /// cap estimated, and each count says which it is ([`Count`]):
 ///
 /// - ready: per queue, the first [`READY_HEAD`] jobs in claim order are
-///   counted by type. A queue holding more gets PostgreSQL's estimate per
+///   counted by type ([`READY_BUDGET`] shared when more than 20 queues hold
+///   ready jobs, 20 each at least; the first [`MAX_QUEUES`] queues by
+///   name). A queue holding more gets PostgreSQL's estimate per
 ///   job type, from the statistics object `queue_jobs_overview_stats` that
 ///   ANALYZE (autovacuum's included) keeps from its sample of 30,000 rows:
 ///   the error is the sample's (about ±2 % of a type that holds a twelfth
@@ -213,14 +237,16 @@ fn read(conn: &mut PgConnection, fresh_secs: f64, own_running: &[i64]) -> QueryR
         row(&mut rows, &r.queue, &r.job_type).running = r.n;
     }
 
-    let heads = statements::ready_heads(conn, fresh_secs, READY_HEAD, own_running)?;
+    let heads = statements::ready_heads(conn, fresh_secs, HEAD_BUDGET, own_running)?;
+    let ready_head = heads.first().map_or(READY_HEAD, |h| h.cap);
+    let queues_cut = heads.first().is_some_and(|h| h.queues >= MAX_QUEUES);
     let mut lengths: BTreeMap<&str, i64> = BTreeMap::new();
     for head in &heads {
         *lengths.entry(&head.queue).or_default() += head.n;
     }
     let long: BTreeSet<&str> = lengths
         .into_iter()
-        .filter(|&(_, n)| n > READY_HEAD)
+        .filter(|&(_, n)| n > ready_head)
         .map(|(queue, _)| queue)
         .collect();
     for head in &heads {
@@ -319,6 +345,8 @@ fn read(conn: &mut PgConnection, fresh_secs: f64, own_running: &[i64]) -> QueryR
         .collect();
     Ok(Overview {
         rows,
+        ready_head,
+        queues_cut,
         scheduled: scheduled_total,
         failed: failed_total,
         statistics: statistics.map(|s| StatisticsAge {

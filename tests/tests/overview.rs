@@ -5,6 +5,7 @@
 use diesel::connection::SimpleConnection;
 use diesel::PgConnection;
 use skiplock::{Count, Overview, OverviewRow, QueueStatus, READY_HEAD, STATE_HEAD};
+
 use skiplock_tests::TestDb;
 
 fn find<'a>(overview: &'a Overview, queue: &str, job_type: &str) -> &'a OverviewRow {
@@ -253,5 +254,34 @@ fn a_failed_list_or_count_of_one_type_or_queue_reads_only_its_failed_jobs() {
     assert!(
         counted <= 200,
         "{counted} rows read to count 30 failing jobs"
+    );
+}
+
+#[test]
+fn with_many_queues_the_overview_shares_its_budget_and_looks_at_a_thousand() {
+    let db = TestDb::create();
+    // 1,100 queues of 50 ready jobs each.
+    db.execute(
+        "INSERT INTO queue_jobs (job_type, queue, payload) \
+         SELECT 't', 'q' || lpad((n % 1100)::text, 4, '0'), '{}' FROM generate_series(1, 55000) n",
+    );
+    let mut conn = db.conn();
+    conn.batch_execute("VACUUM ANALYZE queue_jobs").unwrap();
+    let before = rows_read(&mut conn);
+    let overview = skiplock::overview(&mut conn, 30.0).unwrap();
+    let after = rows_read(&mut conn);
+    let fetched = (after.0 - before.0) + (after.1 - before.1);
+    assert!(overview.queues_cut);
+    assert_eq!(overview.ready_head, 20, "20,000 shared among 1,000 queues");
+    assert_eq!(overview.rows.len(), skiplock::MAX_QUEUES as usize);
+    assert_eq!(overview.rows[0].queue, "q0000");
+    assert!(matches!(
+        overview.rows[0].ready,
+        Count::AtLeast(21) | Count::About(_)
+    ));
+    // 21 of each of 1,000 queues, and the skip scan's probes.
+    assert!(
+        fetched <= 23_000,
+        "{fetched} rows read; counting reads 55,000"
     );
 }

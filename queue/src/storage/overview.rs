@@ -23,18 +23,39 @@ pub(crate) struct ReadyHead {
     /// Seconds the longest-waiting of them has been due.
     #[diesel(sql_type = Nullable<Double>)]
     pub(crate) oldest_secs: Option<f64>,
+    /// The jobs counted exactly per queue: `budget` shared among the
+    /// queues found, within `[least, most]`.
+    #[diesel(sql_type = BigInt)]
+    pub(crate) cap: i64,
+    /// The queues found (at most `max_queues`).
+    #[diesel(sql_type = BigInt)]
+    pub(crate) queues: i64,
 }
 
-/// The queues holding ready jobs (a skip scan of the ready index, one
-/// probe per queue), and the first `$2 + 1` ready jobs of each that no
-/// runner seen within `$1` seconds is running (nor `exclude`: the asking
-/// runner's own running jobs, not announced yet), counted by type. The
-/// running jobs are an array each row is checked against: as a join, the
-/// planner may scan every ready job to hash it.
+/// How many ready jobs [`ready_heads`] reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadBudget {
+    /// Ready jobs read in all, shared among the queues.
+    pub(crate) budget: i64,
+    /// The fewest read of each queue, however many queues.
+    pub(crate) least: i64,
+    /// The most read of each queue, however few queues.
+    pub(crate) most: i64,
+    /// Queues looked at, by name.
+    pub(crate) max_queues: i64,
+}
+
+/// The first `max_queues` queues holding ready jobs, by name (a skip scan
+/// of the ready index, one probe per queue), and of each the first
+/// `cap + 1` ready jobs (the budget shared among them) that no runner seen
+/// within `$1` seconds is running (nor `exclude`: the asking runner's own
+/// running jobs, not announced yet), counted by type. The running jobs are
+/// an array each row is checked against: as a join, the planner may scan
+/// every ready job to hash it.
 pub(crate) fn ready_heads(
     conn: &mut PgConnection,
     fresh_secs: f64,
-    cap: i64,
+    budget: HeadBudget,
     exclude: &[i64],
 ) -> QueryResult<Vec<ReadyHead>> {
     Statement::new(concat!(
@@ -42,27 +63,34 @@ pub(crate) fn ready_heads(
         running_cte!("$1"),
         ", \
          queues AS ( \
-             (SELECT queue FROM queue_jobs WHERE dead_at IS NULL AND NOT scheduled \
+             (SELECT queue, 1 AS depth FROM queue_jobs WHERE dead_at IS NULL AND NOT scheduled \
               ORDER BY queue LIMIT 1) \
              UNION ALL \
              SELECT (SELECT j.queue FROM queue_jobs j \
                      WHERE j.dead_at IS NULL AND NOT j.scheduled AND j.queue > queues.queue \
-                     ORDER BY j.queue LIMIT 1) \
-             FROM queues WHERE queues.queue IS NOT NULL), \
+                     ORDER BY j.queue LIMIT 1), queues.depth + 1 \
+             FROM queues WHERE queues.queue IS NOT NULL AND queues.depth < $6), \
+         found AS (SELECT count(*) AS queues, \
+                          least($5, greatest($4, $2 / greatest(count(*), 1))) AS cap \
+                   FROM queues WHERE queue IS NOT NULL), \
          heads AS ( \
              SELECT q.queue, h.job_type, h.run_at FROM queues q CROSS JOIN LATERAL ( \
                  SELECT j.job_type, j.run_at FROM queue_jobs j \
                  WHERE j.queue = q.queue AND j.dead_at IS NULL AND NOT j.scheduled \
                    AND j.id <> ALL (ARRAY(SELECT id FROM running)) AND j.id <> ALL ($3) \
-                 ORDER BY j.priority DESC, j.id LIMIT $2 + 1) h \
+                 ORDER BY j.priority DESC, j.id LIMIT (SELECT cap + 1 FROM found)) h \
              WHERE q.queue IS NOT NULL) \
          SELECT queue, job_type, count(*) AS n, \
-             EXTRACT(EPOCH FROM now() - min(run_at))::float8 AS oldest_secs \
+             EXTRACT(EPOCH FROM now() - min(run_at))::float8 AS oldest_secs, \
+             (SELECT cap FROM found) AS cap, (SELECT queues FROM found) AS queues \
          FROM heads GROUP BY queue, job_type"
     ))
     .bind::<Double, _>(fresh_secs)
-    .bind::<BigInt, _>(cap)
+    .bind::<BigInt, _>(budget.budget)
     .bind::<diesel::sql_types::Array<BigInt>, _>(exclude)
+    .bind::<BigInt, _>(budget.least)
+    .bind::<BigInt, _>(budget.most)
+    .bind::<BigInt, _>(budget.max_queues)
     .load(conn)
 }
 

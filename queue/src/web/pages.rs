@@ -166,10 +166,10 @@ fn estimates_note(status: &crate::Overview) -> Markup {
         at_least |= matches!(count, Count::AtLeast(_));
     }
     html! {
-        @if about || at_least {
+        @if about || at_least || status.queues_cut {
             p.muted #estimates {
                 @if about {
-                    "≈: estimated. Ready jobs past the first " (crate::READY_HEAD) " of a queue: from PostgreSQL's statistics of the jobs table"
+                    "≈: estimated. Ready jobs past the first " (status.ready_head) " of a queue: from PostgreSQL's statistics of the jobs table"
                     @if let Some(stats) = status.statistics {
                         @match stats.analyzed_secs {
                             Some(secs) => { " (sampled by ANALYZE " (age(secs)) " ago; " (stats.changed_since) " rows written since)" }
@@ -185,7 +185,10 @@ fn estimates_note(status: &crate::Overview) -> Markup {
                     "Failed jobs: " (status.failed) " in all (likewise); per type, at least those among the " (crate::STATE_HEAD) " that failed last. "
                 }
                 @if at_least {
-                    "≥: at least (the jobs counted, and no estimate of the rest)."
+                    "≥: at least (the jobs counted, and no estimate of the rest). "
+                }
+                @if status.queues_cut {
+                    "Only the first " (crate::MAX_QUEUES) " queues with ready jobs, by name, are counted."
                 }
             }
         }
