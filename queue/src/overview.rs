@@ -182,7 +182,7 @@ pub fn overview(conn: &mut PgConnection, runner_fresh_secs: f64) -> Result<Overv
         .build_transaction()
         .read_only()
         .repeatable_read()
-        .run(|conn| read(conn, runner_fresh_secs, &[]))?;
+        .run(|conn| read(conn, runner_fresh_secs))?;
     Ok(overview)
 }
 
@@ -194,17 +194,78 @@ pub fn overview(conn: &mut PgConnection, runner_fresh_secs: f64) -> Result<Overv
 /// reads a bounded number of rows however long the queues are.
 pub(crate) fn ready_by_queue(
     conn: &mut PgConnection,
+    queues: &[String],
     fresh_secs: f64,
     own_running: &[i64],
 ) -> QueryResult<BTreeMap<String, (i64, f64)>> {
-    let overview = read(conn, fresh_secs, own_running)?;
+    let mut rows = BTreeMap::new();
+    for r in statements::running(conn, fresh_secs)? {
+        row(&mut rows, &r.queue, &r.job_type).running = r.n;
+    }
+    read_ready(conn, &mut rows, fresh_secs, own_running, Some(queues))?;
     let mut queues: BTreeMap<String, (i64, f64)> = BTreeMap::new();
-    for row in overview.rows {
+    for row in rows.into_values() {
         let entry = queues.entry(row.queue).or_default();
         entry.0 += row.ready.value();
         entry.1 = entry.1.max(row.oldest_ready_secs.unwrap_or(0.0));
     }
     Ok(queues)
+}
+
+/// What [`read_ready`] found besides the rows.
+struct Ready {
+    /// Queues holding more ready jobs than were counted.
+    long: BTreeSet<String>,
+    /// Ready jobs counted per queue.
+    head: i64,
+    /// Queues past [`MAX_QUEUES`] were left out.
+    cut: bool,
+}
+
+/// The ready jobs of every queue (or of `queues`) into `rows`: counted up
+/// to the head's cap, estimated past it.
+fn read_ready(
+    conn: &mut PgConnection,
+    rows: &mut BTreeMap<Key, OverviewRow>,
+    fresh_secs: f64,
+    own_running: &[i64],
+    queues: Option<&[String]>,
+) -> QueryResult<Ready> {
+    let heads = statements::ready_heads(conn, fresh_secs, HEAD_BUDGET, own_running, queues)?;
+    let head = heads.first().map_or(READY_HEAD, |h| h.cap);
+    let cut = heads.first().is_some_and(|h| h.queues >= MAX_QUEUES);
+    let mut lengths: BTreeMap<&str, i64> = BTreeMap::new();
+    for h in &heads {
+        *lengths.entry(&h.queue).or_default() += h.n;
+    }
+    let long: BTreeSet<String> = lengths
+        .into_iter()
+        .filter(|&(_, n)| n > head)
+        .map(|(queue, _)| queue.to_owned())
+        .collect();
+    for h in &heads {
+        let r = row(rows, &h.queue, &h.job_type);
+        r.ready = if long.contains(&h.queue) {
+            Count::AtLeast(h.n)
+        } else {
+            Count::Exact(h.n)
+        };
+        r.oldest_ready_secs = h.oldest_secs;
+    }
+    if !long.is_empty() {
+        for estimate in statements::estimated_ready(conn)? {
+            if !long.contains(&estimate.queue) {
+                continue;
+            }
+            let r = row(rows, &estimate.queue, &estimate.job_type);
+            // The statistics count running jobs as ready.
+            let about = (estimate.rows.round() as i64 - r.running).max(0);
+            if about > r.ready.value() {
+                r.ready = Count::About(about);
+            }
+        }
+    }
+    Ok(Ready { long, head, cut })
 }
 
 type Key = (String, String);
@@ -230,58 +291,24 @@ fn row<'a>(
         })
 }
 
-fn read(conn: &mut PgConnection, fresh_secs: f64, own_running: &[i64]) -> QueryResult<Overview> {
+fn read(conn: &mut PgConnection, fresh_secs: f64) -> QueryResult<Overview> {
     let mut rows: BTreeMap<Key, OverviewRow> = BTreeMap::new();
     let running = statements::running(conn, fresh_secs)?;
     for r in &running {
         row(&mut rows, &r.queue, &r.job_type).running = r.n;
     }
 
-    let heads = statements::ready_heads(conn, fresh_secs, HEAD_BUDGET, own_running)?;
-    let ready_head = heads.first().map_or(READY_HEAD, |h| h.cap);
-    let queues_cut = heads.first().is_some_and(|h| h.queues >= MAX_QUEUES);
-    let mut lengths: BTreeMap<&str, i64> = BTreeMap::new();
-    for head in &heads {
-        *lengths.entry(&head.queue).or_default() += head.n;
-    }
-    let long: BTreeSet<&str> = lengths
-        .into_iter()
-        .filter(|&(_, n)| n > ready_head)
-        .map(|(queue, _)| queue)
-        .collect();
-    for head in &heads {
-        let counted = if long.contains(head.queue.as_str()) {
-            Count::AtLeast(head.n)
-        } else {
-            Count::Exact(head.n)
-        };
-        let r = row(&mut rows, &head.queue, &head.job_type);
-        r.ready = counted;
-        r.oldest_ready_secs = head.oldest_secs;
-    }
+    let ready = read_ready(conn, &mut rows, fresh_secs, &[], None)?;
     let scheduled = statements::scheduled_head(conn, STATE_HEAD)?;
     let failed = statements::failed_head(conn, STATE_HEAD)?;
     let scheduled_over = scheduled.iter().map(|s| s.n).sum::<i64>() > STATE_HEAD;
     let failed_over = failed.iter().map(|f| f.failing + f.dead).sum::<i64>() > STATE_HEAD;
-    let statistics = if long.is_empty() && !scheduled_over && !failed_over {
+    let statistics = if ready.long.is_empty() && !scheduled_over && !failed_over {
         None
     } else {
         Some(statements::statistics(conn)?)
     };
 
-    if !long.is_empty() {
-        for estimate in statements::estimated_ready(conn)? {
-            if !long.contains(estimate.queue.as_str()) {
-                continue;
-            }
-            let r = row(&mut rows, &estimate.queue, &estimate.job_type);
-            // The statistics count running jobs as ready.
-            let about = (estimate.rows.round() as i64 - r.running).max(0);
-            if about > r.ready.value() {
-                r.ready = Count::About(about);
-            }
-        }
-    }
     // Past its cap, a state's jobs per queue and type are at least those
     // counted; its total is its index's size (never below what was counted).
     let split = |n: i64, over: bool| {
@@ -337,7 +364,7 @@ fn read(conn: &mut PgConnection, fresh_secs: f64, own_running: &[i64]) -> QueryR
             if r.dead == Count::Exact(0) {
                 r.dead = split(0, failed_over);
             }
-            if r.ready == Count::Exact(0) && long.contains(r.queue.as_str()) {
+            if r.ready == Count::Exact(0) && ready.long.contains(&r.queue) {
                 r.ready = Count::AtLeast(0);
             }
             r
@@ -345,8 +372,8 @@ fn read(conn: &mut PgConnection, fresh_secs: f64, own_running: &[i64]) -> QueryR
         .collect();
     Ok(Overview {
         rows,
-        ready_head,
-        queues_cut,
+        ready_head: ready.head,
+        queues_cut: ready.cut,
         scheduled: scheduled_total,
         failed: failed_total,
         statistics: statistics.map(|s| StatisticsAge {

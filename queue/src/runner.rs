@@ -699,6 +699,7 @@ impl<C: Send + Sync> Control for Shared<C> {
             .and_then(|mut conn| {
                 crate::overview::ready_by_queue(
                     &mut conn,
+                    &queues,
                     crate::admin::RUNNER_FRESH_SECS,
                     &own_running,
                 )

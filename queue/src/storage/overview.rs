@@ -45,53 +45,80 @@ pub(crate) struct HeadBudget {
     pub(crate) max_queues: i64,
 }
 
-/// The first `max_queues` queues holding ready jobs, by name (a skip scan
-/// of the ready index, one probe per queue), and of each the first
-/// `cap + 1` ready jobs (the budget shared among them) that no runner seen
-/// within `$1` seconds is running (nor `exclude`: the asking runner's own
-/// running jobs, not announced yet), counted by type. The running jobs are
-/// an array each row is checked against: as a join, the planner may scan
-/// every ready job to hash it.
+/// The statement of [`ready_heads`] over the queues `$queues` names: a
+/// CTE `queues (queue, depth)`.
+macro_rules! ready_heads {
+    ($queues:expr) => {
+        concat!(
+            "WITH RECURSIVE ",
+            running_cte!("$1"),
+            ", queues AS (",
+            $queues,
+            "), \
+             found AS (SELECT count(*) AS queues, \
+                              least($5, greatest($4, $2 / greatest(count(*), 1))) AS cap \
+                       FROM queues WHERE queue IS NOT NULL), \
+             heads AS ( \
+                 SELECT q.queue, h.job_type, h.run_at FROM queues q CROSS JOIN LATERAL ( \
+                     SELECT j.job_type, j.run_at FROM queue_jobs j \
+                     WHERE j.queue = q.queue AND j.dead_at IS NULL AND NOT j.scheduled \
+                       AND j.id <> ALL (ARRAY(SELECT id FROM running)) AND j.id <> ALL ($3) \
+                     ORDER BY j.priority DESC, j.id LIMIT (SELECT cap + 1 FROM found)) h \
+                 WHERE q.queue IS NOT NULL) \
+             SELECT queue, job_type, count(*) AS n, \
+                 EXTRACT(EPOCH FROM now() - min(run_at))::float8 AS oldest_secs, \
+                 (SELECT cap FROM found) AS cap, (SELECT queues FROM found) AS queues \
+             FROM heads GROUP BY queue, job_type"
+        )
+    };
+}
+
+/// The first `$6` queues holding ready jobs, by name: a skip scan of the
+/// ready index, one probe per queue.
+const EVERY_QUEUE: &str = ready_heads!(
+    "(SELECT queue, 1 AS depth FROM queue_jobs WHERE dead_at IS NULL AND NOT scheduled \
+      ORDER BY queue LIMIT 1) \
+     UNION ALL \
+     SELECT (SELECT j.queue FROM queue_jobs j \
+             WHERE j.dead_at IS NULL AND NOT j.scheduled AND j.queue > queues.queue \
+             ORDER BY j.queue LIMIT 1), queues.depth + 1 \
+     FROM queues WHERE queues.queue IS NOT NULL AND queues.depth < $6"
+);
+
+/// The queues `$7` names (at most `$6` of them).
+const THESE_QUEUES: &str =
+    ready_heads!("SELECT queue, 1 AS depth FROM unnest($7::text[]) queue WHERE $6 > 0");
+
+/// Of the first `max_queues` queues holding ready jobs by name (`queues`:
+/// those named), the first `cap + 1` ready jobs of each (the budget shared
+/// among them) that no runner seen within `fresh_secs` is running (nor
+/// `exclude`: the asking runner's own running jobs, not announced yet),
+/// counted by type. The running jobs are an array each row is checked
+/// against: as a join, the planner may scan every ready job to hash it.
 pub(crate) fn ready_heads(
     conn: &mut PgConnection,
     fresh_secs: f64,
     budget: HeadBudget,
     exclude: &[i64],
+    queues: Option<&[String]>,
 ) -> QueryResult<Vec<ReadyHead>> {
-    Statement::new(concat!(
-        "WITH RECURSIVE ",
-        running_cte!("$1"),
-        ", \
-         queues AS ( \
-             (SELECT queue, 1 AS depth FROM queue_jobs WHERE dead_at IS NULL AND NOT scheduled \
-              ORDER BY queue LIMIT 1) \
-             UNION ALL \
-             SELECT (SELECT j.queue FROM queue_jobs j \
-                     WHERE j.dead_at IS NULL AND NOT j.scheduled AND j.queue > queues.queue \
-                     ORDER BY j.queue LIMIT 1), queues.depth + 1 \
-             FROM queues WHERE queues.queue IS NOT NULL AND queues.depth < $6), \
-         found AS (SELECT count(*) AS queues, \
-                          least($5, greatest($4, $2 / greatest(count(*), 1))) AS cap \
-                   FROM queues WHERE queue IS NOT NULL), \
-         heads AS ( \
-             SELECT q.queue, h.job_type, h.run_at FROM queues q CROSS JOIN LATERAL ( \
-                 SELECT j.job_type, j.run_at FROM queue_jobs j \
-                 WHERE j.queue = q.queue AND j.dead_at IS NULL AND NOT j.scheduled \
-                   AND j.id <> ALL (ARRAY(SELECT id FROM running)) AND j.id <> ALL ($3) \
-                 ORDER BY j.priority DESC, j.id LIMIT (SELECT cap + 1 FROM found)) h \
-             WHERE q.queue IS NOT NULL) \
-         SELECT queue, job_type, count(*) AS n, \
-             EXTRACT(EPOCH FROM now() - min(run_at))::float8 AS oldest_secs, \
-             (SELECT cap FROM found) AS cap, (SELECT queues FROM found) AS queues \
-         FROM heads GROUP BY queue, job_type"
-    ))
+    let statement = Statement::new(if queues.is_some() {
+        THESE_QUEUES
+    } else {
+        EVERY_QUEUE
+    })
     .bind::<Double, _>(fresh_secs)
     .bind::<BigInt, _>(budget.budget)
     .bind::<diesel::sql_types::Array<BigInt>, _>(exclude)
     .bind::<BigInt, _>(budget.least)
     .bind::<BigInt, _>(budget.most)
-    .bind::<BigInt, _>(budget.max_queues)
-    .load(conn)
+    .bind::<BigInt, _>(budget.max_queues);
+    match queues {
+        Some(queues) => statement
+            .bind::<diesel::sql_types::Array<Text>, _>(queues)
+            .load(conn),
+        None => statement.load(conn),
+    }
 }
 
 /// The `$1 + 1` scheduled jobs due soonest (the scheduled index's order),
