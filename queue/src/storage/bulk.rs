@@ -23,7 +23,8 @@ macro_rules! bulk_page {
                  WHERE (attempts > 0 OR dead_at IS NOT NULL) \
                    AND ($1 = 'failed' OR ($1 = 'dead' AND dead_at IS NOT NULL) \
                         OR ($1 = 'failing' AND dead_at IS NULL)) \
-                   AND ($2::text IS NULL OR job_type = $2) AND ($3::text IS NULL OR queue = $3) \
+                   AND ($2::text IS NULL OR (left(job_type, 200) = left($2, 200) AND job_type = $2)) \
+                   AND ($3::text IS NULL OR (left(queue, 200) = left($3, 200) AND queue = $3)) \
                    AND ($4::timestamptz IS NULL OR (last_failed_at, id) < ($4, $5)) \
                  ORDER BY last_failed_at DESC NULLS LAST, id DESC LIMIT $6), \
              idle AS MATERIALIZED ( \
@@ -134,7 +135,8 @@ pub(crate) fn count_failed(
          WHERE (attempts > 0 OR dead_at IS NOT NULL) \
            AND ($1 = 'failed' OR ($1 = 'dead' AND dead_at IS NOT NULL) \
                 OR ($1 = 'failing' AND dead_at IS NULL)) \
-           AND ($2::text IS NULL OR job_type = $2) AND ($3::text IS NULL OR queue = $3)",
+           AND ($2::text IS NULL OR (left(job_type, 200) = left($2, 200) AND job_type = $2)) \
+                   AND ($3::text IS NULL OR (left(queue, 200) = left($3, 200) AND queue = $3))",
     )
     .bind::<Text, _>(state)
     .bind::<Nullable<Text>, _>(job_type)

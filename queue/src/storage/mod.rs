@@ -1000,7 +1000,8 @@ pub(crate) fn select_jobs(
          WHERE ($1 = 'any' OR ($1 = 'dead' AND dead_at IS NOT NULL) \
                 OR ($1 = 'failing' AND dead_at IS NULL AND attempts > 0) \
                 OR ($1 = 'failed' AND (dead_at IS NOT NULL OR attempts > 0))) \
-           AND ($2::text IS NULL OR job_type = $2) AND ($3::text IS NULL OR queue = $3) \
+           AND ($2::text IS NULL OR (left(job_type, 200) = left($2, 200) AND job_type = $2)) \
+                   AND ($3::text IS NULL OR (left(queue, 200) = left($3, 200) AND queue = $3)) \
          ORDER BY id",
     )
     .bind::<Text, _>(state)
@@ -1047,10 +1048,23 @@ pub(crate) fn failed_jobs_page(
         FailedState::Either => query,
     };
     if let Some(queue) = queue {
-        query = query.filter(j::queue.eq(queue.to_owned()));
+        // The failed queue index's key (a prefix), then the whole name.
+        query = query
+            .filter(
+                diesel::dsl::sql::<diesel::sql_types::Bool>("left(queue, 200) = left(")
+                    .bind::<Text, _>(queue.to_owned())
+                    .sql(", 200)"),
+            )
+            .filter(j::queue.eq(queue.to_owned()));
     }
     if let Some(job_type) = job_type {
-        query = query.filter(j::job_type.eq(job_type.to_owned()));
+        query = query
+            .filter(
+                diesel::dsl::sql::<diesel::sql_types::Bool>("left(job_type, 200) = left(")
+                    .bind::<Text, _>(job_type.to_owned())
+                    .sql(", 200)"),
+            )
+            .filter(j::job_type.eq(job_type.to_owned()));
     }
     if let Some((at, id)) = before {
         // A row comparison, which the index takes as where to start.
