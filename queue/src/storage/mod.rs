@@ -1024,6 +1024,22 @@ pub(crate) enum FailedState {
     Either,
 }
 
+/// `left(column, 200) = left(value, 200)`: the key of the failed jobs'
+/// indexes of one queue or type (the name's first 200 characters).
+fn name_prefix(
+    column: &'static str,
+    value: &str,
+) -> Box<dyn BoxableExpression<queue_jobs::table, diesel::pg::Pg, SqlType = diesel::sql_types::Bool>>
+{
+    Box::new(
+        diesel::dsl::sql::<diesel::sql_types::Bool>("left(")
+            .sql(column)
+            .sql(", 200) = left(")
+            .bind::<Text, _>(value.to_owned())
+            .sql(", 200)"),
+    )
+}
+
 /// A page of failed jobs, most recent failure first, of `queue` and
 /// `job_type` when given, after `before` (the last row of the previous
 /// page: its last failure and id). Walks the failed jobs' index, so its
@@ -1047,23 +1063,15 @@ pub(crate) fn failed_jobs_page(
         FailedState::Dead => query.filter(j::dead_at.is_not_null()),
         FailedState::Either => query,
     };
+    // The failed queue and type indexes' key (a prefix), then the whole name.
     if let Some(queue) = queue {
-        // The failed queue index's key (a prefix), then the whole name.
         query = query
-            .filter(
-                diesel::dsl::sql::<diesel::sql_types::Bool>("left(queue, 200) = left(")
-                    .bind::<Text, _>(queue.to_owned())
-                    .sql(", 200)"),
-            )
+            .filter(name_prefix("queue", queue))
             .filter(j::queue.eq(queue.to_owned()));
     }
     if let Some(job_type) = job_type {
         query = query
-            .filter(
-                diesel::dsl::sql::<diesel::sql_types::Bool>("left(job_type, 200) = left(")
-                    .bind::<Text, _>(job_type.to_owned())
-                    .sql(", 200)"),
-            )
+            .filter(name_prefix("job_type", job_type))
             .filter(j::job_type.eq(job_type.to_owned()));
     }
     if let Some((at, id)) = before {
