@@ -276,7 +276,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 let span = job_span(&job, queue);
                 let _entered = span.enter();
                 let failure = RunFailure::WorkerDied(worker);
-                crate::telemetry::mark_failed(&span, &failure.describe(&job.job_type, queue));
+                crate::telemetry::mark_failed(&span, || failure.describe(&job.job_type, queue));
                 let outcome = fail(shared, slot, &job, queue, &failure, Duration::ZERO)?;
                 report(JobId(job.id), &job.job_type, &outcome);
             }
@@ -311,7 +311,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 Outcome::Succeeded
             }
             Err(failure) => {
-                crate::telemetry::mark_failed(&span, &failure.describe(&job.job_type, queue));
+                crate::telemetry::mark_failed(&span, || failure.describe(&job.job_type, queue));
                 fail(shared, slot, &job, queue, &failure, begun.elapsed())?
             }
         };
@@ -326,8 +326,9 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
 
 /// The span of a job's run: with the feature `opentelemetry`, a span of
 /// the trace that enqueued the job (its fields are the OpenTelemetry
-/// span's attributes; a failure sets its status).
+/// span's attributes, the `otel.` ones its kind and, on failure, status).
 fn job_span(job: &ClaimedJob, queue: &str) -> tracing::Span {
+    #[cfg(feature = "opentelemetry")]
     let span = info_span!(
         "job",
         id = job.id,
@@ -337,6 +338,14 @@ fn job_span(job: &ClaimedJob, queue: &str) -> tracing::Span {
         otel.kind = "consumer",
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
+    );
+    #[cfg(not(feature = "opentelemetry"))]
+    let span = info_span!(
+        "job",
+        id = job.id,
+        job_type = %job.job_type,
+        queue,
+        attempt = job.attempts + 1
     );
     crate::telemetry::continue_trace(&span, job.traceparent.as_deref());
     span
