@@ -316,7 +316,7 @@ fn bad_input_gives_a_clear_message_and_a_nonzero_exit_without_changing_anything(
     }
     let (code, out, _) = run(&empty, &["migrate"]);
     assert_eq!(code, 0);
-    assert!(out.starts_with("applied 23 migration(s)"), "{out}");
+    assert!(out.starts_with("applied 28 migration(s)"), "{out}");
     let (_, out, _) = run(&empty, &["migrate"]);
     assert!(out.starts_with("the queue schema is up to date"), "{out}");
 
@@ -845,7 +845,7 @@ fn reindex_gives_back_index_space_and_is_refused_while_a_transaction_holds_the_h
     let (code, out, err) = run(&db, &["reindex"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\nqueue_jobs_ready_idx "), "{out}");
-    assert!(out.contains("rebuilt 7 index(es): "), "{out}");
+    assert!(out.contains("rebuilt 8 index(es): "), "{out}");
     let (code, json, _) = run(&db, &["reindex", "--json"]);
     assert_eq!(code, 0);
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();

@@ -10,7 +10,8 @@ use crate::duration;
 
 /// Every key the attribute accepts, in the order error messages list them.
 pub(crate) const KEYS: &str = "`name`, `queue`, `priority`, `max_attempts`, `backoff`, \
-    `max_backoff`, `timeout`, `transaction`, `unique`, `crate`";
+    `max_backoff`, `timeout`, `transaction`, `unique`, `concurrency_key`, `max_concurrent`, \
+    `crate`";
 
 /// The parsed, validated arguments.
 #[derive(Default)]
@@ -27,6 +28,10 @@ pub(crate) struct Args {
     pub(crate) transaction: Option<Span>,
     /// The `unique` flag: at most one job with the same payload waits.
     pub(crate) unique: bool,
+    /// The argument whose value is each job's concurrency key, and where
+    /// it was named.
+    pub(crate) concurrency_key: Option<(String, Span)>,
+    pub(crate) max_concurrent: Option<u32>,
     pub(crate) krate: Option<syn::Path>,
 }
 
@@ -105,6 +110,8 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Args {
     let mut timeout = Slot::new("timeout");
     let mut transaction = Slot::new("transaction");
     let mut unique = Slot::new("unique");
+    let mut concurrency_key = Slot::new("concurrency_key");
+    let mut max_concurrent = Slot::new("max_concurrent");
     let mut krate = Slot::new("crate");
 
     for meta in &metas {
@@ -136,6 +143,14 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Args {
             ),
             "transaction" => transaction.set(errors, meta, flag(meta)),
             "unique" => unique.set(errors, meta, flag(meta)),
+            "concurrency_key" => concurrency_key.set(
+                errors,
+                meta,
+                string(meta).map(|s| (s, syn::spanned::Spanned::span(meta))),
+            ),
+            "max_concurrent" => {
+                max_concurrent.set(errors, meta, integer(meta).and_then(max_concurrent_value))
+            }
             "crate" => krate.set(errors, meta, crate_path(meta)),
             _ => errors.spanned(
                 meta.path(),
@@ -154,6 +169,8 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Args {
         timeout: timeout.value,
         transaction: transaction.value.flatten(),
         unique: unique.value.flatten().is_some(),
+        concurrency_key: concurrency_key.value,
+        max_concurrent: max_concurrent.value,
         krate: krate.value,
     }
 }
@@ -251,6 +268,19 @@ fn max_attempts_value(value: i128) -> Result<u32, String> {
             u32::MAX
         )),
         Ok(n) => Ok(n),
+    }
+}
+
+/// Kept in step with `skiplock::MAX_CONCURRENT_LIMIT`.
+const MAX_CONCURRENT_LIMIT: u32 = 1_000;
+
+fn max_concurrent_value(value: i128) -> Result<u32, String> {
+    match u32::try_from(value) {
+        Ok(n @ 1..=MAX_CONCURRENT_LIMIT) => Ok(n),
+        _ => Err(format!(
+            "max_concurrent {value} is out of range; use 1 to {MAX_CONCURRENT_LIMIT} (or leave \
+             it out for no limit)"
+        )),
     }
 }
 

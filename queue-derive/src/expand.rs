@@ -46,6 +46,31 @@ pub(crate) fn background_job(args: TokenStream, item: TokenStream) -> TokenStrea
              stopped from outside. Make the job `async`, or remove `timeout`",
         ));
     }
+    if let Some((field, span)) = &args.concurrency_key {
+        let arguments: Vec<String> = job.arguments().map(|(p, _)| p.ident.to_string()).collect();
+        if !arguments.contains(field) {
+            errors.push(syn::Error::new(
+                *span,
+                if arguments.is_empty() {
+                    format!(
+                        "`concurrency_key` names the argument whose value is each job's key, \
+                         but this job has no arguments; add one (`{field}: ..`), or give the \
+                         key at enqueue with `EnqueueOptions::concurrency_key`"
+                    )
+                } else {
+                    format!(
+                        "`concurrency_key = \"{field}\"` names no argument of this job; name \
+                         one of {}",
+                        arguments
+                            .iter()
+                            .map(|a| format!("`{a}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+            ));
+        }
+    }
     match errors.into_result() {
         Ok(()) => expand(&args, &job),
         Err(error) => {
@@ -179,6 +204,24 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
     if let Some(priority) = args.priority {
         consts.push(quote!(const PRIORITY: i16 = #priority;));
     }
+    if let Some(max) = args.max_concurrent {
+        consts.push(quote!(
+            const MAX_CONCURRENT: ::core::option::Option<u32> = ::core::option::Option::Some(#max);
+        ));
+    }
+    // The argument's own identifier (checked to exist before expanding).
+    let key_field = args.concurrency_key.as_ref().and_then(|(field, _)| {
+        job.arguments()
+            .map(|(p, _)| &p.ident)
+            .find(|ident| *ident == field)
+    });
+    let concurrency_key = key_field.map(|field| {
+        quote!(
+            fn concurrency_key(&self) -> ::core::option::Option<::std::string::String> {
+                ::core::option::Option::Some(#krate::__private::concurrency_key_of(&self.#field))
+            }
+        )
+    });
     if args.max_attempts.is_some()
         || args.backoff_micros.is_some()
         || args.max_backoff_micros.is_some()
@@ -303,6 +346,8 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
             const JOB_TYPE: &'static str = #job_type;
             #(#consts)*
             type Context = #context_ty;
+
+            #concurrency_key
 
             fn run(
                 self,

@@ -85,6 +85,26 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     /// gives a key of the caller's instead.
     const UNIQUE: bool = false;
 
+    /// The most jobs of this type with the same concurrency key (see
+    /// [`Job::concurrency_key`]) that may run at once, across every runner
+    /// and host (`#[background_job(max_concurrent = 2)]`): 1 to
+    /// [`MAX_CONCURRENT_LIMIT`]. Without a key, the most jobs of this type that may
+    /// run at once in their queue. A job over its limit is not claimed: it
+    /// waits, its attempts untouched, until a job of its key ends. See the
+    /// README's "Flow control".
+    const MAX_CONCURRENT: Option<u32> = None;
+
+    /// The job's concurrency key (`#[background_job(concurrency_key =
+    /// "account_id")]` takes it from that argument): a tenant, an account,
+    /// anything that should take its turn with the others. A queue holding
+    /// keyed jobs claims them key by key in turn, so one key's backlog does
+    /// not hold up the others' jobs; with [`Job::MAX_CONCURRENT`], at most
+    /// that many of a key's jobs run at once. [`EnqueueOptions::concurrency_key`]
+    /// gives one at enqueue instead.
+    fn concurrency_key(&self) -> Option<String> {
+        None
+    }
+
     /// Whether the body is an `async fn` run on the runner's tokio runtime
     /// (set by `#[background_job]`; the `tokio` feature).
     #[doc(hidden)]
@@ -167,6 +187,27 @@ pub struct EnqueueOptions {
     pub(crate) priority: Option<i16>,
     pub(crate) schedule: Option<Schedule>,
     pub(crate) unique_key: Option<String>,
+    pub(crate) concurrency_key: Option<String>,
+    pub(crate) max_concurrent: Option<u32>,
+}
+
+/// The largest limit a concurrency key may have ([`Job::MAX_CONCURRENT`],
+/// [`EnqueueOptions::max_concurrent`]).
+pub const MAX_CONCURRENT_LIMIT: u32 = 1_000;
+
+/// The longest concurrency key, in bytes.
+pub const MAX_CONCURRENCY_KEY_BYTES: usize = 512;
+
+/// The text of a concurrency key taken from a job's argument: a string as
+/// it is, anything else as its JSON (`42`, `[1,2]`). What
+/// `#[background_job(concurrency_key = "...")]` stores.
+#[doc(hidden)]
+pub fn concurrency_key_of<T: Serialize + ?Sized>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(text)) => text,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
 }
 
 /// The longest unique key [`EnqueueOptions::unique_key`] accepts, in bytes.
@@ -204,6 +245,22 @@ impl EnqueueOptions {
     /// Race-free: a unique index decides, however many enqueue at once.
     pub fn unique_key(mut self, key: impl Into<String>) -> Self {
         self.unique_key = Some(key.into());
+        self
+    }
+
+    /// The job's concurrency key, instead of its type's (see
+    /// [`Job::concurrency_key`]): 1 to [`MAX_CONCURRENCY_KEY_BYTES`] bytes.
+    /// Keys are shared by every job type of the queue: jobs of two types
+    /// with the key `"tenant-7"` take one turn, and count against one limit.
+    pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.concurrency_key = Some(key.into());
+        self
+    }
+
+    /// The most jobs of the job's concurrency key that may run at once,
+    /// instead of its type's [`Job::MAX_CONCURRENT`]: 1 to [`MAX_CONCURRENT_LIMIT`].
+    pub fn max_concurrent(mut self, max: u32) -> Self {
+        self.max_concurrent = Some(max);
         self
     }
 
@@ -322,7 +379,9 @@ impl NewJob {
                 )));
             }
         }
+        let concurrency = concurrency::<J>(job, options)?;
         Ok(NewJob {
+            concurrency,
             job_type: J::JOB_TYPE,
             queue: queue.to_owned(),
             priority: options.priority.unwrap_or(J::PRIORITY),
@@ -347,3 +406,47 @@ impl NewJob {
         }
     }
 }
+
+/// A new job's concurrency key and limit: the options', else the type's.
+/// A limit without a key limits the type: its key is the type's name,
+/// after a character no key given may start with.
+fn concurrency<J: Job>(
+    job: &J,
+    options: &EnqueueOptions,
+) -> Result<Option<(String, Option<i32>)>, EnqueueError> {
+    let max = options.max_concurrent.or(J::MAX_CONCURRENT);
+    if let Some(max) = max {
+        if !(1..=MAX_CONCURRENT_LIMIT).contains(&max) {
+            return Err(EnqueueError::InvalidOptions(format!(
+                "max_concurrent {max} is out of range; use 1 to {MAX_CONCURRENT_LIMIT} \
+                 (or no limit)"
+            )));
+        }
+    }
+    let max = max.map(|max| i32::try_from(max).unwrap_or(i32::MAX));
+    let key = match options.concurrency_key.clone() {
+        Some(key) => Some(key),
+        None => job.concurrency_key(),
+    };
+    match key {
+        Some(key) => {
+            if key.is_empty()
+                || key.len() > MAX_CONCURRENCY_KEY_BYTES
+                || key.contains('\0')
+                || key.starts_with(TYPE_KEY)
+            {
+                return Err(EnqueueError::InvalidOptions(format!(
+                    "a concurrency key of {} bytes is refused; use 1 to \
+                     {MAX_CONCURRENCY_KEY_BYTES} bytes, without NUL, not starting with \
+                     U+0001 (a hash of a longer key will do)",
+                    key.len()
+                )));
+            }
+            Ok(Some((key, max)))
+        }
+        None => Ok(max.map(|max| (format!("{TYPE_KEY}{}", J::JOB_TYPE), Some(max)))),
+    }
+}
+
+/// What starts the key of a job type's own limit.
+pub(crate) const TYPE_KEY: char = '\u{1}';

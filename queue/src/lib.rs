@@ -88,7 +88,8 @@ pub use crate::errors::{
     AdminError, BoxError, EnqueueError, MigrationError, PerformError, RunnerError,
 };
 pub use crate::job::{
-    EnqueueOptions, Enqueued, Job, JobBatch, JobId, DEFAULT_QUEUE, MAX_UNIQUE_KEY_BYTES,
+    EnqueueOptions, Enqueued, Job, JobBatch, JobId, DEFAULT_QUEUE, MAX_CONCURRENCY_KEY_BYTES,
+    MAX_CONCURRENT_LIMIT, MAX_UNIQUE_KEY_BYTES,
 };
 pub use crate::maintenance::{
     horizon_holders, rebuild_indexes, HorizonHolder, IndexRebuild, RebuildReport,
@@ -186,6 +187,7 @@ pub mod __private {
     pub use crate::errors::{
         job_result, via, IntoPerformError, JobArgument, JobOutput, Probe, Storable, Unstorable,
     };
+    pub use crate::job::concurrency_key_of;
     pub use crate::parts::PartDescriptor;
     pub use crate::registry::JobDescriptor;
     pub use inventory;

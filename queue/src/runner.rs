@@ -447,6 +447,11 @@ impl<C: Any + Send + Sync> RunnerBuilder<C> {
                     .iter()
                     .map(|(queue, _)| (queue.clone(), std::sync::Mutex::default()))
                     .collect(),
+                turns: self
+                    .queues
+                    .iter()
+                    .map(|(queue, _)| (queue.clone(), std::sync::Mutex::default()))
+                    .collect(),
                 worker_name: format!("host {}, pid {}", scheduler::hostname(), std::process::id()),
                 runner_id: format!(
                     "{}-{}-{}",

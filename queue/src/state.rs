@@ -66,6 +66,18 @@ pub(crate) struct Shared<C> {
     /// Where this runner's claims of each queue resume (see
     /// [`crate::position`]).
     pub(crate) positions: HashMap<String, Mutex<Position>>,
+    /// Where this runner's claims of each queue's keys stand.
+    pub(crate) turns: HashMap<String, Mutex<KeyTurn>>,
+}
+
+/// A queue's jobs with a concurrency key, as this runner's last claim of
+/// the queue saw them.
+#[derive(Debug, Default)]
+pub(crate) struct KeyTurn {
+    /// The queue holds some: its claims take the keys in turn.
+    pub(crate) waiting: bool,
+    /// The last key visited (`""`: none yet).
+    pub(crate) cursor: String,
 }
 
 /// One worker: its lock session and its batch. The worker holds `session`

@@ -50,7 +50,7 @@ use crate::pq::{Session, SessionError};
 use crate::registry::{JobDescriptor, RunFailure};
 use crate::retry::RetryPolicy;
 use crate::state::{lock, LockSession, RunningJob, Settings, Shared, Slot, UnwrittenFailure};
-use crate::storage::{self, ClaimRow, ClaimedJob, LockTable, NextAttempt, Release};
+use crate::storage::{self, ClaimRow, ClaimedJob, Claiming, LockTable, NextAttempt, Release};
 
 /// What happened to one claimed job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +106,11 @@ pub(crate) struct BatchReport {
     /// The claim resumed at the runner's position in the queue (see
     /// [`crate::position`]): jobs behind it wait for a sweep.
     pub(crate) resumed: bool,
+    /// The queue holds jobs with a concurrency key: a claim that took
+    /// none may take some once a worker lets go of a key's slot.
+    pub(crate) keyed: bool,
+    /// The claim of the keys stopped short of a whole turn: claim again.
+    pub(crate) cut: bool,
 }
 
 /// How a job that ran to success was completed.
@@ -140,8 +145,10 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
     let mut standby = false;
     let mut claim_took = Duration::ZERO;
     let position = shared.positions.get(queue);
+    let turn = shared.turns.get(queue);
     let mut resumed = false;
     let mut walked = 0;
+    let mut keyed = storage::Keyed::default();
     let claimed = {
         let mut guard = lock(&slot.session);
         let mut completed = Vec::new();
@@ -183,12 +190,26 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 Release::These(&completed)
             };
             let synchronous = shared.settings.synchronous_commit;
+            // A queue holding jobs with a concurrency key is claimed key by
+            // key (each claimed job holds one more lock there: its key's slot).
+            let cursor = turn.and_then(|turn| {
+                let turn = lock(turn);
+                turn.waiting.then(|| turn.cursor.clone())
+            });
+            if cursor.is_some() {
+                limit = (limit / 2).max(1);
+            }
             // Chosen once the claim is sure to be made: a sweep chosen keeps
             // the runner's other workers from sweeping until it reports.
             let scan = match position {
-                Some(position) if !sweep => lock(position).scan(Instant::now()),
+                Some(position) if !sweep && cursor.is_none() => lock(position).scan(Instant::now()),
                 _ => Scan::Sweep,
             };
+            let how = match &cursor {
+                Some(cursor) => Claiming::Keyed { cursor },
+                None => Claiming::Plain(&scan),
+            };
+            let position = position.filter(|_| cursor.is_none());
             resumed = scan != Scan::Sweep;
             let began = Instant::now();
             let claim = storage::claim_jobs(
@@ -200,7 +221,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 (&completed, release),
                 synchronous,
                 shared.registry.type_names(),
-                &scan,
+                &how,
             )
             .map_err(|error| {
                 if let Some(position) = position {
@@ -210,6 +231,14 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
             })?;
             claim_took = began.elapsed();
             walked = claim.walked;
+            if let Some(turn) = turn {
+                let mut turn = lock(turn);
+                turn.waiting = claim.keyed.waiting;
+                if let Some(cursor) = &claim.keyed.cursor {
+                    turn.cursor.clone_from(cursor);
+                }
+            }
+            keyed = claim.keyed;
             if let Some(position) = position {
                 lock(position).taken(
                     &scan,
@@ -255,6 +284,8 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
         full: claimed.len() as i64 >= limit,
         standby,
         resumed,
+        keyed: keyed.waiting,
+        cut: keyed.cut,
     };
     if batch.claimed > 0 {
         // The round trip of the claim (with the last batch's completions),
@@ -1020,6 +1051,12 @@ fn fail<C>(
     Ok(Outcome::Failed { error, dead })
 }
 
+/// How often an idle worker claims a queue whose keyed jobs wait for a
+/// slot: a slot another worker (of any runner) lets go of is taken within
+/// this long. A claim that finds every key full costs a few index lookups
+/// per key held.
+const KEYED_POLL: Duration = Duration::from_millis(100);
+
 /// The loop of one worker thread: claim and run batches while there are
 /// jobs; when there are none, sleep until the wake-up thread (a new job, a
 /// due job, the poll fallback) or a stop wakes it.
@@ -1049,9 +1086,13 @@ pub(crate) fn work<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slot: Arc<Slot>
                     shared
                         .signals
                         .wait(wakeup, seen, shared.settings.poll_interval);
+                } else if batch.claimed == 0 && batch.cut {
+                    // The keys' turn goes on at once.
                 } else if batch.claimed == 0 {
                     // Not past the next try of a refused write, nor, after
-                    // a claim that resumed, the next sweep.
+                    // a claim that resumed, the next sweep, nor, while the
+                    // queue holds keyed jobs, the moment another worker
+                    // may have let go of a key's slot.
                     let retry = lock(&slot.batch).unwritten.wait();
                     let mut timeout = retry.map_or(idle_timeout, |r| r.min(idle_timeout));
                     if batch.resumed {
@@ -1060,6 +1101,9 @@ pub(crate) fn work<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slot: Arc<Slot>
                             .get(&queue)
                             .and_then(|p| lock(p).sweep_due_in(Instant::now()));
                         timeout = due.map_or(timeout, |due| due.min(timeout));
+                    }
+                    if batch.keyed {
+                        timeout = timeout.min(KEYED_POLL);
                     }
                     shared.signals.wait(wakeup, seen, timeout);
                 } else if batch.full {

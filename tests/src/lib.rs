@@ -10,6 +10,7 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 
 pub mod crash_jobs;
+pub mod flow_jobs;
 pub mod git_http;
 pub mod process;
 pub mod relay;

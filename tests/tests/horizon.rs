@@ -385,6 +385,7 @@ fn a_rebuild_gives_back_what_a_held_horizon_left_and_is_refused_while_it_is_held
         [
             "queue_jobs_pkey",
             "queue_jobs_ready_idx",
+            "queue_jobs_keyed_ready_idx",
             "queue_jobs_scheduled_idx",
             "queue_jobs_failed_order_idx",
             "queue_jobs_failed_type_idx",
@@ -453,6 +454,7 @@ fn an_interrupted_rebuild_leaves_no_unfinished_copy_and_a_rebuild_repairs_an_inv
             "queue_jobs_failed_order_idx",
             "queue_jobs_failed_queue_idx",
             "queue_jobs_failed_type_idx",
+            "queue_jobs_keyed_ready_idx",
             "queue_jobs_pkey",
             "queue_jobs_ready_idx",
             "queue_jobs_scheduled_idx",
@@ -477,7 +479,7 @@ fn an_interrupted_rebuild_leaves_no_unfinished_copy_and_a_rebuild_repairs_an_inv
         .find(|i| i.name == "queue_jobs_scheduled_idx")
         .unwrap();
     assert!(scheduled.was_invalid);
-    assert_eq!(job_indexes(&db).len(), 7);
+    assert_eq!(job_indexes(&db).len(), 8);
     assert!(job_indexes(&db).iter().all(|(_, valid, _)| *valid));
     // A delayed job is found through the repaired index and promoted.
     tick()

@@ -162,8 +162,35 @@ macro_rules! ready_columns {
     };
 }
 
-/// What a claim's lock scan `c` leads to: the jobs locked (up to `$2`),
-/// recorded as the claim of session `$4`, their unique keys given up.
+/// Whether queue `$1` holds ready jobs with a concurrency key (one entry
+/// of the keyed index looked up), as SQL: a runner that sees it claims the
+/// queue through [`KEYED`].
+macro_rules! keyed_waiting {
+    () => {
+        "EXISTS (SELECT 1 FROM queue_jobs k \
+                 WHERE k.queue = $1 AND k.concurrency_key IS NOT NULL \
+                   AND k.dead_at IS NULL AND NOT k.scheduled)"
+    };
+}
+
+/// The plain claim's lock scan `c`: its jobs locked in order until `$2`
+/// are, as the `locked` CTE that [`claim_record!`] records.
+macro_rules! plain_locks {
+    ($scan:expr) => {
+        concat!(
+            "WITH locked AS MATERIALIZED ( \
+                 SELECT c.*, NULL::text AS concurrency_key FROM (",
+            $scan,
+            ") c WHERE pg_try_advisory_lock(",
+            job_lock!("c.id"),
+            ") \
+                 LIMIT $2), "
+        )
+    };
+}
+
+/// What a claim's `locked` CTE leads to: the jobs locked, recorded as the
+/// claim of session `$4`, their unique keys given up.
 ///
 /// The record is rewritten where its last version lies (`$row`, its ctid,
 /// which the claim returns), and looked up by holder only when it is not
@@ -171,15 +198,12 @@ macro_rules! ready_columns {
 /// held horizon each rewrite leaves a version that VACUUM cannot remove,
 /// and a lookup by holder visits all of them (3 ms after 10,000 claims).
 /// Each claim returns at least one row: the record's new place, with the
-/// job's columns NULL when it took none.
-macro_rules! claim_tail {
-    ($row:literal) => {
+/// job's columns NULL when it took none, whether the queue holds keyed
+/// jobs, and the `$cursor` of a keyed claim.
+macro_rules! claim_record {
+    ($row:literal, $cursor:literal) => {
         concat!(
-            "WHERE pg_try_advisory_lock(",
-            job_lock!("c.id"),
-            ") \
-                 LIMIT $2), \
-             rewritten AS ( \
+            "rewritten AS ( \
                  UPDATE queue_claims \
                  SET jobs = (SELECT COALESCE(array_agg(id), '{}') FROM locked), claimed_at = now() \
                  WHERE ctid = ",
@@ -196,28 +220,39 @@ macro_rules! claim_tail {
                  UPDATE queue_jobs SET unique_key = NULL \
                  WHERE id = ANY (ARRAY(SELECT id FROM locked WHERE keyed))) \
              SELECT l.id, l.job_type, l.payload::text, l.attempts, l.suspect, l.running_by, \
-                    l.priority, r.ctid::text, l.traceparent \
-             FROM (SELECT ctid FROM rewritten UNION ALL SELECT ctid FROM recorded) r \
+                    l.priority, r.ctid::text, l.traceparent, l.concurrency_key, ",
+            keyed_waiting!(),
+            ", ",
+            $cursor,
+            " FROM (SELECT ctid FROM rewritten UNION ALL SELECT ctid FROM recorded) r \
                   LEFT JOIN locked l ON true, \
                   set_config('synchronous_commit', 'off', true) d"
         )
     };
 }
 
+/// The ready jobs of queue `$1` without a concurrency key, from the head of
+/// the ready index, as the claims read them (after `FROM queue_jobs`).
+macro_rules! plain_head {
+    () => {
+        "WHERE queue = $1 AND dead_at IS NULL AND NOT scheduled AND concurrency_key IS NULL \
+           AND id <> ALL ($3::int8[]) \
+           AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1) \
+           AND job_type = ANY ($5::text[]) \
+         ORDER BY priority DESC, id \
+         OFFSET 0"
+    };
+}
+
 /// A claim from the head of the ready index, in the queue's order.
 const SWEEP: &str = concat!(
-    "WITH locked AS MATERIALIZED ( \
-         SELECT c.* FROM ( \
-             SELECT ",
-    ready_columns!(),
-    " FROM queue_jobs \
-             WHERE queue = $1 AND dead_at IS NULL AND NOT scheduled \
-               AND id <> ALL ($3::int8[]) \
-               AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1) \
-               AND job_type = ANY ($5::text[]) \
-             ORDER BY priority DESC, id \
-             OFFSET 0) c ",
-    claim_tail!("$6")
+    plain_locks!(concat!(
+        "SELECT ",
+        ready_columns!(),
+        " FROM queue_jobs ",
+        plain_head!()
+    )),
+    claim_record!("$6", "NULL::text, false")
 );
 
 /// A claim resuming at a position (see [`crate::position`]): for each
@@ -228,23 +263,50 @@ const SWEEP: &str = concat!(
 /// redundant, and the planner would be free to walk the primary key from
 /// the id instead, through every queue's jobs.)
 const RESUME: &str = concat!(
-    "WITH locked AS MATERIALIZED ( \
-         SELECT c.* FROM ( \
-             SELECT j.* FROM unnest($6::int8[], $7::int8[]) l(priority, after) \
-             CROSS JOIN LATERAL ( \
-                 SELECT ",
+    plain_locks!(concat!(
+        "SELECT j.* FROM unnest($6::int8[], $7::int8[]) l(priority, after) \
+         CROSS JOIN LATERAL ( \
+             SELECT ",
+        ready_columns!(),
+        " FROM queue_jobs \
+             WHERE queue = $1 \
+               AND priority <= l.priority::int2 AND priority >= l.priority::int2 \
+               AND id > l.after \
+               AND dead_at IS NULL AND NOT scheduled AND concurrency_key IS NULL \
+               AND id <> ALL ($3::int8[]) \
+               AND job_type = ANY ($5::text[]) \
+             ORDER BY priority DESC, id) j \
+         WHERE NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1) \
+         OFFSET 0"
+    )),
+    claim_record!("$8", "NULL::text, false")
+);
+
+/// A claim of a queue that holds jobs with a concurrency key: up to half of
+/// `$2` jobs without a key from the head of the ready index (so that
+/// neither kind starves the other), then the rest from the keys in turn,
+/// after the cursor `$7` (see the function `queue_claim_keyed`, in the
+/// migration `concurrency_keys`). Its last row's cursor is the next
+/// claim's, with whether the keys' turn was cut short (`more`).
+const KEYED: &str = concat!(
+    "WITH plain AS MATERIALIZED ( \
+         SELECT c.*, NULL::text AS concurrency_key FROM (SELECT ",
     ready_columns!(),
-    " FROM queue_jobs \
-                 WHERE queue = $1 \
-                   AND priority <= l.priority::int2 AND priority >= l.priority::int2 \
-                   AND id > l.after \
-                   AND dead_at IS NULL AND NOT scheduled \
-                   AND id <> ALL ($3::int8[]) \
-                   AND job_type = ANY ($5::text[]) \
-                 ORDER BY priority DESC, id) j \
-             WHERE NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1) \
-             OFFSET 0) c ",
-    claim_tail!("$8")
+    " FROM queue_jobs ",
+    plain_head!(),
+    ") c WHERE pg_try_advisory_lock(",
+    job_lock!("c.id"),
+    ") LIMIT ($2 + 1) / 2), \
+     keyed AS MATERIALIZED ( \
+         SELECT * FROM queue_claim_keyed( \
+             $1, ($2 - (SELECT count(*) FROM plain))::int4, $3::int8[], $5::text[], $7)), \
+     locked AS MATERIALIZED ( \
+         SELECT * FROM plain UNION ALL SELECT * FROM keyed WHERE id IS NOT NULL), ",
+    claim_record!(
+        "$6",
+        "(SELECT concurrency_key FROM keyed WHERE id IS NULL), \
+         (SELECT keyed FROM keyed WHERE id IS NULL)"
+    )
 );
 
 /// Claims up to `limit` ready jobs of `queue` (not in `exclude`; of the
@@ -288,7 +350,7 @@ pub(crate) fn claim_jobs(
     completed: (&[i64], Release<'_>),
     wait_for_disk: bool,
     job_types: &[&str],
-    scan: &Scan,
+    how: &Claiming<'_>,
 ) -> Result<Claim, SessionError> {
     let (holder, row) = holder;
     let (completed, release) = completed;
@@ -303,15 +365,15 @@ pub(crate) fn claim_jobs(
     if !completed.is_empty() {
         steps.extend(completion_steps(&delete, release, &param));
     }
-    let (priorities, afters): (Vec<i64>, Vec<i64>) = match scan {
-        Scan::Sweep => (Vec::new(), Vec::new()),
-        Scan::Resume(levels) => levels.iter().copied().unzip(),
+    let (priorities, afters): (Vec<i64>, Vec<i64>) = match how {
+        Claiming::Plain(Scan::Resume(levels)) => levels.iter().copied().unzip(),
+        _ => (Vec::new(), Vec::new()),
     };
     // (No tuple lies at offset 0: "(0,0)" matches nothing.)
     let last_row = row.0.take();
     let last_row = || Param::Text(last_row.as_deref().unwrap_or("(0,0)"));
-    let claim = match scan {
-        Scan::Sweep => vec![
+    let claim = match how {
+        Claiming::Plain(Scan::Sweep) => vec![
             Param::Text(queue),
             Param::Int(limit),
             Param::Ints(exclude),
@@ -319,7 +381,16 @@ pub(crate) fn claim_jobs(
             Param::Texts(job_types),
             last_row(),
         ],
-        Scan::Resume(_) => vec![
+        Claiming::Keyed { cursor } => vec![
+            Param::Text(queue),
+            Param::Int(limit),
+            Param::Ints(exclude),
+            Param::Int(i64::from(holder)),
+            Param::Texts(job_types),
+            last_row(),
+            Param::Text(cursor),
+        ],
+        Claiming::Plain(Scan::Resume(_)) => vec![
             Param::Text(queue),
             Param::Int(limit),
             Param::Ints(exclude),
@@ -342,10 +413,14 @@ pub(crate) fn claim_jobs(
             ),
             &[],
         ),
-        match scan {
-            Scan::Sweep => Step::Run(SWEEP, &claim),
-            Scan::Resume(_) => Step::Run(RESUME, &claim),
-        },
+        Step::Run(
+            match how {
+                Claiming::Plain(Scan::Sweep) => SWEEP,
+                Claiming::Plain(Scan::Resume(_)) => RESUME,
+                Claiming::Keyed { .. } => KEYED,
+            },
+            &claim,
+        ),
         // Only when a release was counted since the first statement: the
         // claimed jobs no longer ready, in this statement's snapshot, taken
         // once every lock is held. They are let go and taken off the claim.
@@ -438,16 +513,27 @@ pub(crate) fn claim_jobs(
         })
         .filter(|job| job.as_ref().map_or(true, |job| !gone.contains(&job.id)))
         .collect::<Result<_, _>>()?;
+    // Every row repeats the claim's own columns.
+    let keyed_waiting = locked.len() > 0 && locked.text(0, 10) == Some("t");
+    let cursor = (locked.len() > 0)
+        .then(|| locked.text(0, 11).map(str::to_owned))
+        .flatten();
+    let cut = locked.len() > 0 && locked.text(0, 12) == Some("t");
     Ok(Claim {
         jobs,
         completions_refused,
         taken,
         walked,
+        keyed: Keyed {
+            waiting: keyed_waiting,
+            cursor,
+            cut,
+        },
     })
 }
 
 /// Where a lock session's claim record lies (its ctid, as text), if known:
-/// see `claim_tail!`.
+/// see `claim_record!`.
 #[derive(Debug, Default)]
 pub(crate) struct ClaimRow(Option<String>);
 
@@ -463,6 +549,31 @@ pub(crate) struct Claim {
     pub(crate) taken: Vec<(i64, i64)>,
     /// How many entries of the ready index the claim walked.
     pub(crate) walked: i64,
+    /// What the claim saw of the queue's jobs with a concurrency key.
+    pub(crate) keyed: Keyed,
+}
+
+/// How a worker claims a queue.
+#[derive(Debug)]
+pub(crate) enum Claiming<'a> {
+    /// Only jobs without a concurrency key, from the ready index.
+    Plain(&'a Scan),
+    /// Jobs with a key too, the keys in turn from the one after `cursor`
+    /// (`""`: the first): see [`KEYED`].
+    Keyed { cursor: &'a str },
+}
+
+/// What a claim saw of a queue's jobs with a concurrency key.
+#[derive(Debug, Default)]
+pub(crate) struct Keyed {
+    /// The queue holds ready ones (running ones included: they are ready
+    /// until their completion deletes them).
+    pub(crate) waiting: bool,
+    /// A keyed claim's last key visited: where the next one starts.
+    pub(crate) cursor: Option<String>,
+    /// A keyed claim stopped before it had visited every key once since it
+    /// last took a job: more may be claimable at once.
+    pub(crate) cut: bool,
 }
 
 /// Records that `worker` starts running a claimed job carefully, so that
@@ -543,7 +654,7 @@ fn release_step<'a>(release: Release<'a>, params: &'a ReleaseParams<'a>) -> Step
                 "), CASE WHEN $3::text <> '' THEN pg_advisory_lock(",
                 queue_lock!("$3::text"),
                 ") END \
-             FROM (SELECT pg_advisory_unlock_all() \
+             FROM (SELECT pg_advisory_unlock_all(), set_config('skiplock.slots', '', false) \
                    FROM (SELECT nextval('queue_lock_releases'), pg_advisory_xact_lock(",
                 holder_lock!("$1::int4"),
                 "), CASE WHEN $3::text <> '' THEN pg_advisory_xact_lock(",

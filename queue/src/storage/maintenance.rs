@@ -110,9 +110,10 @@ macro_rules! known_index {
 }
 
 /// Every index of the jobs table the migrations create.
-pub(crate) const INDEXES: [KnownIndex; 7] = [
+pub(crate) const INDEXES: [KnownIndex; 8] = [
     known_index!("queue_jobs_pkey"),
     known_index!("queue_jobs_ready_idx"),
+    known_index!("queue_jobs_keyed_ready_idx"),
     known_index!("queue_jobs_scheduled_idx"),
     known_index!("queue_jobs_failed_order_idx"),
     known_index!("queue_jobs_failed_type_idx"),

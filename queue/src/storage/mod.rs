@@ -153,6 +153,9 @@ pub(crate) struct NewJob {
     pub(crate) unique_by_payload: bool,
     /// The W3C trace context of the span that enqueued it.
     pub(crate) traceparent: Option<String>,
+    /// Its concurrency key, and the most jobs of the key that may run at
+    /// once (`None`: no limit, the key only takes turns with the others).
+    pub(crate) concurrency: Option<(String, Option<i32>)>,
 }
 
 /// The unique key of a row to insert: the caller's (`$7`), or the job
@@ -219,8 +222,9 @@ fn insert_statement(job: &NewJob) -> Statement<'_> {
     Statement::new(
         concat!(
             "WITH job AS ( \
-                 INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled, traceparent, unique_key) \
-                 SELECT $1, $2, $3, $4, s.run_at, s.run_at > now(), $9, ",
+                 INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled, traceparent, \
+                                         concurrency_key, max_concurrent, unique_key) \
+                 SELECT $1, $2, $3, $4, s.run_at, s.run_at > now(), $9, $10, $11, ",
             unique_key!("$7", "$8", "$1", "$4"),
             " FROM (SELECT COALESCE($5, now() + COALESCE($6, 0) * interval '1 microsecond') AS run_at) s \
                  ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING \
@@ -238,6 +242,8 @@ fn insert_statement(job: &NewJob) -> Statement<'_> {
     .bind::<Nullable<Text>, _>(job.unique_key.as_deref())
     .bind::<diesel::sql_types::Bool, _>(job.unique_by_payload)
     .bind::<Nullable<Text>, _>(job.traceparent.as_deref())
+    .bind::<Nullable<Text>, _>(job.concurrency.as_ref().map(|(key, _)| key.as_str()))
+    .bind::<Nullable<diesel::sql_types::Integer>, _>(job.concurrency.as_ref().and_then(|c| c.1))
 }
 
 /// Inserts many jobs with one statement (a fixed number of array binds,
@@ -273,13 +279,14 @@ pub(crate) fn insert_jobs(
         unique_key!("u.key", "u.by_payload", "u.job_type", "u.payload"),
         " AS unique_key \
              FROM unnest($1::text[], $2::text[], $3::int2[], $4::jsonb[], $5::timestamptz[], \
-                         $6::int8[], $7::text[], $8::bool[], $9::text[]) \
+                         $6::int8[], $7::text[], $8::bool[], $9::text[], $10::text[], $11::int4[]) \
                  WITH ORDINALITY AS u(job_type, queue, priority, payload, at, delay_us, key, by_payload, \
-                                      traceparent, ord)), \
+                                      traceparent, concurrency_key, max_concurrent, ord)), \
          jobs AS ( \
-             INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled, traceparent, unique_key) \
+             INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled, traceparent, \
+                                     concurrency_key, max_concurrent, unique_key) \
              SELECT t.job_type, t.queue, t.priority, t.payload, t.run_at, t.run_at > now(), t.traceparent, \
-                    t.unique_key \
+                    t.concurrency_key, t.max_concurrent, t.unique_key \
              FROM t ORDER BY t.ord \
              ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING \
              RETURNING id, queue, scheduled, unique_key), \
@@ -306,6 +313,8 @@ pub(crate) fn insert_jobs(
         jobs.iter().map(|j| j.unique_by_payload).collect::<Vec<_>>(),
     )
     .bind::<Array<Nullable<Text>>, _>(traceparents(jobs))
+    .bind::<Array<Nullable<Text>>, _>(concurrency_keys(jobs))
+    .bind::<Array<Nullable<diesel::sql_types::Integer>>, _>(max_concurrents(jobs))
     .load(conn)?;
     let mut ids = vec![None; jobs.len()];
     // Rows are inserted in ORDER BY order, so their serial ids ascend with it.
@@ -344,11 +353,14 @@ fn insert_plain_jobs(
     let inserted: Vec<InsertedId> = batch_binds(
         Statement::new(
             "WITH jobs AS ( \
-             INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled, traceparent) \
-             SELECT u.job_type, u.queue, u.priority, u.payload, r.run_at, r.run_at > now(), u.traceparent \
+             INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled, traceparent, \
+                                     concurrency_key, max_concurrent) \
+             SELECT u.job_type, u.queue, u.priority, u.payload, r.run_at, r.run_at > now(), u.traceparent, \
+                    u.concurrency_key, u.max_concurrent \
              FROM unnest($1::text[], $2::text[], $3::int2[], $4::jsonb[], $5::timestamptz[], \
-                         $6::int8[], $7::text[]) \
-                 WITH ORDINALITY AS u(job_type, queue, priority, payload, at, delay_us, traceparent, ord) \
+                         $6::int8[], $7::text[], $8::text[], $9::int4[]) \
+                 WITH ORDINALITY AS u(job_type, queue, priority, payload, at, delay_us, traceparent, \
+                                      concurrency_key, max_concurrent, ord) \
              CROSS JOIN LATERAL (SELECT COALESCE(u.at, \
                  now() + COALESCE(u.delay_us, 0) * interval '1 microsecond') AS run_at) r \
              ORDER BY u.ord \
@@ -363,11 +375,27 @@ fn insert_plain_jobs(
         delay_us,
     )
     .bind::<Array<Nullable<Text>>, _>(traceparents(jobs))
+    .bind::<Array<Nullable<Text>>, _>(concurrency_keys(jobs))
+    .bind::<Array<Nullable<diesel::sql_types::Integer>>, _>(max_concurrents(jobs))
     .load(conn)?;
     // Rows are inserted in ORDER BY order, so their serial ids ascend with it.
     let mut ids: Vec<i64> = inserted.into_iter().map(|row| row.id).collect();
     ids.sort_unstable();
     Ok(ids.into_iter().map(|id| Some(JobId(id))).collect())
+}
+
+/// The jobs' concurrency keys, as an array bind.
+fn concurrency_keys<'a>(jobs: &[&'a NewJob]) -> Vec<Option<&'a str>> {
+    jobs.iter()
+        .map(|j| j.concurrency.as_ref().map(|(key, _)| key.as_str()))
+        .collect()
+}
+
+/// The jobs' limits per concurrency key, as an array bind.
+fn max_concurrents(jobs: &[&NewJob]) -> Vec<Option<i32>> {
+    jobs.iter()
+        .map(|j| j.concurrency.as_ref().and_then(|c| c.1))
+        .collect()
 }
 
 /// The jobs' trace contexts, as an array bind.

@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY IF EXISTS queue_jobs_keyed_ready_idx
