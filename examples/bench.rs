@@ -7,6 +7,8 @@
 //! only the drains (at 1 and 8 workers, or `--workers 1,8,32,64`, each
 //! next to the raw reference) and the pickup latency, to compare two builds;
 //! `-- --backlog N` sets the drains' backlog, 20,000 jobs by default;
+//! `-- --flow` drains with concurrency keys and limits next to the plain
+//! drain, see [`flow_control`];
 //! `-- --held-xmin` runs consecutive drains with and without a transaction
 //! holding back VACUUM, see [`held_horizon`]; `--only skiplock` or `--only
 //! raw` runs half of them). Uses `DATABASE_URL`'s server
@@ -63,6 +65,9 @@ fn main() -> BenchResult<()> {
     skiplock::migrate(&mut connect(&settings)?)?;
     if claims_only {
         return claim_scaling(&settings);
+    }
+    if args.iter().any(|a| a == "--flow") {
+        return flow_control(&settings);
     }
     if args.iter().any(|a| a == "--drain") {
         let workers = match args.iter().position(|a| a == "--workers") {
@@ -342,14 +347,74 @@ fn flag_value(args: &[String], flag: &str) -> BenchResult<Option<usize>> {
 
 /// A fresh backlog of `jobs` no-op jobs, vacuumed.
 fn backlog(settings: &Settings, jobs: usize) -> BenchResult<()> {
+    backlog_with(settings, jobs, |_| skiplock::EnqueueOptions::new())
+}
+
+/// [`backlog`], each job enqueued with the options `options` gives job `i`.
+fn backlog_with(
+    settings: &Settings,
+    jobs: usize,
+    options: impl Fn(usize) -> skiplock::EnqueueOptions,
+) -> BenchResult<()> {
     let mut conn = connect(settings)?;
     clear(&mut conn)?;
     let mut batch = JobBatch::new();
-    for _ in 0..jobs {
-        batch.push(&noop())?;
+    for i in 0..jobs {
+        batch.push_with(&noop(), &options(i))?;
     }
     batch.enqueue(&mut conn)?;
     conn.batch_execute("VACUUM ANALYZE queue_jobs")?;
+    Ok(())
+}
+
+/// What flow control costs the drain, at 8 workers, each kind of backlog
+/// drained in turn within each repetition (medians): no key (the plain
+/// drain); one limit of 1,000 running that 8 workers never reach (the job
+/// type's `max_concurrent`); 1,000 tenants taking turns without a limit;
+/// 1,000 tenants limited to 1 running each.
+fn flow_control(settings: &Settings) -> BenchResult<()> {
+    type Options = fn(usize) -> skiplock::EnqueueOptions;
+    let kinds: [(&str, Options); 4] = [
+        ("no key, no limit", |_| skiplock::EnqueueOptions::new()),
+        ("a limit of 1,000 never reached", |_| {
+            skiplock::EnqueueOptions::new().max_concurrent(1_000)
+        }),
+        ("1,000 keys taking turns, no limit", |i| {
+            skiplock::EnqueueOptions::new().concurrency_key(format!("tenant-{}", i % 1_000))
+        }),
+        ("1,000 keys limited to 1 running each", |i| {
+            skiplock::EnqueueOptions::new()
+                .concurrency_key(format!("tenant-{}", i % 1_000))
+                .max_concurrent(1)
+        }),
+    ];
+    let workers = 8;
+    println!(
+        "flow control: drains of {} jobs at {workers} workers, median of {}",
+        settings.backlog, settings.reps
+    );
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
+    for _ in 0..settings.reps {
+        for (rates, (_, options)) in rates.iter_mut().zip(&kinds) {
+            backlog_with(settings, settings.backlog, options)?;
+            rates.push(drain_queued(settings, |builder| {
+                builder.queue("bench", workers)
+            })?);
+        }
+    }
+    let medians: Vec<f64> = rates
+        .iter_mut()
+        .map(|rates| {
+            rates.sort_by(f64::total_cmp);
+            rates[rates.len() / 2]
+        })
+        .collect();
+    for ((name, _), rate) in kinds.iter().zip(&medians) {
+        println!(
+            "  {name}: {rate:.0} jobs/s ({:.0} % of no key)",
+            rate / medians[0] * 100.0
+        );
+    }
     Ok(())
 }
 

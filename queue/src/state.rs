@@ -133,6 +133,10 @@ pub(crate) struct BatchState {
     /// A moving average of how long this worker's jobs run, which sizes
     /// its claims to about one completion window of work.
     pub(crate) typical_run: Option<Duration>,
+    /// The session may hold slots of concurrency keys (a keyed claim took
+    /// jobs since it last let go of everything): the batch's end lets go of
+    /// everything even when it has no completion to commit.
+    pub(crate) holds_slots: bool,
 }
 
 impl BatchState {

@@ -157,8 +157,15 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 standby = true;
                 return Ok(Vec::new());
             }
+            // A queue holding jobs with a concurrency key is claimed key by
+            // key, where each job may come with its key's slot: a lock more.
+            let cursor = turn.and_then(|turn| {
+                let turn = lock(turn);
+                turn.waiting.then(|| turn.cursor.clone())
+            });
             // Known once a session is open.
             let budget = shared.lock_budget.get().copied();
+            let budget = budget.map(|b| if cursor.is_some() { (b / 2).max(1) } else { b });
             limit = limit.min(lock(&slot.batch).claim_size(&shared.settings, budget));
             retry_unwritten(shared, slot, lock_session).map_err(BatchError::Connect)?;
             // Jobs this session holds are not claimed again (its locks are
@@ -170,7 +177,14 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 excluded.extend(&unwritten.completions);
                 excluded.extend(unwritten.failures.iter().map(|f| f.id));
                 let release_all = unwritten.is_empty();
-                (batch.take_completed(), release_all, excluded)
+                let completed = batch.take_completed();
+                // Letting go of everything costs statements: only for
+                // completions, or slots of concurrency keys.
+                let release_all = release_all && (!completed.is_empty() || batch.holds_slots);
+                if release_all {
+                    batch.holds_slots = false;
+                }
+                (completed, release_all, excluded)
             };
             completed = taken;
             let LockSession {
@@ -190,15 +204,6 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 Release::These(&completed)
             };
             let synchronous = shared.settings.synchronous_commit;
-            // A queue holding jobs with a concurrency key is claimed key by
-            // key (each claimed job holds one more lock there: its key's slot).
-            let cursor = turn.and_then(|turn| {
-                let turn = lock(turn);
-                turn.waiting.then(|| turn.cursor.clone())
-            });
-            if cursor.is_some() {
-                limit = (limit / 2).max(1);
-            }
             // Chosen once the claim is sure to be made: a sweep chosen keeps
             // the runner's other workers from sweeping until it reports.
             let scan = match position {
@@ -239,6 +244,11 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
                 }
             }
             keyed = claim.keyed;
+            // (Slots come with the jobs the claim locked, those it let go
+            // again included.)
+            if matches!(how, Claiming::Keyed { .. }) && !claim.taken.is_empty() {
+                lock(&slot.batch).holds_slots = true;
+            }
             if let Some(position) = position {
                 lock(position).taken(
                     &scan,
@@ -494,6 +504,8 @@ fn lose<C>(
         let mut batch = lock(&slot.batch);
         let failures = std::mem::take(&mut batch.unwritten.failures);
         batch.unwritten.written();
+        // The session's slots went with it.
+        batch.holds_slots = false;
         (batch.pending.drain(..).count(), failures)
     };
     if !failures.is_empty() {
@@ -696,14 +708,14 @@ pub(crate) fn commit_completions<C>(
 ) -> Result<(), SessionError> {
     let (completed, release_all) = {
         let mut batch = lock(&slot.batch);
-        (
-            batch.take_completed(),
-            batch_over && batch.unwritten.is_empty(),
-        )
+        let release_all = batch_over && batch.unwritten.is_empty();
+        let slots = release_all && std::mem::take(&mut batch.holds_slots);
+        let completed = batch.take_completed();
+        if completed.is_empty() && !slots {
+            return Ok(());
+        }
+        (completed, release_all)
     };
-    if completed.is_empty() {
-        return Ok(());
-    }
     let release = if release_all {
         Release::All {
             holder: lock_session.holder,
@@ -845,7 +857,11 @@ fn end_batch<C>(shared: &Shared<C>, slot: &Slot) -> Result<(), BatchError> {
     let mut guard = lock(&slot.session);
     {
         let batch = lock(&slot.batch);
-        if batch.completed.is_empty() && batch.pending.is_empty() && !batch.unwritten.due() {
+        if batch.completed.is_empty()
+            && batch.pending.is_empty()
+            && !batch.unwritten.due()
+            && !batch.holds_slots
+        {
             return Ok(());
         }
     }

@@ -101,3 +101,14 @@ pub fn most_at_once(runs: &[Run], key: &str) -> usize {
     }
     usize::try_from(most).unwrap_or(0)
 }
+
+/// Fails at once, for good: its tenant's slot must still be let go.
+#[background_job(
+    queue = "flow",
+    concurrency_key = "tenant",
+    max_concurrent = 1,
+    max_attempts = 1
+)]
+pub fn failing_job(tenant: String, n: i64) -> Result<(), PerformError> {
+    Err(PerformError::new(format!("job {n} of {tenant} fails")))
+}

@@ -8,25 +8,24 @@ ALTER TABLE queue_jobs ADD COLUMN IF NOT EXISTS max_concurrent INTEGER;
 -- Claims up to `p_limit` ready jobs of queue `p_queue` that have a
 -- concurrency key, for the calling session (a worker's lock session),
 -- taking the keys in turn: the keys in order after `p_cursor` (wrapping
--- around), one job a key and a turn, until `p_limit` are taken or a whole
--- turn takes nothing. A tenant's backlog thus costs the others one job a
--- turn, whatever its size.
+-- around), a few jobs a key and a turn, until `p_limit` are taken or a
+-- whole round of turns takes nothing. A tenant's backlog thus costs the
+-- others one turn, whatever its size.
 --
--- A key's job runs only in a free "slot" of its key: `max_concurrent`
--- (of the key's first ready job) advisory locks, one taken per job on the
--- calling session and held until the worker lets go of everything it
--- holds (the end of its batch), or its session ends (a dead worker frees
--- them at once). A session holds one slot of a key at most: the slots it
--- holds are listed in its setting `skiplock.slots`, which the runner's
--- release of everything clears. (Advisory locks are re-entrant: a slot the
--- session holds would be granted to it again.) Keys without a limit are
--- taken again in later turns of the same call.
+-- A key's jobs run only in a "slot" of the key: `max_concurrent` (that of
+-- the key's first ready job) advisory locks. A worker runs the jobs it
+-- claimed one after the other, so its session needs one slot of a key,
+-- however many of the key's jobs it holds: it takes one with the key's
+-- first job, and holds it until the worker lets go of everything it holds
+-- (the end of its batch), or its session ends (a dead worker frees it at
+-- once). The slots it holds are listed in its setting `skiplock.slots`,
+-- which the runner's release of everything clears. A turn takes up to a
+-- quarter of the claim from a key (one job of a small claim).
 --
 -- Each job is locked as the plain claim locks it (see `job_lock!` in
--- queue/src/storage/mod.rs), then read again in a snapshot taken after
--- the lock: a job completed and released meanwhile is let go. The jobs
--- the session holds are in `p_exclude` (the caller's) or taken by this
--- call: their locks would be granted again. Jobs of
+-- queue/src/storage/mod.rs), then read in a snapshot taken after the
+-- lock: a job completed or failed and released meanwhile is not returned. The jobs the session holds are in `p_exclude` (the
+-- caller's) or taken by this call: their locks would be granted again. Jobs of
 -- types not in `p_types`, or in `p_exclude`, are not taken; none while
 -- the queue is paused. A call visits at most `4 * p_limit + 32` keys; its
 -- last row has a NULL id, names the last key visited (the next claim's
@@ -49,11 +48,11 @@ DECLARE
     first_miss text;
     slots integer;
     key_hash integer;
-    slot integer;
     start integer;
-    s integer;
-    candidate bigint;
-    got boolean;
+    want integer;
+    fresh_slot integer;
+    got_ids bigint[];
+    n integer;
     cut boolean := false;
     -- Taken by this call: locked by the session, so locked again if tried.
     mine bigint[] := '{}';
@@ -74,66 +73,72 @@ BEGIN
             ORDER BY j.concurrency_key, j.priority DESC, j.id LIMIT 1;
         END IF;
         EXIT WHEN next_key IS NULL OR next_key = first_miss;
+        -- A turn takes a quarter of the claim at most (one job when the
+        -- claim is small), so that the keys alternate within a claim; the
+        -- only key with ready jobs (met again at once) takes the rest.
+        IF next_key = k THEN
+            want := p_limit - taken;
+        ELSE
+            want := least(greatest(1, p_limit / 4), p_limit - taken);
+        END IF;
         k := next_key;
         visits := visits + 1;
-        slot := NULL;
-        got := false;
+        fresh_slot := NULL;
         IF slots IS NOT NULL THEN
+            -- The session needs one slot of the key, whatever the number of
+            -- the key's jobs it holds: its worker runs them one at a time.
             key_hash := (hashtext(p_queue || chr(1) || k) # (salt & 2147483647))::integer;
-            -- One slot of a key a session: a second job of the key would
-            -- wait behind the first in the worker's batch, holding a slot.
             IF position(' ' || key_hash || ':' IN held) = 0 THEN
                 start := floor(random() * slots)::integer;
-                FOR i IN 0 .. slots - 1 LOOP
-                    s := (start + i) % slots;
-                    IF pg_try_advisory_lock(((-3 - s) # (salt >> 32))::integer, key_hash) THEN
-                        slot := s;
-                        EXIT;
-                    END IF;
-                END LOOP;
+                SELECT g % slots INTO fresh_slot FROM generate_series(start, start + slots - 1) g
+                WHERE pg_try_advisory_lock(((-3 - g % slots) # (salt >> 32))::integer, key_hash)
+                LIMIT 1;
+                IF fresh_slot IS NULL THEN
+                    want := 0;
+                END IF;
             END IF;
         END IF;
-        IF slots IS NULL OR slot IS NOT NULL THEN
-            FOR candidate IN
-                SELECT j.id FROM queue_jobs j
-                WHERE j.queue = p_queue AND j.concurrency_key = k
-                  AND j.dead_at IS NULL AND NOT j.scheduled
-                  AND j.job_type = ANY (p_types) AND j.id <> ALL (p_exclude)
-                  AND j.id <> ALL (mine)
-                  AND CASE WHEN slot IS NULL THEN j.max_concurrent IS NULL
-                           ELSE j.max_concurrent > slot END
-                ORDER BY j.priority DESC, j.id LIMIT 64
-            LOOP
-                IF pg_try_advisory_lock(
-                       ((((candidate # salt) >> 32) # 1936420972))::integer,
-                       (((candidate # salt) & 4294967295) - 2147483648)::integer) THEN
-                    RETURN QUERY
-                        SELECT j.id, j.job_type, j.payload, j.attempts, j.suspect, j.running_by,
-                               j.unique_key IS NOT NULL, j.priority, j.traceparent,
-                               j.concurrency_key
-                        FROM queue_jobs j
-                        WHERE j.id = candidate AND j.dead_at IS NULL AND NOT j.scheduled;
-                    IF FOUND THEN
-                        got := true;
-                        mine := mine || candidate;
-                        EXIT;
-                    END IF;
-                    PERFORM pg_advisory_unlock(
-                        ((((candidate # salt) >> 32) # 1936420972))::integer,
-                        (((candidate # salt) & 4294967295) - 2147483648)::integer);
-                END IF;
-            END LOOP;
-            IF got THEN
-                taken := taken + 1;
-                first_miss := NULL;
-                IF slot IS NOT NULL THEN
-                    held := held || key_hash || ':' || slot || ' ';
-                END IF;
-            ELSIF slot IS NOT NULL THEN
-                PERFORM pg_advisory_unlock(((-3 - slot) # (salt >> 32))::integer, key_hash);
+        n := 0;
+        IF want > 0 THEN
+            -- The key's first jobs that no session holds, locked in order
+            -- (among the first 64 beyond what the turn wants). The claim
+            -- reads them again once every lock is held (see claim_jobs).
+            SELECT COALESCE(array_agg(l.id), '{}') INTO got_ids FROM (
+                SELECT c.id FROM (
+                    SELECT j.id FROM queue_jobs j
+                    WHERE j.queue = p_queue AND j.concurrency_key = k
+                      AND j.dead_at IS NULL AND NOT j.scheduled
+                      AND j.job_type = ANY (p_types) AND j.id <> ALL (p_exclude)
+                      AND j.id <> ALL (mine)
+                      AND (j.max_concurrent IS NULL) = (slots IS NULL)
+                    ORDER BY j.priority DESC, j.id LIMIT 64 + want OFFSET 0) c
+                WHERE pg_try_advisory_lock(
+                          ((((c.id # salt) >> 32) # 1936420972))::integer,
+                          (((c.id # salt) & 4294967295) - 2147483648)::integer)
+                LIMIT want) l;
+            IF cardinality(got_ids) > 0 THEN
+                -- Read after the locks: a job failed or completed meanwhile
+                -- is not returned (its lock is let go with everything).
+                RETURN QUERY
+                    SELECT j.id, j.job_type, j.payload, j.attempts, j.suspect, j.running_by,
+                           j.unique_key IS NOT NULL, j.priority, j.traceparent, j.concurrency_key
+                    FROM queue_jobs j
+                    WHERE j.id = ANY (got_ids) AND j.dead_at IS NULL AND NOT j.scheduled;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                mine := mine || got_ids;
             END IF;
         END IF;
-        IF NOT got THEN
+        IF fresh_slot IS NOT NULL THEN
+            IF n > 0 THEN
+                held := held || key_hash || ':' || fresh_slot || ' ';
+            ELSE
+                PERFORM pg_advisory_unlock(((-3 - fresh_slot) # (salt >> 32))::integer, key_hash);
+            END IF;
+        END IF;
+        IF n > 0 THEN
+            taken := taken + n;
+            first_miss := NULL;
+        ELSE
             first_miss := COALESCE(first_miss, k);
         END IF;
         EXIT WHEN taken >= p_limit;

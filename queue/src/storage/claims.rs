@@ -361,8 +361,11 @@ pub(crate) fn claim_jobs(
         Param::Int(mark),
     ];
     let param = release_param(release, mark);
+    // Letting go of everything is worth a round trip's statements even with
+    // nothing to complete: a keyed claim's slots (see [`Release::All`]).
+    let releasing = !completed.is_empty() || matches!(release, Release::All { .. });
     let mut steps = Vec::with_capacity(12);
-    if !completed.is_empty() {
+    if releasing {
         steps.extend(completion_steps(&delete, release, &param));
     }
     let (priorities, afters): (Vec<i64>, Vec<i64>) = match how {
@@ -469,7 +472,7 @@ pub(crate) fn claim_jobs(
     // deletion is reported; anything else refused leaves the locks the
     // session holds unknown, and the session is given up.
     let mut completions_refused = None;
-    if !completed.is_empty() {
+    if releasing {
         let mut completion = results.drain(..2);
         if let Err(error) = completion.next().expect("the deletion") {
             completions_refused = Some(error);
@@ -602,8 +605,8 @@ pub(crate) enum Release<'a> {
     /// Just these.
     These(&'a [i64]),
     /// Everything the session holds (the batch is over: nothing else is
-    /// held), then the session's own number again, and the exclusive
-    /// queue it holds (`""`: none). Those two are taken for the statement's
+    /// held; the slots of concurrency keys go too), then the session's own
+    /// number again, and the exclusive queue it holds (`""`: none). Those two are taken for the statement's
     /// transaction first, so that no other session can take them while
     /// everything is let go: a reaper would take the session for ended, a
     /// standby runner would take the queue.
