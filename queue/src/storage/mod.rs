@@ -544,7 +544,8 @@ pub(crate) fn paused_queues(conn: &mut PgConnection) -> QueryResult<Vec<(String,
     )
 }
 
-/// Of `queues`, those with at least one ready job.
+/// Of `queues`, those with at least one ready job (a probe of the ready
+/// index, and of the keyed ready index).
 pub(crate) fn queues_with_ready_jobs(
     conn: &mut PgConnection,
     queues: &[String],
@@ -557,7 +558,11 @@ pub(crate) fn queues_with_ready_jobs(
     Ok(Statement::new(
         "SELECT q AS queue FROM unnest($1::text[]) AS q \
          WHERE EXISTS (SELECT 1 FROM queue_jobs j \
-                       WHERE j.queue = q AND j.dead_at IS NULL AND NOT j.scheduled)",
+                       WHERE j.queue = q AND j.dead_at IS NULL AND NOT j.scheduled \
+                         AND j.concurrency_key IS NULL) \
+            OR EXISTS (SELECT 1 FROM queue_jobs j \
+                       WHERE j.queue = q AND j.dead_at IS NULL AND NOT j.scheduled \
+                         AND j.concurrency_key IS NOT NULL)",
     )
     .bind::<Array<Text>, _>(queues)
     .load::<Ready>(conn)?

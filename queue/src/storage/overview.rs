@@ -11,7 +11,8 @@ use diesel::sql_types::{BigInt, Double, Nullable, Text};
 use crate::prepared::Statement;
 
 /// Ready jobs at the head of one queue, of one type: among the first
-/// `cap + 1` in claim order (not running).
+/// `cap + 1` without a concurrency key in claim order and the first `cap +
+/// 1` with one in key order (not running).
 #[derive(Debug, Clone, QueryableByName)]
 pub(crate) struct ReadyHead {
     #[diesel(sql_type = Text)]
@@ -62,8 +63,18 @@ macro_rules! ready_heads {
                  SELECT q.queue, h.job_type, h.run_at FROM queues q CROSS JOIN LATERAL ( \
                      SELECT j.job_type, j.run_at FROM queue_jobs j \
                      WHERE j.queue = q.queue AND j.dead_at IS NULL AND NOT j.scheduled \
+                       AND j.concurrency_key IS NULL \
                        AND j.id <> ALL (ARRAY(SELECT id FROM running)) AND j.id <> ALL ($3) \
                      ORDER BY j.priority DESC, j.id LIMIT (SELECT cap + 1 FROM found)) h \
+                 WHERE q.queue IS NOT NULL \
+                 UNION ALL \
+                 SELECT q.queue, h.job_type, h.run_at FROM queues q CROSS JOIN LATERAL ( \
+                     SELECT j.job_type, j.run_at FROM queue_jobs j \
+                     WHERE j.queue = q.queue AND j.dead_at IS NULL AND NOT j.scheduled \
+                       AND j.concurrency_key IS NOT NULL \
+                       AND j.id <> ALL (ARRAY(SELECT id FROM running)) AND j.id <> ALL ($3) \
+                     ORDER BY j.concurrency_key, j.priority DESC, j.id \
+                     LIMIT (SELECT cap + 1 FROM found)) h \
                  WHERE q.queue IS NOT NULL) \
              SELECT queue, job_type, count(*) AS n, \
                  EXTRACT(EPOCH FROM now() - min(run_at))::float8 AS oldest_secs, \
@@ -74,14 +85,23 @@ macro_rules! ready_heads {
 }
 
 /// The first `$6` queues holding ready jobs, by name: a skip scan of the
-/// ready index, one probe per queue.
+/// ready index and of the keyed ready index, one probe of each per queue.
 const EVERY_QUEUE: &str = ready_heads!(
-    "(SELECT queue, 1 AS depth FROM queue_jobs WHERE dead_at IS NULL AND NOT scheduled \
-      ORDER BY queue LIMIT 1) \
+    "SELECT least( \
+         (SELECT queue FROM queue_jobs \
+          WHERE dead_at IS NULL AND NOT scheduled AND concurrency_key IS NULL \
+          ORDER BY queue LIMIT 1), \
+         (SELECT queue FROM queue_jobs \
+          WHERE dead_at IS NULL AND NOT scheduled AND concurrency_key IS NOT NULL \
+          ORDER BY queue LIMIT 1)) AS queue, 1 AS depth \
      UNION ALL \
-     SELECT (SELECT j.queue FROM queue_jobs j \
-             WHERE j.dead_at IS NULL AND NOT j.scheduled AND j.queue > queues.queue \
-             ORDER BY j.queue LIMIT 1), queues.depth + 1 \
+     SELECT least( \
+         (SELECT j.queue FROM queue_jobs j \
+          WHERE j.dead_at IS NULL AND NOT j.scheduled AND j.concurrency_key IS NULL \
+            AND j.queue > queues.queue ORDER BY j.queue LIMIT 1), \
+         (SELECT j.queue FROM queue_jobs j \
+          WHERE j.dead_at IS NULL AND NOT j.scheduled AND j.concurrency_key IS NOT NULL \
+            AND j.queue > queues.queue ORDER BY j.queue LIMIT 1)), queues.depth + 1 \
      FROM queues WHERE queues.queue IS NOT NULL AND queues.depth < $6"
 );
 
