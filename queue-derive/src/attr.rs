@@ -11,7 +11,7 @@ use crate::duration;
 /// Every key the attribute accepts, in the order error messages list them.
 pub(crate) const KEYS: &str = "`name`, `queue`, `priority`, `max_attempts`, `backoff`, \
     `max_backoff`, `timeout`, `transaction`, `unique`, `concurrency_key`, `max_concurrent`, \
-    `crate`";
+    `rate`, `crate`";
 
 /// The parsed, validated arguments.
 #[derive(Default)]
@@ -32,6 +32,8 @@ pub(crate) struct Args {
     /// it was named.
     pub(crate) concurrency_key: Option<(String, Span)>,
     pub(crate) max_concurrent: Option<u32>,
+    /// At most `.0` starts per `.1` milliseconds.
+    pub(crate) rate: Option<(u32, u32)>,
     pub(crate) krate: Option<syn::Path>,
 }
 
@@ -112,6 +114,7 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Args {
     let mut unique = Slot::new("unique");
     let mut concurrency_key = Slot::new("concurrency_key");
     let mut max_concurrent = Slot::new("max_concurrent");
+    let mut rate = Slot::new("rate");
     let mut krate = Slot::new("crate");
 
     for meta in &metas {
@@ -151,6 +154,7 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Args {
             "max_concurrent" => {
                 max_concurrent.set(errors, meta, integer(meta).and_then(max_concurrent_value))
             }
+            "rate" => rate.set(errors, meta, string(meta).and_then(|s| rate_value(&s))),
             "crate" => krate.set(errors, meta, crate_path(meta)),
             _ => errors.spanned(
                 meta.path(),
@@ -171,6 +175,7 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Args {
         unique: unique.value.flatten().is_some(),
         concurrency_key: concurrency_key.value,
         max_concurrent: max_concurrent.value,
+        rate: rate.value,
         krate: krate.value,
     }
 }
@@ -282,6 +287,34 @@ fn max_concurrent_value(value: i128) -> Result<u32, String> {
              it out for no limit)"
         )),
     }
+}
+
+/// Kept in step with `skiplock::MAX_RATE_LIMIT` and the periods
+/// `skiplock::Rate` accepts.
+const MAX_RATE_LIMIT: u32 = 1_000;
+
+/// `"100/1s"`: (starts, period in milliseconds).
+fn rate_value(text: &str) -> Result<(u32, u32), String> {
+    let shape = "write a rate as STARTS/PERIOD: `rate = \"100/1s\"`, `rate = \"10/1m\"`";
+    let (limit, period) = text
+        .split_once('/')
+        .ok_or_else(|| format!("`{text}` is not a rate; {shape}"))?;
+    let limit: u32 = match limit.parse() {
+        Ok(n @ 1..=MAX_RATE_LIMIT) => n,
+        _ => {
+            return Err(format!(
+                "`{limit}` starts is out of range; use 1 to {MAX_RATE_LIMIT} (a longer period \
+                 allows more)"
+            ))
+        }
+    };
+    let micros = duration::parse_micros(period).map_err(|e| format!("{e} ({shape})"))?;
+    if micros % 1_000 != 0 || !(1_000_000..=86_400_000_000).contains(&micros) {
+        return Err(format!(
+            "a rate's period of `{period}` is refused; use whole milliseconds from 1s to 24h"
+        ));
+    }
+    Ok((limit, u32::try_from(micros / 1_000).expect("at most a day")))
 }
 
 fn duration_value(meta: &Meta) -> Result<u64, String> {

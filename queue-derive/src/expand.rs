@@ -209,6 +209,12 @@ fn expand(args: &Args, job: &JobFn) -> TokenStream {
             const MAX_CONCURRENT: ::core::option::Option<u32> = ::core::option::Option::Some(#max);
         ));
     }
+    if let Some((limit, period_ms)) = args.rate {
+        consts.push(quote!(
+            const RATE: ::core::option::Option<#krate::Rate> =
+                ::core::option::Option::Some(#krate::Rate::__checked(#limit, #period_ms));
+        ));
+    }
     // The argument's own identifier (checked to exist before expanding).
     let key_field = args.concurrency_key.as_ref().and_then(|(field, _)| {
         job.arguments()

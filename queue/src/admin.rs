@@ -106,6 +106,12 @@ pub fn runners(conn: &mut PgConnection) -> Result<Vec<RunnerRecord>, AdminError>
 /// already.
 pub fn pause_queue(conn: &mut PgConnection, queue: &str) -> Result<bool, AdminError> {
     require_schema(conn)?;
+    check_queue_name(queue)?;
+    Ok(storage::pause_queue(conn, queue)?)
+}
+
+/// Refuses a name no queue can have.
+pub(crate) fn check_queue_name(queue: &str) -> Result<(), AdminError> {
     if queue.is_empty() {
         return Err(AdminError::Invalid("the queue name is empty".into()));
     }
@@ -114,7 +120,7 @@ pub fn pause_queue(conn: &mut PgConnection, queue: &str) -> Result<bool, AdminEr
             "the queue name holds a NUL character (no queue's can)".into(),
         ));
     }
-    Ok(storage::pause_queue(conn, queue)?)
+    Ok(())
 }
 
 /// Resumes a paused `queue`: its runners start claiming again at once.

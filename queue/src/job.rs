@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::connection::{ConnectionMode, JobConnection};
 use crate::errors::{EnqueueError, PerformError};
 use crate::retry::RetryPolicy;
-use crate::storage::{self, NewJob, Schedule};
+use crate::storage::{self, Flow, NewJob, Schedule};
 
 /// The queue a job runs on when it names none.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -93,6 +93,14 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     /// waits, its attempts untouched, until a job of its key ends. See the
     /// README's "Flow control".
     const MAX_CONCURRENT: Option<u32> = None;
+
+    /// The most jobs of this type with the same concurrency key that may
+    /// start per period, across every runner and host
+    /// (`#[background_job(rate = "100/1s")]`): never more in any window of
+    /// that length. Without a key, the type's jobs in their queue. A job
+    /// over the rate is not claimed: it waits, its attempts untouched. See
+    /// [`crate::Rate`] and the README's "Flow control".
+    const RATE: Option<crate::Rate> = None;
 
     /// The job's concurrency key (`#[background_job(concurrency_key =
     /// "account_id")]` takes it from that argument): a tenant, an account,
@@ -189,6 +197,7 @@ pub struct EnqueueOptions {
     pub(crate) unique_key: Option<String>,
     pub(crate) concurrency_key: Option<String>,
     pub(crate) max_concurrent: Option<u32>,
+    pub(crate) rate: Option<crate::Rate>,
 }
 
 /// The largest limit a concurrency key may have ([`Job::MAX_CONCURRENT`],
@@ -261,6 +270,13 @@ impl EnqueueOptions {
     /// instead of its type's [`Job::MAX_CONCURRENT`]: 1 to [`MAX_CONCURRENT_LIMIT`].
     pub fn max_concurrent(mut self, max: u32) -> Self {
         self.max_concurrent = Some(max);
+        self
+    }
+
+    /// The most jobs of the job's concurrency key that start per period,
+    /// instead of its type's [`Job::RATE`].
+    pub fn rate(mut self, rate: crate::Rate) -> Self {
+        self.rate = Some(rate);
         self
     }
 
@@ -407,13 +423,10 @@ impl NewJob {
     }
 }
 
-/// A new job's concurrency key and limit: the options', else the type's.
+/// A new job's concurrency key and limits: the options', else the type's.
 /// A limit without a key limits the type: its key is the type's name,
 /// after a character no key given may start with.
-fn concurrency<J: Job>(
-    job: &J,
-    options: &EnqueueOptions,
-) -> Result<Option<(String, Option<i32>)>, EnqueueError> {
+fn concurrency<J: Job>(job: &J, options: &EnqueueOptions) -> Result<Option<Flow>, EnqueueError> {
     let max = options.max_concurrent.or(J::MAX_CONCURRENT);
     if let Some(max) = max {
         if !(1..=MAX_CONCURRENT_LIMIT).contains(&max) {
@@ -424,6 +437,7 @@ fn concurrency<J: Job>(
         }
     }
     let max = max.map(|max| i32::try_from(max).unwrap_or(i32::MAX));
+    let rate = options.rate.or(J::RATE).map(|rate| rate.stored());
     let key = match options.concurrency_key.clone() {
         Some(key) => Some(key),
         None => job.concurrency_key(),
@@ -442,9 +456,18 @@ fn concurrency<J: Job>(
                     key.len()
                 )));
             }
-            Ok(Some((key, max)))
+            Ok(Some(Flow {
+                key,
+                max_concurrent: max,
+                rate,
+            }))
         }
-        None => Ok(max.map(|max| (format!("{TYPE_KEY}{}", J::JOB_TYPE), Some(max)))),
+        None if max.is_some() || rate.is_some() => Ok(Some(Flow {
+            key: format!("{TYPE_KEY}{}", J::JOB_TYPE),
+            max_concurrent: max,
+            rate,
+        })),
+        None => Ok(None),
     }
 }
 

@@ -27,6 +27,7 @@ pub mod asynchronous;
 mod connection;
 mod errors;
 mod job;
+mod limits;
 mod listener;
 mod maintenance;
 mod metrics;
@@ -90,6 +91,10 @@ pub use crate::errors::{
 pub use crate::job::{
     EnqueueOptions, Enqueued, Job, JobBatch, JobId, DEFAULT_QUEUE, MAX_CONCURRENCY_KEY_BYTES,
     MAX_CONCURRENT_LIMIT, MAX_UNIQUE_KEY_BYTES,
+};
+pub use crate::limits::{
+    flow_status, set_queue_limits, KeyLimitStatus, QueueLimitStatus, QueueLimits, Rate, RateError,
+    MAX_RATE_LIMIT, MAX_RATE_PERIOD, MIN_RATE_PERIOD,
 };
 pub use crate::maintenance::{
     horizon_holders, rebuild_indexes, HorizonHolder, IndexRebuild, RebuildReport,

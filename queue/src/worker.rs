@@ -324,6 +324,11 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
             None => runnable.push_back(job),
         }
     }
+    // A rate-limited job first: it has a moment to start (the claim's only
+    // one).
+    runnable
+        .make_contiguous()
+        .sort_by_key(|job| job.start_by.is_none());
     lock(&slot.batch).pending = runnable;
 
     let mut started = 0;
@@ -607,6 +612,16 @@ fn start_next<C>(
             }
             batch.pending.pop_front().expect("not empty")
         };
+        if job.start_by.is_some_and(|by| Instant::now() > by) {
+            // Too late for its rate limit's window (its start was counted
+            // at the claim): back unstarted, its attempts untouched.
+            debug!(id = job.id, "a rate-limited job missed its start; given back");
+            let session = &mut guard.as_mut().expect("checked above").session;
+            if let Err(error) = storage::unlock_jobs(session, &[job.id]) {
+                return Err(lose(shared, slot, &mut guard, error));
+            }
+            continue;
+        }
         let careful = job.suspect || job.attempts > 0;
         if careful {
             let session = &mut guard.as_mut().expect("checked above").session;

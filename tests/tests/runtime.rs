@@ -1002,7 +1002,7 @@ fn migrate_is_idempotent_and_records_the_schema_version() {
     let mut conn = db.conn();
     let again = skiplock::migrate(&mut conn).unwrap();
     assert!(again.applied.is_empty());
-    assert_eq!(again.current_version, "202612030000174");
+    assert_eq!(again.current_version, "20261203000018");
     let versions = count(
         &mut conn,
         "SELECT count(*) AS n FROM queue_schema_migrations",
@@ -1063,7 +1063,8 @@ fn migrate_upgrades_a_live_table_of_the_first_schema_in_place() {
             "202612030000171",
             "202612030000172",
             "202612030000173",
-            "202612030000174"
+            "202612030000174",
+            "20261203000018"
         ]
     );
     assert_eq!(
@@ -1122,7 +1123,7 @@ fn migrate_behind_a_long_transaction_does_not_hold_up_enqueues() {
     stop.store(true, Ordering::SeqCst);
     let longest = enqueuer.join().unwrap();
     println!("longest enqueue during the migration: {longest:?}");
-    assert_eq!(migrated.current_version, "202612030000174");
+    assert_eq!(migrated.current_version, "20261203000018");
     assert!(
         longest < Duration::from_millis(1500),
         "an enqueue waited {longest:?} behind the migration"

@@ -21,7 +21,7 @@
 //! forget them, which costs at most one unattributed crash. Completions and
 //! failures wait for the disk unless the runner is told otherwise.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::position::Scan;
 use crate::pq::{Param, Session, SessionError, Step};
@@ -143,6 +143,10 @@ pub(crate) struct ClaimedJob {
     pub(crate) crashed_in: Option<String>,
     /// The W3C trace context of the span that enqueued it.
     pub(crate) traceparent: Option<String>,
+    /// A rate-limited job's start was counted when it was claimed: it must
+    /// start by then, or go back unstarted (see the function
+    /// `queue_rate_span`, in the migration `flow_limits`).
+    pub(crate) start_by: Option<Instant>,
 }
 
 /// The entries of the ready index this session's scans have walked and
@@ -162,14 +166,25 @@ macro_rules! ready_columns {
     };
 }
 
-/// Whether queue `$1` holds ready jobs with a concurrency key (one entry
-/// of the keyed index looked up), as SQL: a runner that sees it claims the
-/// queue through [`KEYED`].
+/// Whether queue `$1` is under flow control, as SQL: it holds ready jobs
+/// with a concurrency key (one entry of the keyed index looked up), or has
+/// limits of its own. A runner that sees it claims the queue through
+/// [`KEYED`].
 macro_rules! keyed_waiting {
     () => {
-        "EXISTS (SELECT 1 FROM queue_jobs k \
-                 WHERE k.queue = $1 AND k.concurrency_key IS NOT NULL \
-                   AND k.dead_at IS NULL AND NOT k.scheduled)"
+        "(EXISTS (SELECT 1 FROM queue_jobs k \
+                  WHERE k.queue = $1 AND k.concurrency_key IS NOT NULL \
+                    AND k.dead_at IS NULL AND NOT k.scheduled) \
+          OR EXISTS (SELECT 1 FROM queue_limits q WHERE q.queue = $1))"
+    };
+}
+
+/// The claims that do not apply flow control take nothing from a queue with
+/// limits of its own (see [`KEYED`]), as SQL.
+macro_rules! unlimited {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1) \
+         AND NOT EXISTS (SELECT 1 FROM queue_limits q WHERE q.queue = $1)"
     };
 }
 
@@ -179,7 +194,7 @@ macro_rules! plain_locks {
     ($scan:expr) => {
         concat!(
             "WITH locked AS MATERIALIZED ( \
-                 SELECT c.*, NULL::text AS concurrency_key FROM (",
+                 SELECT c.*, NULL::text AS concurrency_key, NULL::int4 AS start_within FROM (",
             $scan,
             ") c WHERE pg_try_advisory_lock(",
             job_lock!("c.id"),
@@ -224,7 +239,8 @@ macro_rules! claim_record {
             keyed_waiting!(),
             ", ",
             $cursor,
-            " FROM (SELECT ctid FROM rewritten UNION ALL SELECT ctid FROM recorded) r \
+            ", l.start_within \
+             FROM (SELECT ctid FROM rewritten UNION ALL SELECT ctid FROM recorded) r \
                   LEFT JOIN locked l ON true, \
                   set_config('synchronous_commit', 'off', true) d"
         )
@@ -235,12 +251,16 @@ macro_rules! claim_record {
 /// the ready index, as the claims read them (after `FROM queue_jobs`).
 macro_rules! plain_head {
     () => {
-        "WHERE queue = $1 AND dead_at IS NULL AND NOT scheduled AND concurrency_key IS NULL \
+        concat!(
+            "WHERE queue = $1 AND dead_at IS NULL AND NOT scheduled AND concurrency_key IS NULL \
            AND id <> ALL ($3::int8[]) \
-           AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1) \
            AND job_type = ANY ($5::text[]) \
+           AND ",
+        unlimited!(),
+        " \
          ORDER BY priority DESC, id \
          OFFSET 0"
+        )
     };
 }
 
@@ -276,36 +296,28 @@ const RESUME: &str = concat!(
                AND id <> ALL ($3::int8[]) \
                AND job_type = ANY ($5::text[]) \
              ORDER BY priority DESC, id) j \
-         WHERE NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1) \
+         WHERE ",
+        unlimited!(),
+        " \
          OFFSET 0"
     )),
     claim_record!("$8", "NULL::text, false")
 );
 
-/// A claim of a queue that holds jobs with a concurrency key: up to half of
-/// `$2` jobs without a key from the head of the ready index (so that
-/// neither kind starves the other), then the rest from the keys in turn,
-/// after the cursor `$7` (see the function `queue_claim_keyed`, in the
-/// migration `concurrency_keys`). Its last row's cursor is the next
-/// claim's, with whether the keys' turn was cut short (`more`).
+/// A claim of a queue under flow control: one that holds jobs with a
+/// concurrency key, or has limits of its own (see the function
+/// `queue_claim_flow`, in the migration `flow_limits`): jobs without a key
+/// from the head of the ready index, and from the keys in turn after the
+/// cursor `$7`, within the queue's limits and each key's. Its last row's
+/// cursor is the next claim's, with whether the keys' turn was cut short.
 const KEYED: &str = concat!(
-    "WITH plain AS MATERIALIZED ( \
-         SELECT c.*, NULL::text AS concurrency_key FROM (SELECT ",
-    ready_columns!(),
-    " FROM queue_jobs ",
-    plain_head!(),
-    ") c WHERE pg_try_advisory_lock(",
-    job_lock!("c.id"),
-    ") LIMIT ($2 + 1) / 2), \
-     keyed AS MATERIALIZED ( \
-         SELECT * FROM queue_claim_keyed( \
-             $1, ($2 - (SELECT count(*) FROM plain))::int4, $3::int8[], $5::text[], $7)), \
-     locked AS MATERIALIZED ( \
-         SELECT * FROM plain UNION ALL SELECT * FROM keyed WHERE id IS NOT NULL), ",
+    "WITH flow AS MATERIALIZED ( \
+         SELECT * FROM queue_claim_flow($1, $2::int4, $3::int8[], $5::text[], $7)), \
+     locked AS MATERIALIZED (SELECT * FROM flow WHERE id IS NOT NULL), ",
     claim_record!(
         "$6",
-        "(SELECT concurrency_key FROM keyed WHERE id IS NULL), \
-         (SELECT keyed FROM keyed WHERE id IS NULL)"
+        "(SELECT concurrency_key FROM flow WHERE id IS NULL), \
+         (SELECT keyed FROM flow WHERE id IS NULL)"
     )
 );
 
@@ -354,6 +366,9 @@ pub(crate) fn claim_jobs(
 ) -> Result<Claim, SessionError> {
     let (holder, row) = holder;
     let (completed, release) = completed;
+    // Before the claim is sent: a rate-limited job's time to start counts
+    // from here.
+    let sent = Instant::now();
     let mark = session.next_mark();
     let delete = [
         Param::Ints(completed),
@@ -512,6 +527,13 @@ pub(crate) fn claim_jobs(
                 suspect: locked.text(row, 4) == Some("t"),
                 crashed_in: locked.text(row, 5).map(str::to_owned),
                 traceparent: locked.text(row, 8).map(str::to_owned),
+                start_by: match locked.text(row, 13) {
+                    Some(_) => {
+                        let within = u64::try_from(locked.int(row, 13)?).unwrap_or(0);
+                        Some(sent + Duration::from_millis(within))
+                    }
+                    None => None,
+                },
             })
         })
         .filter(|job| job.as_ref().map_or(true, |job| !gone.contains(&job.id)))

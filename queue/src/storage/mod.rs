@@ -10,7 +10,9 @@ use chrono::{DateTime, Utc};
 use diesel::data_types::PgInterval;
 use diesel::dsl::now;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Int8, Jsonb, Nullable, SmallInt, Text, Timestamptz};
+use diesel::sql_types::{
+    Array, BigInt, Int8, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz,
+};
 
 use crate::job::JobId;
 use crate::prepared::Statement;
@@ -25,6 +27,35 @@ use crate::schema::queue_jobs;
 macro_rules! lock_salt {
     () => {
         "(SELECT lock_salt FROM queue_installation)"
+    };
+}
+
+/// The keys of slot `$slot` of a flow-control limit named `$name` (a key's:
+/// queue, U+0001, key; a queue's: queue, U+0002), with the installation's
+/// number `$salt`, as they show in `pg_locks` (unsigned): the function
+/// `queue_claim_flow` (migration `flow_limits`) takes them.
+macro_rules! slot_class {
+    ($slot:literal, $salt:literal) => {
+        concat!(
+            "(((-3 - (",
+            $slot,
+            ")) # (",
+            $salt,
+            " >> 32))::int4::int8 & 4294967295)"
+        )
+    };
+}
+
+/// See [`slot_class!`].
+macro_rules! slot_key {
+    ($name:literal, $salt:literal) => {
+        concat!(
+            "((hashtext(",
+            $name,
+            ") # (",
+            $salt,
+            " & 2147483647))::int4::int8 & 4294967295)"
+        )
     };
 }
 
@@ -109,6 +140,7 @@ macro_rules! running_cte {
 }
 
 pub(crate) mod bulk;
+pub(crate) mod limits;
 mod claims;
 pub(crate) mod maintenance;
 pub(crate) mod overview;
@@ -153,9 +185,20 @@ pub(crate) struct NewJob {
     pub(crate) unique_by_payload: bool,
     /// The W3C trace context of the span that enqueued it.
     pub(crate) traceparent: Option<String>,
-    /// Its concurrency key, and the most jobs of the key that may run at
-    /// once (`None`: no limit, the key only takes turns with the others).
-    pub(crate) concurrency: Option<(String, Option<i32>)>,
+    /// Its concurrency key and the key's limits.
+    pub(crate) concurrency: Option<Flow>,
+}
+
+/// A new job's concurrency key, and the limits of the key (of its first
+/// ready job): `None`, no limit, the key only takes turns with the others.
+#[derive(Debug)]
+pub(crate) struct Flow {
+    pub(crate) key: String,
+    /// The most jobs of the key that run at once.
+    pub(crate) max_concurrent: Option<i32>,
+    /// The most jobs of the key that start per period: (starts, period in
+    /// milliseconds).
+    pub(crate) rate: Option<(i32, i32)>,
 }
 
 /// The unique key of a row to insert: the caller's (`$7`), or the job
@@ -223,8 +266,9 @@ fn insert_statement(job: &NewJob) -> Statement<'_> {
         concat!(
             "WITH job AS ( \
                  INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled, traceparent, \
-                                         concurrency_key, max_concurrent, unique_key) \
-                 SELECT $1, $2, $3, $4, s.run_at, s.run_at > now(), $9, $10, $11, ",
+                                         concurrency_key, max_concurrent, rate_limit, rate_period_ms, \
+                                         unique_key) \
+                 SELECT $1, $2, $3, $4, s.run_at, s.run_at > now(), $9, $10, $11, $12, $13, ",
             unique_key!("$7", "$8", "$1", "$4"),
             " FROM (SELECT COALESCE($5, now() + COALESCE($6, 0) * interval '1 microsecond') AS run_at) s \
                  ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING \
@@ -242,8 +286,10 @@ fn insert_statement(job: &NewJob) -> Statement<'_> {
     .bind::<Nullable<Text>, _>(job.unique_key.as_deref())
     .bind::<diesel::sql_types::Bool, _>(job.unique_by_payload)
     .bind::<Nullable<Text>, _>(job.traceparent.as_deref())
-    .bind::<Nullable<Text>, _>(job.concurrency.as_ref().map(|(key, _)| key.as_str()))
-    .bind::<Nullable<diesel::sql_types::Integer>, _>(job.concurrency.as_ref().and_then(|c| c.1))
+    .bind::<Nullable<Text>, _>(job.concurrency.as_ref().map(|f| f.key.as_str()))
+    .bind::<Nullable<Integer>, _>(job.concurrency.as_ref().and_then(|f| f.max_concurrent))
+    .bind::<Nullable<Integer>, _>(job.concurrency.as_ref().and_then(|f| f.rate).map(|r| r.0))
+    .bind::<Nullable<Integer>, _>(job.concurrency.as_ref().and_then(|f| f.rate).map(|r| r.1))
 }
 
 /// Inserts many jobs with one statement (a fixed number of array binds,
@@ -279,14 +325,17 @@ pub(crate) fn insert_jobs(
         unique_key!("u.key", "u.by_payload", "u.job_type", "u.payload"),
         " AS unique_key \
              FROM unnest($1::text[], $2::text[], $3::int2[], $4::jsonb[], $5::timestamptz[], \
-                         $6::int8[], $7::text[], $8::bool[], $9::text[], $10::text[], $11::int4[]) \
+                         $6::int8[], $7::text[], $8::bool[], $9::text[], $10::text[], $11::int4[], \
+                         $12::int4[], $13::int4[]) \
                  WITH ORDINALITY AS u(job_type, queue, priority, payload, at, delay_us, key, by_payload, \
-                                      traceparent, concurrency_key, max_concurrent, ord)), \
+                                      traceparent, concurrency_key, max_concurrent, rate_limit, \
+                                      rate_period_ms, ord)), \
          jobs AS ( \
              INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled, traceparent, \
-                                     concurrency_key, max_concurrent, unique_key) \
+                                     concurrency_key, max_concurrent, rate_limit, rate_period_ms, \
+                                     unique_key) \
              SELECT t.job_type, t.queue, t.priority, t.payload, t.run_at, t.run_at > now(), t.traceparent, \
-                    t.concurrency_key, t.max_concurrent, t.unique_key \
+                    t.concurrency_key, t.max_concurrent, t.rate_limit, t.rate_period_ms, t.unique_key \
              FROM t ORDER BY t.ord \
              ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING \
              RETURNING id, queue, scheduled, unique_key), \
@@ -314,7 +363,9 @@ pub(crate) fn insert_jobs(
     )
     .bind::<Array<Nullable<Text>>, _>(traceparents(jobs))
     .bind::<Array<Nullable<Text>>, _>(concurrency_keys(jobs))
-    .bind::<Array<Nullable<diesel::sql_types::Integer>>, _>(max_concurrents(jobs))
+    .bind::<Array<Nullable<Integer>>, _>(flow_column(jobs, |f| f.max_concurrent))
+    .bind::<Array<Nullable<Integer>>, _>(flow_column(jobs, |f| f.rate.map(|r| r.0)))
+    .bind::<Array<Nullable<Integer>>, _>(flow_column(jobs, |f| f.rate.map(|r| r.1)))
     .load(conn)?;
     let mut ids = vec![None; jobs.len()];
     // Rows are inserted in ORDER BY order, so their serial ids ascend with it.
@@ -354,13 +405,13 @@ fn insert_plain_jobs(
         Statement::new(
             "WITH jobs AS ( \
              INSERT INTO queue_jobs (job_type, queue, priority, payload, run_at, scheduled, traceparent, \
-                                     concurrency_key, max_concurrent) \
+                                     concurrency_key, max_concurrent, rate_limit, rate_period_ms) \
              SELECT u.job_type, u.queue, u.priority, u.payload, r.run_at, r.run_at > now(), u.traceparent, \
-                    u.concurrency_key, u.max_concurrent \
+                    u.concurrency_key, u.max_concurrent, u.rate_limit, u.rate_period_ms \
              FROM unnest($1::text[], $2::text[], $3::int2[], $4::jsonb[], $5::timestamptz[], \
-                         $6::int8[], $7::text[], $8::text[], $9::int4[]) \
+                         $6::int8[], $7::text[], $8::text[], $9::int4[], $10::int4[], $11::int4[]) \
                  WITH ORDINALITY AS u(job_type, queue, priority, payload, at, delay_us, traceparent, \
-                                      concurrency_key, max_concurrent, ord) \
+                                      concurrency_key, max_concurrent, rate_limit, rate_period_ms, ord) \
              CROSS JOIN LATERAL (SELECT COALESCE(u.at, \
                  now() + COALESCE(u.delay_us, 0) * interval '1 microsecond') AS run_at) r \
              ORDER BY u.ord \
@@ -376,7 +427,9 @@ fn insert_plain_jobs(
     )
     .bind::<Array<Nullable<Text>>, _>(traceparents(jobs))
     .bind::<Array<Nullable<Text>>, _>(concurrency_keys(jobs))
-    .bind::<Array<Nullable<diesel::sql_types::Integer>>, _>(max_concurrents(jobs))
+    .bind::<Array<Nullable<Integer>>, _>(flow_column(jobs, |f| f.max_concurrent))
+    .bind::<Array<Nullable<Integer>>, _>(flow_column(jobs, |f| f.rate.map(|r| r.0)))
+    .bind::<Array<Nullable<Integer>>, _>(flow_column(jobs, |f| f.rate.map(|r| r.1)))
     .load(conn)?;
     // Rows are inserted in ORDER BY order, so their serial ids ascend with it.
     let mut ids: Vec<i64> = inserted.into_iter().map(|row| row.id).collect();
@@ -387,14 +440,14 @@ fn insert_plain_jobs(
 /// The jobs' concurrency keys, as an array bind.
 fn concurrency_keys<'a>(jobs: &[&'a NewJob]) -> Vec<Option<&'a str>> {
     jobs.iter()
-        .map(|j| j.concurrency.as_ref().map(|(key, _)| key.as_str()))
+        .map(|j| j.concurrency.as_ref().map(|f| f.key.as_str()))
         .collect()
 }
 
-/// The jobs' limits per concurrency key, as an array bind.
-fn max_concurrents(jobs: &[&NewJob]) -> Vec<Option<i32>> {
+/// A limit of the jobs' concurrency keys, as an array bind.
+fn flow_column(jobs: &[&NewJob], column: impl Fn(&Flow) -> Option<i32>) -> Vec<Option<i32>> {
     jobs.iter()
-        .map(|j| j.concurrency.as_ref().and_then(|c| c.1))
+        .map(|j| j.concurrency.as_ref().and_then(&column))
         .collect()
 }
 
@@ -866,10 +919,10 @@ pub(crate) fn announce_runner(
     )
     .bind::<Text, _>(runner.id)
     .bind::<Text, _>(runner.hostname)
-    .bind::<diesel::sql_types::Integer, _>(std::process::id() as i32)
+    .bind::<Integer, _>(std::process::id() as i32)
     .bind::<Array<Text>, _>(runner.queues)
     .bind::<Array<BigInt>, _>(runner.running)
-    .bind::<diesel::sql_types::Integer, _>(
+    .bind::<Integer, _>(
         i32::try_from(runner.poll_interval.as_millis()).unwrap_or(i32::MAX),
     )
     .bind::<Array<Text>, _>(runner.job_types)
@@ -970,7 +1023,7 @@ pub struct RunnerRecord {
     #[diesel(sql_type = Text)]
     pub hostname: String,
     /// Its process id.
-    #[diesel(sql_type = diesel::sql_types::Integer)]
+    #[diesel(sql_type = Integer)]
     pub pid: i32,
     /// The queues it serves.
     #[diesel(sql_type = Array<Text>)]
@@ -1156,7 +1209,7 @@ pub(crate) fn record_throughput(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
 pub(crate) struct Minute {
     /// Minutes before the current one (0: this minute).
-    #[diesel(sql_type = diesel::sql_types::Integer)]
+    #[diesel(sql_type = Integer)]
     pub(crate) ago: i32,
     #[diesel(sql_type = BigInt)]
     pub(crate) completed: i64,
@@ -1319,7 +1372,7 @@ pub(crate) fn schedules(
 pub(crate) fn backend_pid(conn: &mut PgConnection) -> QueryResult<i32> {
     #[derive(QueryableByName)]
     struct Pid {
-        #[diesel(sql_type = diesel::sql_types::Integer)]
+        #[diesel(sql_type = Integer)]
         pid: i32,
     }
     Ok(Statement::new("SELECT pg_backend_pid() AS pid")

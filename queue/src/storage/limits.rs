@@ -1,0 +1,162 @@
+//! The statements of flow control's settings: a queue's own limits, and
+//! what the limits hold now (see the migration `flow_limits`).
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz};
+
+use crate::prepared::Statement;
+
+/// A queue's limits as stored.
+#[derive(Debug, QueryableByName)]
+pub(crate) struct LimitRow {
+    #[diesel(sql_type = Text)]
+    pub(crate) queue: String,
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub(crate) max_running: Option<i32>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub(crate) rate_limit: Option<i32>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub(crate) rate_period_ms: Option<i32>,
+    #[diesel(sql_type = Timestamptz)]
+    pub(crate) updated_at: DateTime<Utc>,
+    /// Workers holding one of the queue's slots now (see `max_running`).
+    #[diesel(sql_type = BigInt)]
+    pub(crate) running: i64,
+    /// Starts counted in the rate limit's window now.
+    #[diesel(sql_type = BigInt)]
+    pub(crate) recent_starts: i64,
+}
+
+/// Sets queue `$1`'s limits (none: forgets them), and wakes its runners.
+pub(crate) fn set_queue_limits(
+    conn: &mut PgConnection,
+    queue: &str,
+    max_running: Option<i32>,
+    rate: Option<(i32, i32)>,
+) -> QueryResult<()> {
+    Statement::new(
+        "WITH gone AS ( \
+             DELETE FROM queue_limits WHERE queue = $1 \
+               AND $2::int4 IS NULL AND $3::int4 IS NULL), \
+         set AS ( \
+             INSERT INTO queue_limits (queue, max_running, rate_limit, rate_period_ms) \
+             SELECT $1, $2, $3, $4 WHERE $2::int4 IS NOT NULL OR $3::int4 IS NOT NULL \
+             ON CONFLICT (queue) DO UPDATE SET max_running = EXCLUDED.max_running, \
+                 rate_limit = EXCLUDED.rate_limit, rate_period_ms = EXCLUDED.rate_period_ms, \
+                 updated_at = now()) \
+         SELECT pg_notify('queue_jobs', $1)",
+    )
+    .bind::<Text, _>(queue)
+    .bind::<Nullable<Integer>, _>(max_running)
+    .bind::<Nullable<Integer>, _>(rate.map(|r| r.0))
+    .bind::<Nullable<Integer>, _>(rate.map(|r| r.1))
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Every queue's limits, with what they hold now: the slots held (advisory
+/// locks of the session that holds them, in `pg_locks`) and the starts in
+/// the rate window.
+pub(crate) fn queue_limits(conn: &mut PgConnection) -> QueryResult<Vec<LimitRow>> {
+    Statement::new(concat!(
+        "SELECT l.queue, l.max_running, l.rate_limit, l.rate_period_ms, l.updated_at, \
+                (SELECT count(*) FROM pg_locks k, queue_installation i, \
+                        generate_series(0, COALESCE(l.max_running, 0) - 1) g \
+                 WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 2 \
+                   AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                   AND k.classid::int8 = ",
+        slot_class!("g", "i.lock_salt"),
+        " AND k.objid::int8 = ",
+        slot_key!("l.queue || chr(2)", "i.lock_salt"),
+        ") AS running, \
+                COALESCE((SELECT count(*) FROM queue_rate_windows w, unnest(w.starts) s \
+                          WHERE w.queue = l.queue AND w.key = '' \
+                            AND s > clock_timestamp() - make_interval( \
+                                secs => queue_rate_span(l.rate_period_ms) / 1000.0)), 0) \
+                    AS recent_starts \
+         FROM queue_limits l ORDER BY l.queue"
+    ))
+    .load(conn)
+}
+
+/// A concurrency key's limits and what they hold now.
+#[derive(Debug, QueryableByName)]
+pub(crate) struct KeyRow {
+    #[diesel(sql_type = Text)]
+    pub(crate) queue: String,
+    #[diesel(sql_type = Text)]
+    pub(crate) key: String,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) ready: i64,
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub(crate) max_concurrent: Option<i32>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub(crate) rate_limit: Option<i32>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub(crate) rate_period_ms: Option<i32>,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) running: i64,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) recent_starts: i64,
+    /// How long the key's first ready job has waited, in seconds.
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    pub(crate) waited_secs: f64,
+}
+
+/// The limited keys with ready jobs, those whose first job waited longest
+/// first, at most `$1` (each key's count of ready jobs stops at 10,000):
+/// one walk of the keyed ready index per queue, a key at a time.
+pub(crate) fn limited_keys(conn: &mut PgConnection, limit: i64) -> QueryResult<Vec<KeyRow>> {
+    Statement::new(concat!(
+        "WITH RECURSIVE queues AS ( \
+             (SELECT queue FROM queue_jobs WHERE concurrency_key IS NOT NULL \
+                AND dead_at IS NULL AND NOT scheduled ORDER BY queue LIMIT 1) \
+             UNION ALL \
+             SELECT (SELECT j.queue FROM queue_jobs j WHERE j.queue > q.queue \
+                       AND j.concurrency_key IS NOT NULL AND j.dead_at IS NULL AND NOT j.scheduled \
+                     ORDER BY j.queue LIMIT 1) \
+             FROM queues q WHERE q.queue IS NOT NULL), \
+         keys AS ( \
+             SELECT q.queue, k.* FROM queues q CROSS JOIN LATERAL ( \
+                 WITH RECURSIVE walk AS ( \
+                     (SELECT j.concurrency_key AS key, j.max_concurrent, j.rate_limit, \
+                             j.rate_period_ms, j.created_at FROM queue_jobs j \
+                      WHERE j.queue = q.queue AND j.concurrency_key IS NOT NULL \
+                        AND j.dead_at IS NULL AND NOT j.scheduled \
+                      ORDER BY j.concurrency_key, j.priority DESC, j.id LIMIT 1) \
+                     UNION ALL \
+                     SELECT n.* FROM walk w CROSS JOIN LATERAL ( \
+                         SELECT j.concurrency_key, j.max_concurrent, j.rate_limit, \
+                                j.rate_period_ms, j.created_at FROM queue_jobs j \
+                         WHERE j.queue = q.queue AND j.concurrency_key > w.key \
+                           AND j.dead_at IS NULL AND NOT j.scheduled \
+                         ORDER BY j.concurrency_key, j.priority DESC, j.id LIMIT 1) n) \
+                 SELECT * FROM walk LIMIT 1000) k \
+             WHERE q.queue IS NOT NULL \
+               AND (k.max_concurrent IS NOT NULL OR k.rate_limit IS NOT NULL)) \
+         SELECT k.queue, k.key, \
+                (SELECT count(*) FROM (SELECT 1 FROM queue_jobs j WHERE j.queue = k.queue \
+                   AND j.concurrency_key = k.key AND j.dead_at IS NULL AND NOT j.scheduled \
+                   LIMIT 10000) c) AS ready, \
+                k.max_concurrent, k.rate_limit, k.rate_period_ms, \
+                (SELECT count(*) FROM pg_locks l, queue_installation i, \
+                        generate_series(0, COALESCE(k.max_concurrent, 0) - 1) g \
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                   AND l.classid::int8 = ",
+        slot_class!("g", "i.lock_salt"),
+        " AND l.objid::int8 = ",
+        slot_key!("k.queue || chr(1) || k.key", "i.lock_salt"),
+        ") AS running, \
+                COALESCE((SELECT count(*) FROM queue_rate_windows w, unnest(w.starts) s \
+                          WHERE w.queue = k.queue AND w.key = k.key \
+                            AND s > clock_timestamp() - make_interval( \
+                                secs => queue_rate_span(k.rate_period_ms) / 1000.0)), 0) \
+                    AS recent_starts, \
+                extract(epoch FROM clock_timestamp() - k.created_at)::float8 AS waited_secs \
+         FROM keys k ORDER BY k.created_at, k.queue, k.key LIMIT $1"
+    ))
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+}
