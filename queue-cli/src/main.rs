@@ -72,6 +72,28 @@ enum Command {
         /// The queue.
         queue: String,
     },
+    /// Set a queue's own limits for every runner: most running at once, most starts per period.
+    Limit {
+        /// The queue.
+        queue: String,
+        /// At most this many of its jobs run at once, anywhere (1 to 1000).
+        #[arg(long, value_name = "N")]
+        max_running: Option<u32>,
+        /// At most this many of its jobs start in any period: `100/1s`, `10/1m`.
+        #[arg(long, value_name = "LIMIT/PERIOD")]
+        rate: Option<skiplock::Rate>,
+        /// Forget the queue's limits.
+        #[arg(long, conflicts_with_all = ["max_running", "rate"])]
+        clear: bool,
+    },
+    /// Flow control: every queue's own limits, and the limited concurrency keys with waiting jobs.
+    Limits {
+        /// Show at most this many keys (those waiting longest first).
+        #[arg(long, default_value_t = 20)]
+        keys: i64,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Serve the dashboard: queues, failing and dead jobs, runners; retry, discard, pause.
     Web(web::WebArgs),
     /// Rebuild the jobs table's indexes while the queue runs, giving back the space
@@ -207,6 +229,8 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     &mut conn,
                     skiplock::RUNNER_FRESH_SECS,
                 )?);
+                let (queues, keys) = skiplock::flow_status(&mut conn, 10)?;
+                print_flow(&queues, &keys);
             }
         }
         Command::Pause { queue } => {
@@ -221,6 +245,35 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 println!("resumed queue `{queue}`");
             } else {
                 println!("queue `{queue}` was not paused");
+            }
+        }
+        Command::Limit {
+            queue,
+            max_running,
+            rate,
+            clear,
+        } => {
+            if !clear && max_running.is_none() && rate.is_none() {
+                return Err(Failure(
+                    "say what to limit: --max-running N, --rate LIMIT/PERIOD, or --clear".into(),
+                ));
+            }
+            let limits = skiplock::QueueLimits { max_running, rate };
+            skiplock::set_queue_limits(&mut conn, &queue, limits)?;
+            if clear {
+                println!("queue `{queue}` has no limits of its own now");
+            } else {
+                println!("queue `{queue}`: {}", describe_limits(&limits));
+            }
+        }
+        Command::Limits { keys, output } => {
+            let (queues, keys) = skiplock::flow_status(&mut conn, keys)?;
+            if output.json {
+                print_json(&serde_json::json!({ "queues": queues, "keys": keys }))?;
+            } else if queues.is_empty() && keys.is_empty() {
+                println!("no queue has limits of its own, and no limited key has waiting jobs");
+            } else {
+                print_flow(&queues, &keys);
             }
         }
         Command::Failed(listing) => {
@@ -393,6 +446,72 @@ fn print_exclusive(runners: &[RunnerRecord]) {
                 standby.join(", ")
             );
         }
+    }
+}
+
+/// "at most 20 running, 50/1s".
+fn describe_limits(limits: &skiplock::QueueLimits) -> String {
+    let mut parts = Vec::new();
+    if let Some(max) = limits.max_running {
+        parts.push(format!("at most {max} running"));
+    }
+    if let Some(rate) = limits.rate {
+        parts.push(format!("at most {rate} starting"));
+    }
+    parts.join(", ")
+}
+
+/// Flow control: the queues' own limits, and the limited keys with
+/// waiting jobs, with what each holds now.
+fn print_flow(queues: &[skiplock::QueueLimitStatus], keys: &[skiplock::KeyLimitStatus]) {
+    if !queues.is_empty() {
+        let mut table = Table::new([
+            "queue",
+            "max running",
+            "running",
+            "rate",
+            "started in window",
+        ]);
+        for queue in queues {
+            table.row([
+                queue.queue.clone(),
+                queue
+                    .limits
+                    .max_running
+                    .map_or("-".into(), |m| m.to_string()),
+                queue.running.to_string(),
+                queue.limits.rate.map_or("-".into(), |r| r.to_string()),
+                queue.recent_starts.to_string(),
+            ]);
+        }
+        println!();
+        print!("{table}");
+    }
+    if !keys.is_empty() {
+        let mut table = Table::new([
+            "queue",
+            "key",
+            "ready",
+            "max running",
+            "running",
+            "rate",
+            "started in window",
+            "first waited",
+        ]);
+        for key in keys {
+            table.row([
+                key.queue.clone(),
+                shorten(&key.label(), 40),
+                key.ready.to_string(),
+                key.max_concurrent.map_or("-".into(), |m| m.to_string()),
+                key.running.to_string(),
+                key.rate.map_or("-".into(), |r| r.to_string()),
+                key.recent_starts.to_string(),
+                age(key.waited.as_secs_f64()),
+            ]);
+        }
+        println!();
+        print!("{table}");
     }
 }
 

@@ -1206,3 +1206,121 @@ fn the_dashboard_searches_jobs_by_state_queue_type_and_payload_a_window_at_a_tim
     web.kill().unwrap();
     let _ = web.wait();
 }
+
+#[test]
+fn limits_are_set_from_the_cli_and_shown_by_status_the_dashboard_and_the_metrics() {
+    use skiplock::{EnqueueOptions, Job};
+    use skiplock_tests::flow_jobs::{queue_job, tenant_job};
+    let db = TestDb::create();
+    // Set, and refused with a clear message.
+    let (code, out, err) = run(
+        &db,
+        &["limit", "capped", "--max-running", "2", "--rate", "10/1m"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        "queue `capped`: at most 2 running, at most 10/1m starting"
+    );
+    let (code, _, err) = run(&db, &["limit", "capped", "--rate", "5000/1s"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("out of range"), "{err}");
+    let (code, _, err) = run(&db, &["limit", "capped", "--rate", "fast"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("LIMIT/PERIOD"), "{err}");
+    let (code, _, err) = run(&db, &["limit", "capped", "--max-running", "0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("max_running 0 is out of range"), "{err}");
+    let (code, _, err) = run(&db, &["limit", "capped"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("say what to limit"), "{err}");
+    let (_, out, _) = run(&db, &["limits"]);
+    assert!(out.contains("capped") && out.contains("10/1m"), "{out}");
+
+    // Jobs that run 3 s: two of the capped queue's at once, two of a key
+    // (an application's text, with a terminal escape in it) at once.
+    let evil = "\u{1b}[31mtenant";
+    let mut conn = db.conn();
+    for n in 0..4 {
+        queue_job("capped".to_owned(), n, 3_000)
+            .enqueue(&mut conn)
+            .unwrap();
+        tenant_job(evil.to_owned(), n, 3_000)
+            .enqueue_with(&mut conn, &EnqueueOptions::new())
+            .unwrap();
+    }
+    let runner = skiplock::Runner::builder(())
+        .database_url(db.url())
+        .queue("capped", 4)
+        .queue("flow", 4)
+        .build()
+        .unwrap()
+        .start();
+    skiplock_tests::wait_until(
+        "two of each running",
+        std::time::Duration::from_secs(10),
+        || {
+            let (queues, keys) = skiplock::flow_status(&mut conn, 10).unwrap();
+            queues.first().is_some_and(|q| q.running == 2)
+                && keys.first().is_some_and(|k| k.running == 2)
+        },
+    );
+    let (queues, keys) = skiplock::flow_status(&mut conn, 10).unwrap();
+    assert_eq!(queues[0].recent_starts, 2, "{queues:?}");
+    assert_eq!(
+        (keys[0].ready, keys[0].max_concurrent),
+        (4, Some(2)),
+        "{keys:?}"
+    );
+    assert_eq!(keys[0].label(), "\\u{1b}[31mtenant");
+
+    let metrics = runner.metrics();
+    for line in [
+        "queue_limit_slots_held{queue=\"capped\"} 2",
+        "queue_limit_window_starts{queue=\"capped\"} 2",
+        "queue_limited_keys_waiting{queue=\"flow\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert!(metrics.contains("queue_limit_wait_seconds{queue=\"flow\"} "));
+
+    for command in [&["limits"][..], &["status"][..]] {
+        let (code, out, _) = run(&db, command);
+        assert_eq!(code, 0);
+        let capped = out
+            .lines()
+            .find(|l| l.starts_with("capped") && l.contains("10/1m"))
+            .unwrap_or_else(|| panic!("no capped limits in {out}"));
+        let fields: Vec<&str> = capped.split_whitespace().collect();
+        assert_eq!(fields, ["capped", "2", "2", "10/1m", "2"], "{out}");
+        assert!(out.contains("\\u{1b}[31mtenant"), "{out}");
+        assert!(
+            !out.contains('\u{1b}'),
+            "no terminal escape reaches the output: {out}"
+        );
+    }
+    let (_, json, _) = run(&db, &["limits", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["queues"][0]["running"], 2, "{json}");
+    assert_eq!(json["queues"][0]["limits"]["rate"], "10/1m", "{json}");
+    assert_eq!(json["keys"][0]["max_concurrent"], 2, "{json}");
+
+    let (mut web, address, _) = start_web(db.url(), &["--read-only", "--public-read"], None);
+    let (status, page) = http(&address, "GET", "/", "");
+    assert_eq!(status, 200);
+    assert!(page.contains("id=\"queue-limits\""), "{page}");
+    assert!(page.contains("data-limited-queue=\"capped\""), "{page}");
+    assert!(
+        page.contains("data-limited-key=\"\\u{1b}[31mtenant\""),
+        "{page}"
+    );
+    assert!(!page.contains('\u{1b}'));
+    web.kill().unwrap();
+    let _ = web.wait();
+    drop(runner);
+
+    let (code, out, _) = run(&db, &["limit", "capped", "--clear"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "queue `capped` has no limits of its own now");
+    assert!(skiplock::flow_status(&mut conn, 10).unwrap().0.is_empty());
+}

@@ -112,7 +112,12 @@ impl FromStr for Rate {
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.limit, humantime::format_duration(self.period()))
+        write!(
+            f,
+            "{}/{}",
+            self.limit,
+            humantime::format_duration(self.period())
+        )
     }
 }
 
@@ -192,6 +197,36 @@ pub struct QueueLimitStatus {
     pub recent_starts: u64,
 }
 
+/// How far [`flow_status`] counts a key's ready jobs.
+const READY_COUNTED: i64 = 10_000;
+
+/// Per queue of `queues` with limits (its own or its keys'): the workers
+/// holding its own slots, the starts in its own rate window, its limited
+/// keys with ready jobs (at most 1,000), and how long the first job of the
+/// key waiting longest has waited (seconds). For the metrics.
+pub(crate) fn flow_gauges(
+    conn: &mut PgConnection,
+    queues: &[String],
+) -> Result<Vec<(String, [f64; 4])>, AdminError> {
+    let mut gauges: std::collections::BTreeMap<String, [f64; 4]> = Default::default();
+    let mine = |queue: &str| queues.iter().any(|q| q == queue);
+    for row in storage::limits::queue_limits(conn)? {
+        if mine(&row.queue) {
+            let values = gauges.entry(row.queue).or_default();
+            values[0] = row.running as f64;
+            values[1] = row.recent_starts as f64;
+        }
+    }
+    for row in storage::limits::limited_keys(conn, 1_000, 0)? {
+        if mine(&row.queue) {
+            let values = gauges.entry(row.queue).or_default();
+            values[2] += 1.0;
+            values[3] = values[3].max(row.waited_secs);
+        }
+    }
+    Ok(gauges.into_iter().collect())
+}
+
 /// A concurrency key under a limit, with ready jobs.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
@@ -212,6 +247,27 @@ pub struct KeyLimitStatus {
     pub recent_starts: u64,
     /// How long its first ready job has waited since it was enqueued.
     pub waited: Duration,
+}
+
+impl KeyLimitStatus {
+    /// The key as people read it: a type's own limit as `type NAME`, and
+    /// control characters escaped (`\u{1b}`), so that a key made of an
+    /// application's text (a tenant's name) cannot move a terminal's cursor.
+    pub fn label(&self) -> String {
+        let (prefix, key) = match self.key.strip_prefix(crate::job::TYPE_KEY) {
+            Some(job_type) => ("type ", job_type),
+            None => ("", self.key.as_str()),
+        };
+        let mut label = String::from(prefix);
+        for c in key.chars() {
+            if c.is_control() {
+                label.extend(c.escape_unicode());
+            } else {
+                label.push(c);
+            }
+        }
+        label
+    }
 }
 
 /// Flow control as it stands: every queue's own limits, and the limited
@@ -235,7 +291,7 @@ pub fn flow_status(
             recent_starts: count(row.recent_starts),
         })
         .collect();
-    let keys = storage::limits::limited_keys(conn, keys.clamp(0, 1_000))?
+    let keys = storage::limits::limited_keys(conn, keys.clamp(0, 1_000), READY_COUNTED)?
         .into_iter()
         .map(|row| KeyLimitStatus {
             max_concurrent: row.max_concurrent.and_then(|m| u32::try_from(m).ok()),

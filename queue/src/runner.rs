@@ -724,6 +724,14 @@ impl<C: Send + Sync> Control for Shared<C> {
                 (q.clone(), if paused { 1.0 } else { 0.0 })
             })
             .collect();
+        // Flow control, for the queues with limits.
+        let flow = self
+            .pool
+            .get()
+            .ok()
+            .and_then(|mut conn| crate::limits::flow_gauges(&mut conn, &queues).ok())
+            .unwrap_or_default();
+        let flow_gauge = |at: usize| flow.iter().map(|(q, v)| (q.clone(), v[at])).collect();
         let gauge = |name, help, values| Gauge {
             name,
             help,
@@ -746,6 +754,26 @@ impl<C: Send + Sync> Control for Shared<C> {
                 "queue_paused",
                 "1 while the queue is paused (nothing new starts), else 0.",
                 paused,
+            ),
+            gauge(
+                "queue_limit_slots_held",
+                "Workers (of any runner) holding one of the queue's own max_running slots.",
+                flow_gauge(0),
+            ),
+            gauge(
+                "queue_limit_window_starts",
+                "Starts counted in the queue's own rate window now.",
+                flow_gauge(1),
+            ),
+            gauge(
+                "queue_limited_keys_waiting",
+                "Concurrency keys under a limit with ready jobs (counted up to 1,000).",
+                flow_gauge(2),
+            ),
+            gauge(
+                "queue_limit_wait_seconds",
+                "How long the first ready job of the limited key waiting longest has waited.",
+                flow_gauge(3),
             ),
         ])
     }

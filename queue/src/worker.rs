@@ -111,6 +111,8 @@ pub(crate) struct BatchReport {
     pub(crate) keyed: bool,
     /// The claim of the keys stopped short of a whole turn: claim again.
     pub(crate) cut: bool,
+    /// How soon a full rate window the claim met will have room.
+    pub(crate) opens_in: Option<Duration>,
 }
 
 /// How a job that ran to success was completed.
@@ -296,6 +298,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
         resumed,
         keyed: keyed.waiting,
         cut: keyed.cut,
+        opens_in: keyed.opens_in,
     };
     if batch.claimed > 0 {
         // The round trip of the claim (with the last batch's completions),
@@ -328,7 +331,7 @@ pub(crate) fn run_batch<C: Any + Send + Sync>(
     // one).
     runnable
         .make_contiguous()
-        .sort_by_key(|job| job.start_by.is_none());
+        .sort_by_key(|job| job.rated.is_none());
     lock(&slot.batch).pending = runnable;
 
     let mut started = 0;
@@ -612,15 +615,38 @@ fn start_next<C>(
             }
             batch.pending.pop_front().expect("not empty")
         };
-        if job.start_by.is_some_and(|by| Instant::now() > by) {
-            // Too late for its rate limit's window (its start was counted
-            // at the claim): back unstarted, its attempts untouched.
-            debug!(id = job.id, "a rate-limited job missed its start; given back");
-            let session = &mut guard.as_mut().expect("checked above").session;
-            if let Err(error) = storage::unlock_jobs(session, &[job.id]) {
-                return Err(lose(shared, slot, &mut guard, error));
+        if let (Some(by), Some((within, counted))) = (job.start_by, &job.rated) {
+            if Instant::now() > by {
+                // Too late for its rate limit's window (its start was
+                // counted at the claim): counted again now if there is room,
+                // else back unstarted, its attempts untouched.
+                let session = &mut guard.as_mut().expect("checked above").session;
+                let mut again = false;
+                let mut counted = counted.clone();
+                for _ in 0..3 {
+                    let sent = Instant::now();
+                    match storage::recount_rated_start(session, job.id, &counted) {
+                        Ok(Some(_)) if sent.elapsed() <= *within => {
+                            again = true;
+                            break;
+                        }
+                        // Counted again, and late again: once more.
+                        Ok(Some(at)) => counted = at,
+                        Ok(None) => break,
+                        Err(error) => return Err(lose(shared, slot, &mut guard, error)),
+                    }
+                }
+                if !again {
+                    debug!(
+                        id = job.id,
+                        "a rate-limited job missed its start; given back"
+                    );
+                    if let Err(error) = storage::unlock_jobs(session, &[job.id]) {
+                        return Err(lose(shared, slot, &mut guard, error));
+                    }
+                    continue;
+                }
             }
-            continue;
         }
         let careful = job.suspect || job.attempts > 0;
         if careful {
@@ -1134,7 +1160,9 @@ pub(crate) fn work<C: Any + Send + Sync>(shared: Arc<Shared<C>>, slot: Arc<Slot>
                         timeout = due.map_or(timeout, |due| due.min(timeout));
                     }
                     if batch.keyed {
-                        timeout = timeout.min(KEYED_POLL);
+                        // A rate window's room is taken the moment it comes.
+                        let opens = batch.opens_in.unwrap_or(KEYED_POLL);
+                        timeout = timeout.min(KEYED_POLL).min(opens);
                     }
                     shared.signals.wait(wakeup, seen, timeout);
                 } else if batch.full {

@@ -138,29 +138,29 @@ impl Job for FileTimed {
     type Context = WorkerContext;
 
     fn run(self, _: &WorkerContext, _: &mut JobConnection<'_>) -> Result<(), PerformError> {
-        use std::io::Write;
-        let started = micros();
-        std::thread::sleep(Duration::from_millis(self.ms));
-        let line = format!(
-            "{} {} {} {}\n",
-            self.key,
-            std::process::id(),
-            started,
-            micros()
-        );
-        let path = std::env::var("SKIPLOCK_TEST_RUNS")
-            .map_err(|_| PerformError::new("SKIPLOCK_TEST_RUNS is not set"))?;
-        // One write of one short line to a file opened for appending: lines
-        // of several processes do not mix.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-            .and_then(|mut file| file.write_all(line.as_bytes()))
-            .map_err(|e| PerformError::new(e.to_string()))
+        log_timed_run(&self.key.to_string(), self.ms)
     }
 }
 skiplock::register_job!(FileTimed);
+
+/// Sleeps `ms`, then appends the run to the file named by
+/// `SKIPLOCK_TEST_RUNS`: `who`, the pid, start and end (µs since the epoch).
+pub fn log_timed_run(who: &str, ms: u64) -> Result<(), PerformError> {
+    use std::io::Write;
+    let started = micros();
+    std::thread::sleep(Duration::from_millis(ms));
+    let line = format!("{who} {} {started} {}\n", std::process::id(), micros());
+    let path = std::env::var("SKIPLOCK_TEST_RUNS")
+        .map_err(|_| PerformError::new("SKIPLOCK_TEST_RUNS is not set"))?;
+    // One write of one short line to a file opened for appending: lines
+    // of several processes do not mix.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(line.as_bytes()))
+        .map_err(|e| PerformError::new(e.to_string()))
+}
 
 /// One run of a [`FileTimed`] job, as its line says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,11 +2,9 @@
 //! appends its run to the file named by `SKIPLOCK_TEST_RUNS`: key, job
 //! number, pid, start and end (µs since the epoch).
 
-use std::time::Duration;
-
 use skiplock::{background_job, PerformError};
 
-use crate::crash_jobs::micros;
+use crate::crash_jobs::log_timed_run;
 
 /// The queue of the flow-control tests.
 pub const QUEUE: &str = "flow";
@@ -35,21 +33,27 @@ pub fn plain_job(n: i64, ms: u64) -> Result<(), PerformError> {
     record("plain", n, ms)
 }
 
+/// At most 100 of this type start in any second (no key).
+#[background_job(queue = "flow", rate = "100/1s")]
+pub fn rated_job(n: i64, ms: u64) -> Result<(), PerformError> {
+    record("rated", n, ms)
+}
+
+/// At most 20 of a tenant's start in any second.
+#[background_job(queue = "flow", concurrency_key = "tenant", rate = "20/1s")]
+pub fn tenant_rated(tenant: String, n: i64, ms: u64) -> Result<(), PerformError> {
+    record(&tenant, n, ms)
+}
+
+/// A job of another queue, whose limits are the queue's own (set at run
+/// time).
+#[background_job(queue = "capped")]
+pub fn queue_job(queue: String, n: i64, ms: u64) -> Result<(), PerformError> {
+    record(&queue, n, ms)
+}
+
 fn record(key: &str, n: i64, ms: u64) -> Result<(), PerformError> {
-    use std::io::Write;
-    let started = micros();
-    std::thread::sleep(Duration::from_millis(ms));
-    let line = format!("{key} {n} {} {started} {}\n", std::process::id(), micros());
-    let path = std::env::var("SKIPLOCK_TEST_RUNS")
-        .map_err(|_| PerformError::new("SKIPLOCK_TEST_RUNS is not set"))?;
-    // One write of one short line to a file opened for appending: lines
-    // of several processes do not mix.
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .and_then(|mut file| file.write_all(line.as_bytes()))
-        .map_err(|e| PerformError::new(e.to_string()))
+    log_timed_run(&format!("{key} {n}"), ms)
 }
 
 /// One run, as its line says.
@@ -111,4 +115,44 @@ pub fn most_at_once(runs: &[Run], key: &str) -> usize {
 )]
 pub fn failing_job(tenant: String, n: i64) -> Result<(), PerformError> {
     Err(PerformError::new(format!("job {n} of {tenant} fails")))
+}
+
+/// The most runs of `key` that started within any `period_us`
+/// microseconds (a half-open window: a start exactly one period after
+/// another is in the next window).
+pub fn most_started_within(runs: &[Run], key: &str, period_us: i64) -> usize {
+    let mut starts: Vec<i64> = runs
+        .iter()
+        .filter(|run| run.key == key)
+        .map(|run| run.started_us)
+        .collect();
+    starts.sort_unstable();
+    let mut most = 0;
+    let mut first = 0;
+    for (last, &start) in starts.iter().enumerate() {
+        while start - starts[first] >= period_us {
+            first += 1;
+        }
+        most = most.max(last + 1 - first);
+    }
+    most
+}
+
+/// The long-run rate of `key`'s runs as a share of `limit` starts per
+/// `period_us`: with the starts in order, `k` whole periods' worth of
+/// starts (`k * limit`, as many as there are) against the time from the
+/// first to the `k * limit`-th. 1.0 when each start is followed by the
+/// `limit`-th next exactly one period later, as a limit of the starts in
+/// any window allows at best.
+pub fn long_run_share(runs: &[Run], key: &str, limit: usize, period_us: i64) -> f64 {
+    let mut starts: Vec<i64> = runs
+        .iter()
+        .filter(|run| run.key == key)
+        .map(|run| run.started_us)
+        .collect();
+    starts.sort_unstable();
+    let periods = starts.len().saturating_sub(1) / limit;
+    assert!(periods >= 3, "{key}: too few runs to measure a rate");
+    let took = starts[periods * limit] - starts[0];
+    (periods as f64 * period_us as f64) / took as f64
 }

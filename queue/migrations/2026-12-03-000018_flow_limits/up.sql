@@ -37,47 +37,105 @@ LANGUAGE sql IMMUTABLE
 AS $$ SELECT p_period_ms + least(greatest(p_period_ms / 40, 25), 1000) $$;
 
 -- Whether one more start of limit (`p_queue`, `p_key`) fits in its window
--- now, with the window's row locked until the caller's transaction ends
--- (a row another claim has locked: false, that claim decides meanwhile).
+-- now: 0 if it does, with the window's row locked until the caller's
+-- transaction ends; else in how many milliseconds it will (-1: unknown,
+-- another claim has the row locked and decides meanwhile).
 CREATE OR REPLACE FUNCTION queue_rate_open(
-    p_queue text, p_key text, p_limit integer, p_period_ms integer) RETURNS boolean
+    p_queue text, p_key text, p_limit integer, p_period_ms integer) RETURNS integer
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     w timestamptz[];
-    recent integer;
+    recent timestamptz[];
+    span interval := make_interval(secs => queue_rate_span(p_period_ms) / 1000.0);
 BEGIN
     SELECT r.starts INTO w FROM queue_rate_windows r
     WHERE r.queue = p_queue AND r.key = p_key FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         IF EXISTS (SELECT 1 FROM queue_rate_windows r WHERE r.queue = p_queue AND r.key = p_key) THEN
-            RETURN false;
+            RETURN -1;
         END IF;
         INSERT INTO queue_rate_windows (queue, key) VALUES (p_queue, p_key) ON CONFLICT DO NOTHING;
         SELECT r.starts INTO w FROM queue_rate_windows r
         WHERE r.queue = p_queue AND r.key = p_key FOR UPDATE SKIP LOCKED;
         IF NOT FOUND THEN
-            RETURN false;
+            RETURN -1;
         END IF;
     END IF;
-    SELECT count(*) INTO recent FROM unnest(w) s
-    WHERE s > clock_timestamp() - make_interval(secs => queue_rate_span(p_period_ms) / 1000.0);
-    RETURN recent < p_limit;
+    recent := ARRAY(SELECT s FROM unnest(w) s WHERE s > clock_timestamp() - span ORDER BY s);
+    IF cardinality(recent) < p_limit THEN
+        RETURN 0;
+    END IF;
+    -- Room once the oldest starts beyond the limit's have left the window.
+    RETURN greatest(1, ceil(extract(epoch FROM
+        recent[cardinality(recent) - p_limit + 1] + span - clock_timestamp()) * 1000))::integer;
 END
 $$;
 
--- Records a start of limit (`p_queue`, `p_key`) now, keeping only the
--- window's starts (locked by `queue_rate_open`).
-CREATE OR REPLACE FUNCTION queue_rate_record(p_queue text, p_key text, p_period_ms integer)
+-- Records a start of limit (`p_queue`, `p_key`) at `p_at` (now), keeping
+-- only the window's starts (locked by `queue_rate_open`).
+CREATE OR REPLACE FUNCTION queue_rate_record(
+    p_queue text, p_key text, p_period_ms integer, p_at timestamptz)
 RETURNS void
 LANGUAGE sql VOLATILE
 AS $$
     UPDATE queue_rate_windows r
     SET starts = ARRAY(
-        SELECT s FROM unnest(r.starts || clock_timestamp()) s
+        SELECT s FROM unnest(r.starts || p_at) s
         WHERE s > clock_timestamp() - make_interval(secs => queue_rate_span(p_period_ms) / 1000.0)
         ORDER BY s)
     WHERE r.queue = p_queue AND r.key = p_key
+$$;
+
+-- A rate-limited job whose worker could not start it in time (see
+-- `queue_claim_flow`): its start counted at `p_at` is taken back from its
+-- windows (the queue's, its key's) and, if each has room now, counted
+-- again now (the new count's time: the worker has another moment to start
+-- it). NULL: it is counted nowhere, and goes back to wait. Waits for the
+-- windows' rows.
+CREATE OR REPLACE FUNCTION queue_rate_recount(p_id bigint, p_at timestamptz) RETURNS text
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    fits boolean := true;
+    now_at timestamptz;
+    w record;
+    kept timestamptz[];
+BEGIN
+    FOR w IN
+        SELECT l.queue, '' AS key, l.rate_limit AS rate, l.rate_period_ms AS period
+        FROM queue_jobs j JOIN queue_limits l ON l.queue = j.queue
+        WHERE j.id = p_id AND l.rate_limit IS NOT NULL
+        UNION ALL
+        SELECT j.queue, j.concurrency_key, j.rate_limit, j.rate_period_ms
+        FROM queue_jobs j WHERE j.id = p_id AND j.rate_limit IS NOT NULL
+        ORDER BY 1, 2
+    LOOP
+        SELECT r.starts INTO kept FROM queue_rate_windows r
+        WHERE r.queue = w.queue AND r.key = w.key FOR UPDATE;
+        -- One start counted at p_at taken back.
+        kept := COALESCE(kept[1:array_position(kept, p_at) - 1] ||
+                         kept[array_position(kept, p_at) + 1:], kept);
+        UPDATE queue_rate_windows r SET starts = kept
+        WHERE r.queue = w.queue AND r.key = w.key;
+        fits := fits AND (SELECT count(*) FROM unnest(kept) s
+                          WHERE s > clock_timestamp()
+                                    - make_interval(secs => queue_rate_span(w.period) / 1000.0))
+                         < w.rate;
+    END LOOP;
+    IF NOT fits THEN
+        RETURN NULL;
+    END IF;
+    now_at := clock_timestamp();
+    PERFORM queue_rate_record(w2.queue, w2.key, w2.period, now_at)
+        FROM (SELECT l.queue, '' AS key, l.rate_period_ms AS period
+              FROM queue_jobs j JOIN queue_limits l ON l.queue = j.queue
+              WHERE j.id = p_id AND l.rate_limit IS NOT NULL
+              UNION ALL
+              SELECT j.queue, j.concurrency_key, j.rate_period_ms
+              FROM queue_jobs j WHERE j.id = p_id AND j.rate_limit IS NOT NULL) w2;
+    RETURN now_at::text;
+END
 $$;
 
 -- Claims up to `p_limit` ready jobs of queue `p_queue` under flow control,
@@ -95,14 +153,16 @@ $$;
 --   limit): one job of the key when its window has room, the claim's only
 --   rate-limited job.
 --
--- A rate-limited job's `start_within` says within how many milliseconds of
--- sending the claim its worker must start it (or give it back): half the
--- window's slack (see `queue_rate_span`). Its start is recorded now.
+-- The last row's `start_within` says in how many milliseconds a full rate
+-- window met will have room, if one was. A rate-limited job's `start_within` says within how many milliseconds of
+-- sending the claim its worker must start it: half the window's slack (see
+-- `queue_rate_span`). Its start is counted now, at `counted_at`; a worker
+-- late to start it counts it again (`queue_rate_recount`) or gives it back.
 CREATE OR REPLACE FUNCTION queue_claim_flow(
     p_queue text, p_limit integer, p_exclude bigint[], p_types text[], p_cursor text)
 RETURNS TABLE (id bigint, job_type text, payload jsonb, attempts integer, suspect boolean,
                running_by text, keyed boolean, priority smallint, traceparent text,
-               concurrency_key text, start_within integer)
+               concurrency_key text, start_within integer, counted_at text)
 LANGUAGE plpgsql VOLATILE
 AS $$
 #variable_conflict use_column
@@ -133,6 +193,11 @@ DECLARE
     gate_slot integer;
     within integer;
     has_keyed boolean := false;
+    -- The soonest a full rate window met will have room, in milliseconds.
+    opens_in integer;
+    shut integer;
+    -- When this call's rate-limited start is counted.
+    counted timestamptz := clock_timestamp();
     -- Taken by this call: locked by the session, so locked again if tried.
     mine bigint[] := '{}';
 BEGIN
@@ -150,7 +215,9 @@ BEGIN
         END IF;
     END IF;
     IF open AND q_rate IS NOT NULL THEN
-        open := queue_rate_open(p_queue, '', q_rate, q_period);
+        shut := queue_rate_open(p_queue, '', q_rate, q_period);
+        open := shut = 0;
+        opens_in := nullif(greatest(shut, 0), 0);
         p_limit := 1;
         within := (queue_rate_span(q_period) - q_period) / 2;
     END IF;
@@ -177,7 +244,7 @@ BEGIN
             RETURN QUERY
                 SELECT j.id, j.job_type, j.payload, j.attempts, j.suspect, j.running_by,
                        j.unique_key IS NOT NULL, j.priority, j.traceparent, j.concurrency_key,
-                       within
+                       within, CASE WHEN within IS NOT NULL THEN counted::text END
                 FROM queue_jobs j
                 WHERE j.id = ANY (got_ids) AND j.dead_at IS NULL AND NOT j.scheduled;
             GET DIAGNOSTICS n = ROW_COUNT;
@@ -216,8 +283,10 @@ BEGIN
         fresh_slot := NULL;
         IF rate IS NOT NULL THEN
             -- One job a claim, if the key's window has room.
-            IF NOT queue_rate_open(p_queue, k, rate, period) THEN
+            shut := queue_rate_open(p_queue, k, rate, period);
+            IF shut <> 0 THEN
                 want := 0;
+                opens_in := least(opens_in, nullif(greatest(shut, 0), 0));
             ELSE
                 want := 1;
             END IF;
@@ -263,7 +332,8 @@ BEGIN
                     SELECT j.id, j.job_type, j.payload, j.attempts, j.suspect, j.running_by,
                            j.unique_key IS NOT NULL, j.priority, j.traceparent, j.concurrency_key,
                            least(within, CASE WHEN rate IS NOT NULL
-                                              THEN (queue_rate_span(period) - period) / 2 END)
+                                              THEN (queue_rate_span(period) - period) / 2 END),
+                           CASE WHEN within IS NOT NULL OR rate IS NOT NULL THEN counted::text END
                     FROM queue_jobs j
                     WHERE j.id = ANY (got_ids) AND j.dead_at IS NULL AND NOT j.scheduled;
                 GET DIAGNOSTICS n = ROW_COUNT;
@@ -282,7 +352,7 @@ BEGIN
             first_miss := NULL;
             IF rate IS NOT NULL THEN
                 -- The claim's only rate-limited job: its worker runs it first.
-                PERFORM queue_rate_record(p_queue, k, period);
+                PERFORM queue_rate_record(p_queue, k, period, counted);
                 EXIT;
             END IF;
         ELSE
@@ -296,7 +366,7 @@ BEGIN
     END LOOP;
     END IF;
     IF q_rate IS NOT NULL AND taken > 0 THEN
-        PERFORM queue_rate_record(p_queue, '', q_period);
+        PERFORM queue_rate_record(p_queue, '', q_period, counted);
     END IF;
     IF gate_slot IS NOT NULL THEN
         IF taken > 0 THEN
@@ -308,6 +378,6 @@ BEGIN
     END IF;
     PERFORM set_config('skiplock.slots', held, false);
     RETURN QUERY SELECT NULL::bigint, NULL::text, NULL::jsonb, NULL::integer, NULL::boolean,
-                        NULL::text, cut, NULL::smallint, NULL::text, k, NULL::integer;
+                        NULL::text, cut, NULL::smallint, NULL::text, k, opens_in, NULL::text;
 END
 $$;

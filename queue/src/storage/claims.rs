@@ -144,9 +144,12 @@ pub(crate) struct ClaimedJob {
     /// The W3C trace context of the span that enqueued it.
     pub(crate) traceparent: Option<String>,
     /// A rate-limited job's start was counted when it was claimed: it must
-    /// start by then, or go back unstarted (see the function
-    /// `queue_rate_span`, in the migration `flow_limits`).
+    /// start by then (see the function `queue_rate_span`, in the migration
+    /// `flow_limits`), or be counted again ([`recount_rated_start`]).
     pub(crate) start_by: Option<Instant>,
+    /// How long a rate-limited job has to start, and when its start was
+    /// counted (the database's text of it).
+    pub(crate) rated: Option<(Duration, String)>,
 }
 
 /// The entries of the ready index this session's scans have walked and
@@ -194,7 +197,8 @@ macro_rules! plain_locks {
     ($scan:expr) => {
         concat!(
             "WITH locked AS MATERIALIZED ( \
-                 SELECT c.*, NULL::text AS concurrency_key, NULL::int4 AS start_within FROM (",
+                 SELECT c.*, NULL::text AS concurrency_key, NULL::int4 AS start_within, \
+                        NULL::text AS counted_at FROM (",
             $scan,
             ") c WHERE pg_try_advisory_lock(",
             job_lock!("c.id"),
@@ -239,7 +243,7 @@ macro_rules! claim_record {
             keyed_waiting!(),
             ", ",
             $cursor,
-            ", l.start_within \
+            ", l.start_within, l.counted_at \
              FROM (SELECT ctid FROM rewritten UNION ALL SELECT ctid FROM recorded) r \
                   LEFT JOIN locked l ON true, \
                   set_config('synchronous_commit', 'off', true) d"
@@ -256,8 +260,8 @@ macro_rules! plain_head {
            AND id <> ALL ($3::int8[]) \
            AND job_type = ANY ($5::text[]) \
            AND ",
-        unlimited!(),
-        " \
+            unlimited!(),
+            " \
          ORDER BY priority DESC, id \
          OFFSET 0"
         )
@@ -272,7 +276,7 @@ const SWEEP: &str = concat!(
         " FROM queue_jobs ",
         plain_head!()
     )),
-    claim_record!("$6", "NULL::text, false")
+    claim_record!("$6", "NULL::text, false, NULL::int4")
 );
 
 /// A claim resuming at a position (see [`crate::position`]): for each
@@ -301,7 +305,7 @@ const RESUME: &str = concat!(
         " \
          OFFSET 0"
     )),
-    claim_record!("$8", "NULL::text, false")
+    claim_record!("$8", "NULL::text, false, NULL::int4")
 );
 
 /// A claim of a queue under flow control: one that holds jobs with a
@@ -317,7 +321,8 @@ const KEYED: &str = concat!(
     claim_record!(
         "$6",
         "(SELECT concurrency_key FROM flow WHERE id IS NULL), \
-         (SELECT keyed FROM flow WHERE id IS NULL)"
+         (SELECT keyed FROM flow WHERE id IS NULL), \
+         (SELECT start_within FROM flow WHERE id IS NULL)"
     )
 );
 
@@ -519,6 +524,13 @@ pub(crate) fn claim_jobs(
     let jobs = locked_rows
         .iter()
         .map(|&row| {
+            let rated = match (locked.text(row, 14), locked.text(row, 15)) {
+                (Some(_), Some(counted)) => {
+                    let within = u64::try_from(locked.int(row, 14)?).unwrap_or(0);
+                    Some((Duration::from_millis(within), counted.to_owned()))
+                }
+                _ => None,
+            };
             Ok(ClaimedJob {
                 id: locked.int(row, 0)?,
                 job_type: locked.string(row, 1)?,
@@ -527,13 +539,8 @@ pub(crate) fn claim_jobs(
                 suspect: locked.text(row, 4) == Some("t"),
                 crashed_in: locked.text(row, 5).map(str::to_owned),
                 traceparent: locked.text(row, 8).map(str::to_owned),
-                start_by: match locked.text(row, 13) {
-                    Some(_) => {
-                        let within = u64::try_from(locked.int(row, 13)?).unwrap_or(0);
-                        Some(sent + Duration::from_millis(within))
-                    }
-                    None => None,
-                },
+                start_by: rated.as_ref().map(|(within, _)| sent + *within),
+                rated,
             })
         })
         .filter(|job| job.as_ref().map_or(true, |job| !gone.contains(&job.id)))
@@ -544,6 +551,12 @@ pub(crate) fn claim_jobs(
         .then(|| locked.text(0, 11).map(str::to_owned))
         .flatten();
     let cut = locked.len() > 0 && locked.text(0, 12) == Some("t");
+    let opens_in = match locked.len() > 0 && locked.text(0, 13).is_some() {
+        true => Some(Duration::from_millis(
+            u64::try_from(locked.int(0, 13)?).unwrap_or(0),
+        )),
+        false => None,
+    };
     Ok(Claim {
         jobs,
         completions_refused,
@@ -553,8 +566,25 @@ pub(crate) fn claim_jobs(
             waiting: keyed_waiting,
             cursor,
             cut,
+            opens_in,
         },
     })
+}
+
+/// Counts again the start of rate-limited job `id`, whose worker could not
+/// start it in time: its start counted `at` taken back, and counted now if
+/// its windows have room (when, as the database writes it: start it at
+/// once). `None`: counted nowhere.
+pub(crate) fn recount_rated_start(
+    session: &mut Session,
+    id: i64,
+    at: &str,
+) -> Result<Option<String>, SessionError> {
+    let rows = session.query(
+        "SELECT queue_rate_recount($1::int8, $2::timestamptz)",
+        &[Param::Int(id), Param::Text(at)],
+    )?;
+    Ok(rows.text(0, 0).map(str::to_owned))
 }
 
 /// Where a lock session's claim record lies (its ctid, as text), if known:
@@ -599,6 +629,8 @@ pub(crate) struct Keyed {
     /// A keyed claim stopped before it had visited every key once since it
     /// last took a job: more may be claimable at once.
     pub(crate) cut: bool,
+    /// How soon a full rate window the claim met will have room.
+    pub(crate) opens_in: Option<Duration>,
 }
 
 /// Records that `worker` starts running a claimed job carefully, so that

@@ -105,9 +105,14 @@ pub(crate) struct KeyRow {
 }
 
 /// The limited keys with ready jobs, those whose first job waited longest
-/// first, at most `$1` (each key's count of ready jobs stops at 10,000):
-/// one walk of the keyed ready index per queue, a key at a time.
-pub(crate) fn limited_keys(conn: &mut PgConnection, limit: i64) -> QueryResult<Vec<KeyRow>> {
+/// first, at most `limit` (each key's ready jobs counted up to
+/// `count_up_to`): one walk of the keyed ready index per queue, a key at a
+/// time, at most 1,000 keys a queue.
+pub(crate) fn limited_keys(
+    conn: &mut PgConnection,
+    limit: i64,
+    count_up_to: i64,
+) -> QueryResult<Vec<KeyRow>> {
     Statement::new(concat!(
         "WITH RECURSIVE queues AS ( \
              (SELECT queue FROM queue_jobs WHERE concurrency_key IS NOT NULL \
@@ -134,11 +139,13 @@ pub(crate) fn limited_keys(conn: &mut PgConnection, limit: i64) -> QueryResult<V
                          ORDER BY j.concurrency_key, j.priority DESC, j.id LIMIT 1) n) \
                  SELECT * FROM walk LIMIT 1000) k \
              WHERE q.queue IS NOT NULL \
-               AND (k.max_concurrent IS NOT NULL OR k.rate_limit IS NOT NULL)) \
+               AND (k.max_concurrent IS NOT NULL OR k.rate_limit IS NOT NULL)), \
+         chosen AS MATERIALIZED ( \
+             SELECT * FROM keys ORDER BY created_at, queue, key LIMIT $1) \
          SELECT k.queue, k.key, \
                 (SELECT count(*) FROM (SELECT 1 FROM queue_jobs j WHERE j.queue = k.queue \
                    AND j.concurrency_key = k.key AND j.dead_at IS NULL AND NOT j.scheduled \
-                   LIMIT 10000) c) AS ready, \
+                   LIMIT $2) c) AS ready, \
                 k.max_concurrent, k.rate_limit, k.rate_period_ms, \
                 (SELECT count(*) FROM pg_locks l, queue_installation i, \
                         generate_series(0, COALESCE(k.max_concurrent, 0) - 1) g \
@@ -155,8 +162,9 @@ pub(crate) fn limited_keys(conn: &mut PgConnection, limit: i64) -> QueryResult<V
                                 secs => queue_rate_span(k.rate_period_ms) / 1000.0)), 0) \
                     AS recent_starts, \
                 extract(epoch FROM clock_timestamp() - k.created_at)::float8 AS waited_secs \
-         FROM keys k ORDER BY k.created_at, k.queue, k.key LIMIT $1"
+         FROM chosen k ORDER BY k.created_at, k.queue, k.key"
     ))
     .bind::<BigInt, _>(limit)
+    .bind::<BigInt, _>(count_up_to)
     .load(conn)
 }

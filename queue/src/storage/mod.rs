@@ -140,8 +140,8 @@ macro_rules! running_cte {
 }
 
 pub(crate) mod bulk;
-pub(crate) mod limits;
 mod claims;
+pub(crate) mod limits;
 pub(crate) mod maintenance;
 pub(crate) mod overview;
 pub(crate) mod search;

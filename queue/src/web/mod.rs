@@ -694,6 +694,9 @@ impl Notice {
 
 // --- pages -----------------------------------------------------------
 
+/// The limited keys the overview shows, those waiting longest first.
+const FLOW_KEYS: i64 = 20;
+
 async fn overview(ctx: Ctx, Query(notice): Query<Notice>) -> Response {
     ctx.page(
         |conn| {
@@ -701,9 +704,10 @@ async fn overview(ctx: Ctx, Query(notice): Query<Notice>) -> Response {
             let paused = admin::paused_queues(conn)?;
             let minutes = admin::throughput(conn, None)?;
             let schedules = admin::schedules(conn, admin::RUNNER_FRESH_SECS)?;
-            Ok((status, paused, minutes, schedules))
+            let flow = crate::limits::flow_status(conn, FLOW_KEYS)?;
+            Ok((status, paused, minutes, schedules, flow))
         },
-        |viewer, (status, paused, minutes, schedules)| {
+        |viewer, (status, paused, minutes, schedules, flow)| {
             pages::overview(
                 viewer,
                 notice.text().as_deref(),
@@ -712,6 +716,7 @@ async fn overview(ctx: Ctx, Query(notice): Query<Notice>) -> Response {
                     paused: &paused,
                     minutes: &minutes,
                     schedules: &schedules,
+                    flow: &flow,
                 },
             )
         },

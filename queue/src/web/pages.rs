@@ -7,6 +7,7 @@ use maud::{html, Markup, DOCTYPE};
 
 use super::{chart, encode, home, Filter, SearchQuery, Viewer, PAGE, SEARCH_BUDGET};
 use crate::admin::{MinuteCounts, PausedQueue};
+use crate::limits::{KeyLimitStatus, QueueLimitStatus};
 use crate::storage::{JobRecord, RunnerRecord, ScheduleRecord};
 use crate::Count;
 
@@ -220,6 +221,8 @@ pub(crate) struct Overview<'a> {
     pub(crate) paused: &'a [PausedQueue],
     pub(crate) minutes: &'a [MinuteCounts],
     pub(crate) schedules: &'a [ScheduleRecord],
+    /// The queues' own limits, and the limited keys with waiting jobs.
+    pub(crate) flow: &'a (Vec<QueueLimitStatus>, Vec<KeyLimitStatus>),
 }
 
 pub(crate) fn overview(viewer: &Viewer, notice: Option<&str>, data: &Overview<'_>) -> Markup {
@@ -228,7 +231,9 @@ pub(crate) fn overview(viewer: &Viewer, notice: Option<&str>, data: &Overview<'_
         paused,
         minutes,
         schedules,
+        flow,
     } = *data;
+    let (limited_queues, limited_keys) = flow;
     let mut queues: BTreeMap<&str, QueueSums> = BTreeMap::new();
     for row in &status.rows {
         let sums = queues.entry(&row.queue).or_default();
@@ -305,6 +310,50 @@ pub(crate) fn overview(viewer: &Viewer, notice: Option<&str>, data: &Overview<'_
                                 td { (schedule.time_zone) }
                                 td { @if schedule.last_tick.is_some() { (when(schedule.last_tick)) } @else { span.muted { "never" } } }
                                 td { @if schedule.declared { (when(schedule.next_tick)) } @else { span.warning { "stopped: no live runner declares it" } } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if !limited_queues.is_empty() || !limited_keys.is_empty() {
+            section {
+                h2 { "Flow control" }
+                @if !limited_queues.is_empty() {
+                    table #queue-limits {
+                        thead { tr { th { "queue" } th.num { "max running" } th.num { "running" } th { "rate" } th.num { "started in window" } } }
+                        tbody {
+                            @for limit in limited_queues {
+                                tr data-limited-queue=(cut(&limit.queue)) {
+                                    td { (cut(&limit.queue)) }
+                                    td.num { @if let Some(max) = limit.limits.max_running { (max) } @else { "-" } }
+                                    td.num { (limit.running) }
+                                    td { @if let Some(rate) = limit.limits.rate { (rate) } @else { "-" } }
+                                    td.num { (limit.recent_starts) }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if !limited_keys.is_empty() {
+                    p.muted { "Limited concurrency keys with waiting jobs, those waiting longest first." }
+                    table #key-limits {
+                        thead { tr {
+                            th { "queue" } th { "key" } th.num { "ready" } th.num { "max running" } th.num { "running" }
+                            th { "rate" } th.num { "started in window" } th { "first waited" }
+                        } }
+                        tbody {
+                            @for key in limited_keys {
+                                tr data-limited-key=(cut(&key.label())) {
+                                    td { (cut(&key.queue)) }
+                                    td { code { (cut(&key.label())) } }
+                                    td.num { (key.ready) }
+                                    td.num { @if let Some(max) = key.max_concurrent { (max) } @else { "-" } }
+                                    td.num { (key.running) }
+                                    td { @if let Some(rate) = key.rate { (rate) } @else { "-" } }
+                                    td.num { (key.recent_starts) }
+                                    td { (age(key.waited.as_secs_f64())) }
+                                }
                             }
                         }
                     }

@@ -26,6 +26,13 @@ fn reindex() -> Result<(), PerformError> {
     Ok(())
 }
 
+/// At most 100 of a tenant's start per minute.
+#[background_job(concurrency_key = "tenant", rate = "100/1m")]
+fn notify(tenant: String) -> Result<(), PerformError> {
+    let _ = tenant;
+    Ok(())
+}
+
 fn main() {
     assert_eq!(
         sync_tenant("acme".into(), true).concurrency_key().as_deref(),
@@ -38,5 +45,12 @@ fn main() {
     );
     assert_eq!(ReindexJob::MAX_CONCURRENT, Some(4));
     assert_eq!(reindex().concurrency_key(), None);
-    let _ = EnqueueOptions::new().concurrency_key("tenant-7").max_concurrent(3);
+    let rate = NotifyJob::RATE.expect("a rate");
+    assert_eq!((rate.limit(), rate.period().as_secs()), (100, 60));
+    assert_eq!(rate.to_string(), "100/1m");
+    assert_eq!(SyncTenantJob::RATE, None);
+    let _ = EnqueueOptions::new()
+        .concurrency_key("tenant-7")
+        .max_concurrent(3)
+        .rate("5/1s".parse().expect("a rate"));
 }
