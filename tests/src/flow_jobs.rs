@@ -121,12 +121,7 @@ pub fn failing_job(tenant: String, n: i64) -> Result<(), PerformError> {
 /// microseconds (a half-open window: a start exactly one period after
 /// another is in the next window).
 pub fn most_started_within(runs: &[Run], key: &str, period_us: i64) -> usize {
-    let mut starts: Vec<i64> = runs
-        .iter()
-        .filter(|run| run.key == key)
-        .map(|run| run.started_us)
-        .collect();
-    starts.sort_unstable();
+    let starts = starts_of(runs, key);
     let mut most = 0;
     let mut first = 0;
     for (last, &start) in starts.iter().enumerate() {
@@ -145,14 +140,20 @@ pub fn most_started_within(runs: &[Run], key: &str, period_us: i64) -> usize {
 /// `limit`-th next exactly one period later, as a limit of the starts in
 /// any window allows at best.
 pub fn long_run_share(runs: &[Run], key: &str, limit: usize, period_us: i64) -> f64 {
+    let starts = starts_of(runs, key);
+    let periods = starts.len().saturating_sub(1) / limit;
+    assert!(periods >= 3, "{key}: too few runs to measure a rate");
+    let took = starts[periods * limit] - starts[0];
+    (periods as f64 * period_us as f64) / took as f64
+}
+
+/// When the runs of `key` started, in order.
+fn starts_of(runs: &[Run], key: &str) -> Vec<i64> {
     let mut starts: Vec<i64> = runs
         .iter()
         .filter(|run| run.key == key)
         .map(|run| run.started_us)
         .collect();
     starts.sort_unstable();
-    let periods = starts.len().saturating_sub(1) / limit;
-    assert!(periods >= 3, "{key}: too few runs to measure a rate");
-    let took = starts[periods * limit] - starts[0];
-    (periods as f64 * period_us as f64) / took as f64
+    starts
 }

@@ -1,4 +1,6 @@
 DROP FUNCTION IF EXISTS queue_claim_flow(text, integer, bigint[], text[], text);
+DROP FUNCTION IF EXISTS queue_claimed_rows(bigint[], integer, text);
+DROP FUNCTION IF EXISTS queue_take_slot(integer, integer, bigint);
 DROP FUNCTION IF EXISTS queue_rate_open(text, text, integer, integer);
 DROP FUNCTION IF EXISTS queue_rate_recount(bigint, timestamptz);
 DROP FUNCTION IF EXISTS queue_rate_record(text, text, integer, timestamptz);

@@ -138,6 +138,36 @@ BEGIN
 END
 $$;
 
+-- Takes a free slot of `p_slots` of limit `p_hash` for the calling session
+-- (its advisory lock `(-3 - slot) # salt, hash`; see `queue_claim_keyed`),
+-- starting at a random one: the slot, or NULL when all are held.
+CREATE OR REPLACE FUNCTION queue_take_slot(p_slots integer, p_hash integer, p_salt bigint)
+RETURNS integer
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT g % p_slots FROM (SELECT floor(random() * p_slots)::integer AS start) s,
+                            generate_series(s.start, s.start + p_slots - 1) g
+    WHERE pg_try_advisory_lock(((-3 - g % p_slots) # (p_salt >> 32))::integer, p_hash)
+    LIMIT 1
+$$;
+
+-- The claimed jobs `p_ids` as `queue_claim_flow` returns them, read after
+-- their locks were taken: a job failed or completed meanwhile is not
+-- returned (its lock is let go with everything). A rate-limited job's
+-- time to start and when its start was counted come with it.
+CREATE OR REPLACE FUNCTION queue_claimed_rows(p_ids bigint[], p_within integer, p_counted text)
+RETURNS TABLE (id bigint, job_type text, payload jsonb, attempts integer, suspect boolean,
+               running_by text, keyed boolean, priority smallint, traceparent text,
+               concurrency_key text, start_within integer, counted_at text)
+LANGUAGE sql STABLE
+AS $$
+    SELECT j.id, j.job_type, j.payload, j.attempts, j.suspect, j.running_by,
+           j.unique_key IS NOT NULL, j.priority, j.traceparent, j.concurrency_key,
+           p_within, CASE WHEN p_within IS NOT NULL THEN p_counted END
+    FROM queue_jobs j
+    WHERE j.id = ANY (p_ids) AND j.dead_at IS NULL AND NOT j.scheduled
+$$;
+
 -- Claims up to `p_limit` ready jobs of queue `p_queue` under flow control,
 -- for the calling session (a worker's lock session). What
 -- `queue_claim_keyed` (migration `concurrency_keys`) does for keyed jobs,
@@ -178,7 +208,6 @@ DECLARE
     rate integer;
     period integer;
     key_hash integer;
-    start integer;
     want integer;
     fresh_slot integer;
     got_ids bigint[];
@@ -207,10 +236,7 @@ BEGIN
     IF q_max IS NOT NULL THEN
         gate_hash := (hashtext(p_queue || chr(2)) # (salt & 2147483647))::integer;
         IF position(' ' || gate_hash || ':' IN held) = 0 THEN
-            start := floor(random() * q_max)::integer;
-            SELECT g % q_max INTO gate_slot FROM generate_series(start, start + q_max - 1) g
-            WHERE pg_try_advisory_lock(((-3 - g % q_max) # (salt >> 32))::integer, gate_hash)
-            LIMIT 1;
+            gate_slot := queue_take_slot(q_max, gate_hash, salt);
             open := gate_slot IS NOT NULL;
         END IF;
     END IF;
@@ -241,12 +267,7 @@ BEGIN
                       (((c.id # salt) & 4294967295) - 2147483648)::integer)
             LIMIT want) l;
         IF cardinality(got_ids) > 0 THEN
-            RETURN QUERY
-                SELECT j.id, j.job_type, j.payload, j.attempts, j.suspect, j.running_by,
-                       j.unique_key IS NOT NULL, j.priority, j.traceparent, j.concurrency_key,
-                       within, CASE WHEN within IS NOT NULL THEN counted::text END
-                FROM queue_jobs j
-                WHERE j.id = ANY (got_ids) AND j.dead_at IS NULL AND NOT j.scheduled;
+            RETURN QUERY SELECT * FROM queue_claimed_rows(got_ids, within, counted::text);
             GET DIAGNOSTICS n = ROW_COUNT;
             taken := taken + n;
             mine := mine || got_ids;
@@ -296,10 +317,7 @@ BEGIN
             -- the key's jobs it holds: its worker runs them one at a time.
             key_hash := (hashtext(p_queue || chr(1) || k) # (salt & 2147483647))::integer;
             IF position(' ' || key_hash || ':' IN held) = 0 THEN
-                start := floor(random() * slots)::integer;
-                SELECT g % slots INTO fresh_slot FROM generate_series(start, start + slots - 1) g
-                WHERE pg_try_advisory_lock(((-3 - g % slots) # (salt >> 32))::integer, key_hash)
-                LIMIT 1;
+                fresh_slot := queue_take_slot(slots, key_hash, salt);
                 IF fresh_slot IS NULL THEN
                     want := 0;
                 END IF;
@@ -326,16 +344,11 @@ BEGIN
                           (((c.id # salt) & 4294967295) - 2147483648)::integer)
                 LIMIT want) l;
             IF cardinality(got_ids) > 0 THEN
-                -- Read after the locks: a job failed or completed meanwhile
-                -- is not returned (its lock is let go with everything).
-                RETURN QUERY
-                    SELECT j.id, j.job_type, j.payload, j.attempts, j.suspect, j.running_by,
-                           j.unique_key IS NOT NULL, j.priority, j.traceparent, j.concurrency_key,
-                           least(within, CASE WHEN rate IS NOT NULL
-                                              THEN (queue_rate_span(period) - period) / 2 END),
-                           CASE WHEN within IS NOT NULL OR rate IS NOT NULL THEN counted::text END
-                    FROM queue_jobs j
-                    WHERE j.id = ANY (got_ids) AND j.dead_at IS NULL AND NOT j.scheduled;
+                RETURN QUERY SELECT * FROM queue_claimed_rows(
+                    got_ids,
+                    least(within, CASE WHEN rate IS NOT NULL
+                                       THEN (queue_rate_span(period) - period) / 2 END),
+                    counted::text);
                 GET DIAGNOSTICS n = ROW_COUNT;
                 mine := mine || got_ids;
             END IF;

@@ -7,6 +7,44 @@ use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz};
 
 use crate::prepared::Statement;
 
+/// How many of the `$max` slots of limit `$name` sessions hold now, as SQL
+/// (their advisory locks in this database, see [`slot_class!`]).
+macro_rules! slots_held {
+    ($max:literal, $name:literal) => {
+        concat!(
+            "(SELECT count(*) FROM pg_locks held, queue_installation inst, \
+                     generate_series(0, COALESCE(",
+            $max,
+            ", 0) - 1) slot \
+              WHERE held.locktype = 'advisory' AND held.granted AND held.objsubid = 2 \
+                AND held.database = \
+                    (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                AND held.classid::int8 = ",
+            slot_class!("slot", "inst.lock_salt"),
+            " AND held.objid::int8 = ",
+            slot_key!($name, "inst.lock_salt"),
+            ")"
+        )
+    };
+}
+
+/// How many starts the rate window of (`$queue`, `$key`) counts now, as SQL.
+macro_rules! window_starts {
+    ($queue:literal, $key:literal, $period:literal) => {
+        concat!(
+            "COALESCE((SELECT count(*) FROM queue_rate_windows win, unnest(win.starts) s \
+                       WHERE win.queue = ",
+            $queue,
+            " AND win.key = ",
+            $key,
+            " AND s > clock_timestamp() - make_interval( \
+                             secs => queue_rate_span(",
+            $period,
+            ") / 1000.0)), 0)"
+        )
+    };
+}
+
 /// A queue's limits as stored.
 #[derive(Debug, QueryableByName)]
 pub(crate) struct LimitRow {
@@ -60,21 +98,11 @@ pub(crate) fn set_queue_limits(
 /// the rate window.
 pub(crate) fn queue_limits(conn: &mut PgConnection) -> QueryResult<Vec<LimitRow>> {
     Statement::new(concat!(
-        "SELECT l.queue, l.max_running, l.rate_limit, l.rate_period_ms, l.updated_at, \
-                (SELECT count(*) FROM pg_locks k, queue_installation i, \
-                        generate_series(0, COALESCE(l.max_running, 0) - 1) g \
-                 WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 2 \
-                   AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-                   AND k.classid::int8 = ",
-        slot_class!("g", "i.lock_salt"),
-        " AND k.objid::int8 = ",
-        slot_key!("l.queue || chr(2)", "i.lock_salt"),
-        ") AS running, \
-                COALESCE((SELECT count(*) FROM queue_rate_windows w, unnest(w.starts) s \
-                          WHERE w.queue = l.queue AND w.key = '' \
-                            AND s > clock_timestamp() - make_interval( \
-                                secs => queue_rate_span(l.rate_period_ms) / 1000.0)), 0) \
-                    AS recent_starts \
+        "SELECT l.queue, l.max_running, l.rate_limit, l.rate_period_ms, l.updated_at, ",
+        slots_held!("l.max_running", "l.queue || chr(2)"),
+        " AS running, ",
+        window_starts!("l.queue", "''", "l.rate_period_ms"),
+        " AS recent_starts \
          FROM queue_limits l ORDER BY l.queue"
     ))
     .load(conn)
@@ -146,21 +174,11 @@ pub(crate) fn limited_keys(
                 (SELECT count(*) FROM (SELECT 1 FROM queue_jobs j WHERE j.queue = k.queue \
                    AND j.concurrency_key = k.key AND j.dead_at IS NULL AND NOT j.scheduled \
                    LIMIT $2) c) AS ready, \
-                k.max_concurrent, k.rate_limit, k.rate_period_ms, \
-                (SELECT count(*) FROM pg_locks l, queue_installation i, \
-                        generate_series(0, COALESCE(k.max_concurrent, 0) - 1) g \
-                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
-                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-                   AND l.classid::int8 = ",
-        slot_class!("g", "i.lock_salt"),
-        " AND l.objid::int8 = ",
-        slot_key!("k.queue || chr(1) || k.key", "i.lock_salt"),
-        ") AS running, \
-                COALESCE((SELECT count(*) FROM queue_rate_windows w, unnest(w.starts) s \
-                          WHERE w.queue = k.queue AND w.key = k.key \
-                            AND s > clock_timestamp() - make_interval( \
-                                secs => queue_rate_span(k.rate_period_ms) / 1000.0)), 0) \
-                    AS recent_starts, \
+                k.max_concurrent, k.rate_limit, k.rate_period_ms, ",
+        slots_held!("k.max_concurrent", "k.queue || chr(1) || k.key"),
+        " AS running, ",
+        window_starts!("k.queue", "k.key", "k.rate_period_ms"),
+        " AS recent_starts, \
                 extract(epoch FROM clock_timestamp() - k.created_at)::float8 AS waited_secs \
          FROM chosen k ORDER BY k.created_at, k.queue, k.key"
     ))
