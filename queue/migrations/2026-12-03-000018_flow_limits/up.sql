@@ -325,9 +325,10 @@ BEGIN
         END IF;
         n := 0;
         IF want > 0 THEN
-            -- The key's first jobs that no session holds, locked in order
-            -- (among the first 64 beyond what the turn wants), with the
-            -- key's limits. The claim reads them again once every lock is
+            -- The key's first jobs that no session holds, locked in order,
+            -- with the key's limits: the walk passes over the jobs other
+            -- workers hold (as many as their claims, however long the
+            -- key's backlog). The claim reads them again once every lock is
             -- held (see claim_jobs).
             SELECT COALESCE(array_agg(l.id), '{}') INTO got_ids FROM (
                 SELECT c.id FROM (
@@ -338,7 +339,7 @@ BEGIN
                       AND j.id <> ALL (mine)
                       AND (j.max_concurrent IS NULL) = (slots IS NULL)
                       AND (j.rate_limit IS NULL) = (rate IS NULL)
-                    ORDER BY j.priority DESC, j.id LIMIT 64 + want OFFSET 0) c
+                    ORDER BY j.priority DESC, j.id OFFSET 0) c
                 WHERE pg_try_advisory_lock(
                           ((((c.id # salt) >> 32) # 1936420972))::integer,
                           (((c.id # salt) & 4294967295) - 2147483648)::integer)
