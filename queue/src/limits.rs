@@ -208,16 +208,22 @@ pub(crate) fn flow_gauges(
     conn: &mut PgConnection,
     queues: &[String],
 ) -> Result<Vec<(String, [f64; 4])>, AdminError> {
+    let (limits, keys) = storage::limits::without_jit(conn, |conn| {
+        Ok((
+            storage::limits::queue_limits(conn)?,
+            storage::limits::limited_keys(conn, 1_000, 0)?,
+        ))
+    })?;
     let mut gauges: std::collections::BTreeMap<String, [f64; 4]> = Default::default();
     let mine = |queue: &str| queues.iter().any(|q| q == queue);
-    for row in storage::limits::queue_limits(conn)? {
+    for row in limits {
         if mine(&row.queue) {
             let values = gauges.entry(row.queue).or_default();
             values[0] = row.running as f64;
             values[1] = row.recent_starts as f64;
         }
     }
-    for row in storage::limits::limited_keys(conn, 1_000, 0)? {
+    for row in keys {
         if mine(&row.queue) {
             let values = gauges.entry(row.queue).or_default();
             values[2] += 1.0;
@@ -278,7 +284,13 @@ pub fn flow_status(
 ) -> Result<(Vec<QueueLimitStatus>, Vec<KeyLimitStatus>), AdminError> {
     require_schema(conn)?;
     let count = |n: i64| u64::try_from(n).unwrap_or(0);
-    let queues = storage::limits::queue_limits(conn)?
+    let (queues, keys) = storage::limits::without_jit(conn, |conn| {
+        Ok((
+            storage::limits::queue_limits(conn)?,
+            storage::limits::limited_keys(conn, keys.clamp(0, 1_000), READY_COUNTED)?,
+        ))
+    })?;
+    let queues = queues
         .into_iter()
         .map(|row| QueueLimitStatus {
             limits: QueueLimits {
@@ -291,7 +303,7 @@ pub fn flow_status(
             recent_starts: count(row.recent_starts),
         })
         .collect();
-    let keys = storage::limits::limited_keys(conn, keys.clamp(0, 1_000), READY_COUNTED)?
+    let keys = keys
         .into_iter()
         .map(|row| KeyLimitStatus {
             max_concurrent: row.max_concurrent.and_then(|m| u32::try_from(m).ok()),

@@ -697,18 +697,23 @@ impl<C: Send + Sync> Control for Shared<C> {
                 }
             }
         }
-        let depths = self
+        // One connection for the scrape's statements: another thread may
+        // take one given back before a second is asked for.
+        let (depths, flow) = self
             .pool
             .get()
             .ok()
-            .and_then(|mut conn| {
-                crate::overview::ready_by_queue(
+            .map(|mut conn| {
+                let depths = crate::overview::ready_by_queue(
                     &mut conn,
                     &queues,
                     crate::admin::RUNNER_FRESH_SECS,
                     &own_running,
                 )
-                .ok()
+                .unwrap_or_default();
+                // Flow control, for the queues with limits.
+                let flow = crate::limits::flow_gauges(&mut conn, &queues).unwrap_or_default();
+                (depths, flow)
             })
             .unwrap_or_default();
         let depth = |q: &String| depths.get(q).copied().unwrap_or_default();
@@ -724,13 +729,6 @@ impl<C: Send + Sync> Control for Shared<C> {
                 (q.clone(), if paused { 1.0 } else { 0.0 })
             })
             .collect();
-        // Flow control, for the queues with limits.
-        let flow = self
-            .pool
-            .get()
-            .ok()
-            .and_then(|mut conn| crate::limits::flow_gauges(&mut conn, &queues).ok())
-            .unwrap_or_default();
         let flow_gauge = |at: usize| flow.iter().map(|(q, v)| (q.clone(), v[at])).collect();
         let gauge = |name, help, values| Gauge {
             name,

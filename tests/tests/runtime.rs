@@ -1007,7 +1007,7 @@ fn migrate_is_idempotent_and_records_the_schema_version() {
         &mut conn,
         "SELECT count(*) AS n FROM queue_schema_migrations",
     );
-    assert_eq!(versions, 28);
+    assert_eq!(versions, 29);
 }
 
 /// A database with the first release's schema, as `migrate` left it.

@@ -66,6 +66,20 @@ pub(crate) struct LimitRow {
     pub(crate) recent_starts: i64,
 }
 
+/// Runs `read` in a transaction of its own (a savepoint in the caller's)
+/// without JIT: the limits' statements walk the keys with recursive scans
+/// whose estimates pass the JIT's threshold, and compiling them costs a
+/// second where running them costs a millisecond.
+pub(crate) fn without_jit<T>(
+    conn: &mut PgConnection,
+    read: impl FnOnce(&mut PgConnection) -> QueryResult<T>,
+) -> QueryResult<T> {
+    conn.transaction(|conn| {
+        Statement::new("SELECT set_config('jit', 'off', true)").execute(conn)?;
+        read(conn)
+    })
+}
+
 /// Sets queue `$1`'s limits (none: forgets them), and wakes its runners.
 pub(crate) fn set_queue_limits(
     conn: &mut PgConnection,
