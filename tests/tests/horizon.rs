@@ -155,7 +155,10 @@ fn workers_claiming_at_once_do_not_walk_past_each_others_jobs() {
     // way at once are locking: 129,486 entries here before the fix. Each
     // claim starting where the one under way reserved walks about one a
     // job, and the sweeps walk the entries of the jobs completed since the
-    // last one: 46,686 to 60,002 in four runs.
+    // last one: 46,686 to 60,002 in four runs. (On 2026-12-03, on a machine
+    // losing up to half its CPU to steal: 39,912 to 62,705 before flow
+    // control, 62,871 to 99,103 with it, in three to six runs: see the
+    // issue's note; bounded below the figure before the fix.)
     let walked = run_ticks_reading(
         &db,
         JOBS,
@@ -167,7 +170,7 @@ fn workers_claiming_at_once_do_not_walk_past_each_others_jobs() {
     );
     eprintln!("{walked} ready index entries walked for {JOBS} jobs");
     assert!(
-        walked < 4 * JOBS as i64,
+        walked < 6 * JOBS as i64,
         "{walked} ready index entries walked for {JOBS} jobs"
     );
 }
